@@ -1,0 +1,108 @@
+"""Moving keys between available, reserved, sold and revoked — inside a caller's transaction.
+
+These are the only statements that change a key's status or order. Each is one conditional
+UPDATE whose result is checked, never a read followed by a write, so two transactions can
+never take the same key: on SQLite because write transactions are serialised, on PostgreSQL
+because candidate rows are locked with `FOR UPDATE SKIP LOCKED` and re-checked.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from store.models import Delivery, DeliveryKind, DeliveryStatus, Key, KeyStatus, Order
+
+
+async def take_keys(
+    session: AsyncSession, product_id: int, order_id: int, count: int, *, status: KeyStatus
+) -> int:
+    """Give up to `count` of the oldest available keys to an order; return how many it got.
+
+    `status` is RESERVED at checkout, or SOLD when a payment arrives with nothing reserved.
+    """
+    candidates = (
+        select(Key.id)
+        .where(Key.product_id == product_id, Key.status == KeyStatus.AVAILABLE)
+        .order_by(Key.id)
+        .limit(count)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    result = await session.execute(
+        update(Key)
+        .where(Key.id.in_(candidates), Key.status == KeyStatus.AVAILABLE)
+        .values(status=status, order_id=order_id)
+        .returning(Key.id)
+        .execution_options(synchronize_session=False)
+    )
+    return len(result.all())
+
+
+async def sell_reserved(session: AsyncSession, order_id: int) -> int:
+    """Turn an order's reservation into a sale; return how many keys it holds."""
+    result = await session.execute(
+        update(Key)
+        .where(Key.order_id == order_id, Key.status == KeyStatus.RESERVED)
+        .values(status=KeyStatus.SOLD)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount
+
+
+async def release(session: AsyncSession, order_id: int) -> int:
+    """Put an order's reserved keys back on sale."""
+    result = await session.execute(
+        update(Key)
+        .where(Key.order_id == order_id, Key.status == KeyStatus.RESERVED)
+        .values(status=KeyStatus.AVAILABLE, order_id=None)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount
+
+
+async def revoke(session: AsyncSession, order_id: int) -> int:
+    """Mark an order's sold keys revoked: they are never sold again."""
+    result = await session.execute(
+        update(Key)
+        .where(Key.order_id == order_id, Key.status == KeyStatus.SOLD)
+        .values(status=KeyStatus.REVOKED)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount
+
+
+async def newest_shared_key(session: AsyncSession, product_id: int) -> int | None:
+    """The code every buyer of a shared-key product gets: the most recently imported."""
+    return await session.scalar(
+        select(Key.id)
+        .where(Key.product_id == product_id, Key.status == KeyStatus.AVAILABLE)
+        .order_by(Key.id.desc())
+        .limit(1)
+    )
+
+
+async def order_ciphertexts(session: AsyncSession, order: Order) -> list[bytes]:
+    """The encrypted keys that belong to an order, in allocation order."""
+    if order.shared_key_id is not None:
+        query = select(Key.ciphertext).where(Key.id == order.shared_key_id)
+    else:
+        query = select(Key.ciphertext).where(
+            Key.order_id == order.id, Key.status == KeyStatus.SOLD
+        ).order_by(Key.id)
+    return list((await session.scalars(query)).all())
+
+
+def delivery(order: Order, kind: DeliveryKind, now: datetime) -> Delivery:
+    """A queued message to the order's buyer, to add to the caller's session."""
+    return Delivery(
+        order_id=order.id,
+        kind=kind,
+        chat_id=order.buyer_id,
+        status=DeliveryStatus.QUEUED,
+        attempts=0,
+        next_attempt_at=now,
+        created_at=now,
+    )

@@ -1,0 +1,53 @@
+"""Buyers: who has talked to the shop, in which language, and who may not buy."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from store.audit import audit
+from store.db import Database
+from store.errors import NotFound
+from store.models import Buyer
+
+
+def dialect_insert(session: AsyncSession):  # noqa: ANN201 - returns the dialect's insert()
+    """`insert` with ON CONFLICT support for whichever database the session talks to."""
+    return postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+
+
+async def touch(session: AsyncSession, buyer_id: int, language: str, now: datetime) -> bool:
+    """Record that a buyer was seen; return whether they are blacklisted.
+
+    On PostgreSQL the upsert also locks the buyer's row until the transaction ends, which
+    serialises one buyer's concurrent checkouts so their limits cannot be raced.
+    """
+    insert = dialect_insert(session)
+    statement = (
+        insert(Buyer)
+        .values(id=buyer_id, language=language, blacklisted=False, first_seen=now, last_seen=now)
+        .on_conflict_do_update(index_elements=[Buyer.id], set_={"last_seen": now, "language": language})
+        .returning(Buyer.blacklisted)
+    )
+    return bool(await session.scalar(statement))
+
+
+async def remember(db: Database, buyer_id: int, language: str) -> bool:
+    """Record a buyer's visit and language; return whether they are blacklisted."""
+    return await db.write(touch, buyer_id, language, datetime.now(UTC))
+
+
+async def set_blacklisted(db: Database, buyer_id: int, blacklisted: bool, *, admin_id: int | None) -> None:
+    """Ban a buyer from buying, or lift the ban."""
+    async def work(session: AsyncSession) -> None:
+        result = await session.execute(
+            update(Buyer).where(Buyer.id == buyer_id).values(blacklisted=blacklisted)
+        )
+        if result.rowcount == 0:
+            raise NotFound(f"no buyer {buyer_id}")
+        session.add(audit(admin_id, "buyer.ban" if blacklisted else "buyer.unban", str(buyer_id)))
+
+    await db.write(work)

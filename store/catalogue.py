@@ -1,0 +1,257 @@
+"""The catalogue: products, their prices and limits, and how much of each is in stock."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from store.audit import audit
+from store.db import Database
+from store.errors import InvalidInput, NotFound
+from store.models import Key, KeyStatus, Product, ProductKind, translated
+from store.money import check_currency, to_minor
+
+# Buyers see exact stock up to this many; counting further would cost a scan per view.
+STOCK_DISPLAY_CAP = 1000
+_SKU = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_PLACEHOLDERS = re.compile(r"\{(\w+)\}")
+TEMPLATE_FIELDS = frozenset({"key", "order", "product"})
+LANGUAGES = ("en", "zh")
+
+
+@dataclass(frozen=True, slots=True)
+class ProductView:
+    id: int
+    sku: str
+    name: str
+    description: str
+    kind: str
+    price_minor: int
+    currency: str
+    max_per_order: int
+    max_per_buyer: int | None
+    low_stock_threshold: int
+    delivery_template: str
+    active: bool
+    stock: int  # available to buy now, capped at STOCK_DISPLAY_CAP
+    translations: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def name_in(self, language: str) -> str:
+        return translated(self.translations, language, "name", self.name)
+
+    def description_in(self, language: str) -> str:
+        return translated(self.translations, language, "description", self.description)
+
+    def max_quantity(self) -> int:
+        return max(0, min(self.stock, self.max_per_order))
+
+
+@dataclass(frozen=True, slots=True)
+class ProductChanges:
+    """Fields to set on a product; None leaves a field as it is."""
+
+    name: str | None = None
+    description: str | None = None
+    price: str | None = None
+    currency: str | None = None
+    max_per_order: int | None = None
+    max_per_buyer: int | None = None  # 0 removes the limit
+    low_stock_threshold: int | None = None
+    delivery_template: str | None = None
+    active: bool | None = None
+    language: str | None = None  # name/description apply to this language's translation
+
+
+def check_sku(sku: str) -> str:
+    if not _SKU.match(sku):
+        raise InvalidInput("SKU must be 1-64 letters, digits, '-' or '_', starting with a letter or digit")
+    return sku
+
+
+def check_template(template: str) -> str:
+    unknown = set(_PLACEHOLDERS.findall(template)) - TEMPLATE_FIELDS
+    if unknown:
+        raise InvalidInput(
+            f"unknown placeholder {{{sorted(unknown)[0]}}} in the delivery template; "
+            "use {key}, {order} or {product}"
+        )
+    return template
+
+
+async def add_product(
+    db: Database,
+    sku: str,
+    name: str,
+    price: str,
+    currency: str,
+    *,
+    description: str = "",
+    kind: ProductKind = ProductKind.UNIQUE,
+    max_per_order: int = 10,
+    max_per_buyer: int | None = None,
+    low_stock_threshold: int = 5,
+    delivery_template: str = "",
+    admin_id: int | None = None,
+) -> ProductView:
+    """Put a new product in the catalogue."""
+    check_sku(sku)
+    if not name.strip():
+        raise InvalidInput("product name must not be empty")
+    _check_limits(max_per_order, max_per_buyer, low_stock_threshold)
+    product = Product(
+        sku=sku,
+        name=name.strip(),
+        description=description,
+        translations={},
+        kind=ProductKind(kind),
+        price_minor=to_minor(price, currency),
+        currency=check_currency(currency),
+        max_per_order=max_per_order,
+        max_per_buyer=max_per_buyer,
+        low_stock_threshold=low_stock_threshold,
+        delivery_template=check_template(delivery_template),
+        active=True,
+        created_at=datetime.now(UTC),
+    )
+
+    async def work(session: AsyncSession) -> ProductView:
+        session.add(product)
+        try:
+            await session.flush()
+        except IntegrityError:
+            raise InvalidInput(f"a product with SKU {sku} already exists") from None
+        session.add(audit(admin_id, "product.add", sku))
+        return _view(product, stock=0)
+
+    return await db.write(work)
+
+
+async def edit_product(
+    db: Database, sku: str, changes: ProductChanges, *, admin_id: int | None = None
+) -> ProductView:
+    """Change a product's name, price, limits, template or whether it is on sale."""
+    async def work(session: AsyncSession) -> ProductView:
+        product = await _by_sku(session, sku)
+        currency = check_currency(changes.currency) if changes.currency else product.currency
+        if changes.currency is not None and changes.price is None:
+            raise InvalidInput("changing the currency needs a price in that currency too")
+        if changes.price is not None:
+            product.price_minor = to_minor(changes.price, currency)
+            product.currency = currency
+        lang = changes.language
+        if lang and lang not in LANGUAGES:
+            raise InvalidInput(f"language must be one of {', '.join(LANGUAGES)}")
+        if lang and lang != "en":
+            translations = {k: dict(v) for k, v in product.translations.items()}
+            entry = translations.setdefault(lang, {})
+            if changes.name is not None:
+                entry["name"] = changes.name.strip()
+            if changes.description is not None:
+                entry["description"] = changes.description
+            product.translations = translations
+        else:
+            if changes.name is not None:
+                if not changes.name.strip():
+                    raise InvalidInput("product name must not be empty")
+                product.name = changes.name.strip()
+            if changes.description is not None:
+                product.description = changes.description
+        if changes.max_per_order is not None:
+            product.max_per_order = changes.max_per_order
+        if changes.max_per_buyer is not None:
+            product.max_per_buyer = changes.max_per_buyer or None
+        if changes.low_stock_threshold is not None:
+            product.low_stock_threshold = changes.low_stock_threshold
+        _check_limits(product.max_per_order, product.max_per_buyer, product.low_stock_threshold)
+        if changes.delivery_template is not None:
+            product.delivery_template = check_template(changes.delivery_template)
+        if changes.active is not None:
+            product.active = changes.active
+        session.add(audit(admin_id, "product.edit", sku))
+        return _view(product, stock=await _stock(session, product))
+
+    return await db.write(work)
+
+
+async def list_products(db: Database, *, active_only: bool = True) -> list[ProductView]:
+    """The catalogue in SKU order, with what is in stock of each."""
+    async def work(session: AsyncSession) -> list[ProductView]:
+        query = select(Product).order_by(Product.sku)
+        if active_only:
+            query = query.where(Product.active.is_(True))
+        products = (await session.scalars(query)).all()
+        return [_view(p, stock=await _stock(session, p)) for p in products]
+
+    return await db.read(work)
+
+
+async def get_product(db: Database, *, sku: str | None = None, product_id: int | None = None) -> ProductView:
+    """One product, by SKU or id, with its stock; NotFound if there is none."""
+    async def work(session: AsyncSession) -> ProductView:
+        if sku is not None:
+            product = await _by_sku(session, sku)
+        else:
+            product = await session.get(Product, product_id)
+            if product is None:
+                raise NotFound("no such product")
+        return _view(product, stock=await _stock(session, product))
+
+    return await db.read(work)
+
+
+async def _by_sku(session: AsyncSession, sku: str) -> Product:
+    product = await session.scalar(select(Product).where(Product.sku == sku))
+    if product is None:
+        raise NotFound(f"no product with SKU {sku}")
+    return product
+
+
+async def _stock(session: AsyncSession, product: Product) -> int:
+    available = (
+        select(Key.id)
+        .where(Key.product_id == product.id, Key.status == KeyStatus.AVAILABLE)
+        .limit(1 if product.kind == ProductKind.SHARED else STOCK_DISPLAY_CAP)
+        .subquery()
+    )
+    count = await session.scalar(select(func.count()).select_from(available)) or 0
+    if product.kind == ProductKind.SHARED:
+        return STOCK_DISPLAY_CAP if count else 0
+    return count
+
+
+def _check_limits(max_per_order: int, max_per_buyer: int | None, low_stock: int) -> None:
+    if not 1 <= max_per_order <= 100:
+        raise InvalidInput("per-order limit must be between 1 and 100")
+    if max_per_buyer is not None and max_per_buyer < 1:
+        raise InvalidInput("per-buyer limit must be at least 1")
+    if low_stock < 0:
+        raise InvalidInput("low-stock threshold must not be negative")
+
+
+def _view(product: Product, *, stock: int) -> ProductView:
+    return ProductView(
+        id=product.id,
+        sku=product.sku,
+        name=product.name,
+        description=product.description,
+        kind=product.kind,
+        price_minor=product.price_minor,
+        currency=product.currency,
+        max_per_order=product.max_per_order,
+        max_per_buyer=product.max_per_buyer,
+        low_stock_threshold=product.low_stock_threshold,
+        delivery_template=product.delivery_template,
+        active=product.active,
+        stock=stock,
+        translations=_translations(product.translations),
+    )
+
+
+def _translations(raw: dict[str, Any]) -> dict[str, dict[str, str]]:
+    return {lang: dict(entry) for lang, entry in (raw or {}).items()}

@@ -1,0 +1,285 @@
+"""The schema: every table keyvend keeps, as SQLAlchemy 2 declarative models.
+
+The models are the single description of the schema; Alembic migrations are written from
+them and are the only way the database changes. Constraints here carry the invariants that
+must hold even if application code is wrong: a key's digest is unique per product (no key
+imported twice), a key points at one order at most (no key sold twice), a provider's event
+id is recorded once (no event applied twice), and an order has one key delivery.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in Python, whatever the database keeps.
+
+    SQLite has no time zones, so values are stored naive in UTC and made aware again on the
+    way out; comparisons in SQL stay correct because every stored value is UTC.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use aware UTC datetimes")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class ProductKind(StrEnum):
+    UNIQUE = "unique"  # each key sold once
+    SHARED = "shared"  # one code every buyer receives (a course password, say)
+
+
+class KeyStatus(StrEnum):
+    AVAILABLE = "available"
+    RESERVED = "reserved"
+    SOLD = "sold"
+    REVOKED = "revoked"
+
+
+class OrderStatus(StrEnum):
+    PENDING = "pending"  # checkout open, keys reserved
+    FULFILLED = "fulfilled"  # paid, keys allocated and theirs
+    EXPIRED = "expired"  # checkout lapsed unpaid, reservation released
+    CANCELLED = "cancelled"  # payment failed or checkout could not start
+    BACKORDERED = "backordered"  # paid, no stock: fulfilled at the next restock
+    REFUND_PENDING = "refund_pending"  # paid, no stock: a refund is owed and being made
+    REFUNDED = "refunded"  # money returned; any keys revoked
+    DISPUTED = "disputed"  # the buyer disputed the charge
+    REVIEW = "review"  # paid amount differs from the order: an admin decides
+
+
+class DeliveryKind(StrEnum):
+    KEYS = "keys"  # first delivery of a fulfilled order's keys
+    RESHOW = "reshow"  # keys shown again from "my orders"
+    BACKORDERED = "backordered"  # notice: paid, keys follow at restock
+    REFUNDED = "refunded"  # notice: money returned
+    REVIEW = "review"  # notice: payment is being checked by the seller
+
+
+class DeliveryStatus(StrEnum):
+    QUEUED = "queued"
+    SENT = "sent"
+    UNDELIVERABLE = "undeliverable"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON}
+
+
+def translated(translations: dict[str, Any] | None, language: str, field: str, default: str) -> str:
+    """A product text in the buyer's language, or the default language's."""
+    return ((translations or {}).get(language) or {}).get(field) or default
+
+
+class Buyer(Base):
+    __tablename__ = "buyers"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    language: Mapped[str] = mapped_column(String(8), default="en")
+    blacklisted: Mapped[bool] = mapped_column(Boolean, default=False)
+    first_seen: Mapped[datetime]
+    last_seen: Mapped[datetime]
+
+
+class Product(Base):
+    __tablename__ = "products"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sku: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    # {"zh": {"name": ..., "description": ...}}: names and descriptions in other languages
+    translations: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    kind: Mapped[str] = mapped_column(String(10), default=ProductKind.UNIQUE)
+    price_minor: Mapped[int] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(String(3))
+    max_per_order: Mapped[int] = mapped_column(Integer, default=10)
+    max_per_buyer: Mapped[int | None] = mapped_column(Integer, default=None)
+    low_stock_threshold: Mapped[int] = mapped_column(Integer, default=5)
+    delivery_template: Mapped[str] = mapped_column(Text, default="")
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime]
+
+    def name_in(self, language: str) -> str:
+        return translated(self.translations, language, "name", self.name)
+
+
+class ImportBatch(Base):
+    __tablename__ = "import_batches"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"))
+    source: Mapped[str] = mapped_column(String(40))  # "chat", "file", "cli"
+    admin_id: Mapped[int | None] = mapped_column(BigInteger)
+    added: Mapped[int] = mapped_column(Integer, default=0)
+    duplicates: Mapped[int] = mapped_column(Integer, default=0)
+    rejected: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+
+
+class Key(Base):
+    __tablename__ = "keys"
+    __table_args__ = (
+        UniqueConstraint("product_id", "digest"),
+        # Allocation takes the oldest available keys of a product: this index serves it.
+        Index(None, "product_id", "status", "id"),
+        Index(None, "order_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"))
+    batch_id: Mapped[int] = mapped_column(ForeignKey("import_batches.id"))
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32))  # HMAC of the normalised key
+    status: Mapped[str] = mapped_column(String(10), default=KeyStatus.AVAILABLE)
+    # A single column, so a unique key can belong to one order at most (I1).
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"), default=None)
+    imported_at: Mapped[datetime]
+
+
+class Order(Base):
+    __tablename__ = "orders"
+    __table_args__ = (
+        Index(None, "buyer_id", "id"),
+        Index(None, "status", "check_after"),
+        Index(None, "payment_ref"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    buyer_id: Mapped[int] = mapped_column(ForeignKey("buyers.id"))
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"))
+    quantity: Mapped[int] = mapped_column(Integer)
+    amount_minor: Mapped[int] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(String(3))
+    provider: Mapped[str] = mapped_column(String(16))
+    # The provider's handle on the checkout (a Stripe Checkout Session id).
+    provider_ref: Mapped[str | None] = mapped_column(String(255), unique=True, default=None)
+    checkout_url: Mapped[str | None] = mapped_column(Text, default=None)
+    # The provider's handle on the money (a PaymentIntent id), set when paid; refunds use it.
+    payment_ref: Mapped[str | None] = mapped_column(String(255), default=None)
+    status: Mapped[str] = mapped_column(String(16), default=OrderStatus.PENDING)
+    reserved_until: Mapped[datetime]
+    # When reconciliation should next ask the provider about this order, if it is still open.
+    check_after: Mapped[datetime]
+    created_at: Mapped[datetime]
+    paid_at: Mapped[datetime | None] = mapped_column(default=None)
+    paid_amount_minor: Mapped[int | None] = mapped_column(Integer, default=None)
+    paid_currency: Mapped[str | None] = mapped_column(String(3), default=None)
+    fulfilled_at: Mapped[datetime | None] = mapped_column(default=None)
+    closed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The one key every buyer of a shared-key product receives. (Not a foreign key: keys
+    # already point at orders, and a cycle of constraints would make schema changes painful.)
+    shared_key_id: Mapped[int | None] = mapped_column(Integer, default=None)
+
+
+class PaymentEvent(Base):
+    """The idempotency ledger: a provider event is applied at most once."""
+
+    __tablename__ = "payment_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(16))
+    event_id: Mapped[str] = mapped_column(String(255), unique=True)
+    type: Mapped[str] = mapped_column(String(64))
+    order_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    received_at: Mapped[datetime]
+
+
+class Delivery(Base):
+    """The outbox: one row per message that carries value, sent by the delivery worker."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        Index(None, "status", "next_attempt_at"),
+        Index(None, "order_id"),
+        # An order's keys are queued for first delivery once, whatever replays happen.
+        Index(
+            "uq_deliveries_order_keys",
+            "order_id",
+            unique=True,
+            sqlite_where=text("kind = 'keys'"),
+            postgresql_where=text("kind = 'keys'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    chat_id: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    lease_owner: Mapped[str | None] = mapped_column(String(64), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    message_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    last_error: Mapped[str | None] = mapped_column(String(200), default=None)
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Reveal(Base):
+    """Each time an order's keys were put in front of the buyer: dispute evidence.
+
+    It also remembers the chat message so the key can be removed after its time is up.
+    """
+
+    __tablename__ = "reveals"
+    __table_args__ = (Index(None, "order_id"), Index(None, "delete_after"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"))
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id"))
+    how: Mapped[str] = mapped_column(String(16))  # DeliveryKind.KEYS or RESHOW
+    chat_id: Mapped[int] = mapped_column(BigInteger)
+    message_id: Mapped[int] = mapped_column(BigInteger)
+    revealed_at: Mapped[datetime]
+    # Null once the message has been removed from the chat.
+    delete_after: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    admin_id: Mapped[int | None] = mapped_column(BigInteger)
+    action: Mapped[str] = mapped_column(String(40))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime]

@@ -1,0 +1,50 @@
+"""Money as integers of the currency's smallest unit, the way payment providers count it."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+from store.errors import InvalidInput
+
+# Stripe's zero-decimal currencies: amounts are whole units (1000 JPY is 1000, not 100000).
+ZERO_DECIMAL = frozenset(
+    "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()
+)
+# Three-decimal currencies need amounts rounded to tens in Stripe; not supported here.
+THREE_DECIMAL = frozenset("bhd jod kwd omr tnd".split())
+STARS = "xtr"  # Telegram Stars: whole stars
+
+
+def exponent(currency: str) -> int:
+    currency = currency.lower()
+    return 0 if currency in ZERO_DECIMAL or currency == STARS else 2
+
+
+def to_minor(amount: str | Decimal, currency: str) -> int:
+    """Parse a price such as "9.99" into minor units of `currency` (999)."""
+    currency = check_currency(currency)
+    try:
+        value = Decimal(str(amount).strip())
+    except InvalidOperation:
+        raise InvalidInput(f"price {amount!r} is not a number") from None
+    if not value.is_finite() or value <= 0:
+        raise InvalidInput("price must be a positive number")
+    minor = value.scaleb(exponent(currency))
+    if minor != minor.to_integral_value():
+        raise InvalidInput(f"{currency.upper()} has {exponent(currency)} decimal places")
+    if minor > 99_999_999:  # Stripe's per-charge ceiling
+        raise InvalidInput("price is above what a card payment can take")
+    return int(minor)
+
+
+def to_major(minor: int, currency: str) -> Decimal:
+    return Decimal(minor).scaleb(-exponent(currency))
+
+
+def check_currency(currency: str) -> str:
+    currency = currency.strip().lower()
+    if len(currency) != 3 or not currency.isalpha():
+        raise InvalidInput(f"currency {currency!r} is not a three-letter ISO code")
+    if currency in THREE_DECIMAL:
+        raise InvalidInput(f"{currency.upper()} is not supported")
+    return currency

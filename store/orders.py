@@ -1,0 +1,739 @@
+"""Orders and their state machine: checkout, payment, release, refund and dispute.
+
+This module is the money -> key path. Every transition is one transaction that locks the
+order row (PostgreSQL) or holds the write lock (SQLite), checks the state it expects, and
+writes the new state together with its consequences: keys reserved, sold, released or
+revoked, and the buyer's message queued in the outbox. A payment is recorded against the
+provider's event id in the same transaction, so any number of copies of an event, in any
+order, have the effect of one.
+
+    pending --paid--> fulfilled | backordered | refund_pending -> refunded | review
+    pending --expired / failed--> expired | cancelled
+    fulfilled --refund--> refunded        fulfilled --dispute--> disputed
+    backordered --restock--> fulfilled
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from store import allocation
+from store.audit import audit
+from store.buyers import dialect_insert, touch
+from store.db import Database
+from store.errors import (
+    Blacklisted,
+    InvalidInput,
+    NotFound,
+    OrderNotPayable,
+    OutOfStock,
+    OverLimit,
+    PaymentUnavailable,
+    ProductInactive,
+    TooManyUnpaid,
+)
+from store.models import (
+    Buyer,
+    DeliveryKind,
+    Delivery,
+    DeliveryStatus,
+    Key,
+    KeyStatus,
+    Order,
+    OrderStatus,
+    PaymentEvent,
+    Product,
+    ProductKind,
+    Reveal,
+)
+from store.payments import CheckoutRequest, CheckoutState, Payment, PaymentGateway
+
+# Statuses in which an order counts against a buyer's per-product limit.
+_HOLDING = (
+    OrderStatus.PENDING,
+    OrderStatus.FULFILLED,
+    OrderStatus.BACKORDERED,
+    OrderStatus.REVIEW,
+    OrderStatus.DISPUTED,
+)
+# A checkout the app started but never recorded (a crash in between) is cancelled after
+# this long: nobody was ever shown its payment link, so nobody can have paid it.
+ORPHAN_GRACE = timedelta(minutes=2)
+# Reconciliation asks the provider this long after a checkout should have closed.
+CHECK_GRACE = timedelta(minutes=1)
+
+
+class Outcome(StrEnum):
+    FULFILLED = "fulfilled"
+    BACKORDERED = "backordered"
+    REFUND_DUE = "refund_due"  # paid, nothing to give: the money must go back
+    REVIEW = "review"  # paid amount or currency differs from the order
+    RELEASED = "released"  # checkout closed unpaid, keys back on sale
+    AWAITING = "awaiting"  # a delayed payment method is settling
+    REFUNDED = "refunded"
+    PARTIAL_REFUND = "partial_refund"
+    DISPUTED = "disputed"
+    UNCHANGED = "unchanged"  # already in the state the event would bring
+    DUPLICATE = "duplicate"  # this event was applied before
+    UNKNOWN_ORDER = "unknown_order"
+
+
+@dataclass(frozen=True, slots=True)
+class OutOfStockPolicy:
+    backorder: bool  # False: refund
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutPolicy:
+    max_unpaid: int
+    ttl: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutResult:
+    order_id: int
+    url: str
+    quantity: int
+    amount_minor: int
+    currency: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A provider event, for the idempotency ledger."""
+
+    provider: str
+    id: str
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What a transition did, for the edge to tell buyers and admins."""
+
+    outcome: Outcome
+    order_id: int | None = None
+    buyer_id: int | None = None
+    sku: str | None = None
+    stock_left: int | None = None  # unique keys left after a fulfilment, capped
+    low_stock_threshold: int | None = None
+
+    @property
+    def low_stock(self) -> bool:
+        return (
+            self.outcome is Outcome.FULFILLED
+            and self.stock_left is not None
+            and self.low_stock_threshold is not None
+            and self.stock_left <= self.low_stock_threshold
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OrderView:
+    id: int
+    sku: str
+    product_name: str
+    quantity: int
+    amount_minor: int
+    currency: str
+    status: OrderStatus
+    created_at: datetime
+    paid_at: datetime | None
+    checkout_url: str | None
+    buyer_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class RevealView:
+    at: datetime
+    how: str
+
+
+@dataclass(frozen=True, slots=True)
+class DisputeResult:
+    result: Result
+    reveals: tuple[RevealView, ...] = ()
+    blacklisted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """An order reconciliation must ask its provider about."""
+
+    order_id: int
+    provider: str
+    checkout_ref: str | None
+    status: OrderStatus
+    payment_ref: str | None
+    paid_amount_minor: int | None
+    reserved_until: datetime
+
+
+# ---------------------------------------------------------------- checkout
+
+
+async def checkout(
+    db: Database,
+    gateway: PaymentGateway,
+    *,
+    buyer_id: int,
+    language: str,
+    product_id: int,
+    quantity: int,
+    policy: CheckoutPolicy,
+    now: datetime | None = None,
+) -> CheckoutResult:
+    """Create an order with its keys reserved, then open the provider's checkout for it.
+
+    Raises OutOfStock, OverLimit, TooManyUnpaid, Blacklisted, ProductInactive, NotFound or
+    PaymentUnavailable; in every case nothing stays reserved.
+    """
+    now = now or datetime.now(UTC)
+    expires_at = now + policy.ttl
+    order, product_name, unit = await db.write(
+        _open_order, gateway.name, buyer_id, language, product_id, quantity, policy, now, expires_at
+    )
+    request = CheckoutRequest(
+        order_id=order.id,
+        product_name=product_name,
+        quantity=quantity,
+        unit_amount_minor=unit,
+        currency=order.currency,
+        expires_at=expires_at,
+    )
+    try:
+        started = await gateway.start_checkout(request)
+    except Exception:
+        # Whatever went wrong, the buyer has no link to pay: give the keys back now. (If the
+        # task is cancelled instead, the orphaned order is cancelled by reconciliation.)
+        await db.write(_close_unpaid, order.id, OrderStatus.CANCELLED, None, datetime.now(UTC))
+        raise
+    await db.write(_attach_checkout, order.id, started.ref, started.url)
+    return CheckoutResult(
+        order_id=order.id,
+        url=started.url,
+        quantity=quantity,
+        amount_minor=order.amount_minor,
+        currency=order.currency,
+        expires_at=expires_at,
+    )
+
+
+async def _open_order(
+    session: AsyncSession,
+    provider: str,
+    buyer_id: int,
+    language: str,
+    product_id: int,
+    quantity: int,
+    policy: CheckoutPolicy,
+    now: datetime,
+    expires_at: datetime,
+) -> tuple[Order, str, int]:
+    if await touch(session, buyer_id, language, now):
+        raise Blacklisted("buyer is blacklisted")
+    product = await session.get(Product, product_id)
+    if product is None:
+        raise NotFound("no such product")
+    if not product.active:
+        raise ProductInactive(product.sku)
+    if quantity < 1:
+        raise InvalidInput("quantity must be at least 1")
+    if quantity > product.max_per_order:
+        raise OverLimit(product.max_per_order)
+    unpaid = await session.scalar(
+        select(func.count()).where(Order.buyer_id == buyer_id, Order.status == OrderStatus.PENDING)
+    )
+    if unpaid >= policy.max_unpaid:
+        raise TooManyUnpaid(policy.max_unpaid)
+    if product.max_per_buyer is not None:
+        held = await session.scalar(
+            select(func.coalesce(func.sum(Order.quantity), 0)).where(
+                Order.buyer_id == buyer_id,
+                Order.product_id == product.id,
+                Order.status.in_(_HOLDING),
+            )
+        )
+        if held + quantity > product.max_per_buyer:
+            raise OverLimit(max(0, product.max_per_buyer - held))
+    order = Order(
+        buyer_id=buyer_id,
+        product_id=product.id,
+        quantity=quantity,
+        amount_minor=product.price_minor * quantity,
+        currency=product.currency,
+        provider=provider,
+        status=OrderStatus.PENDING,
+        reserved_until=expires_at,
+        check_after=expires_at + CHECK_GRACE,
+        created_at=now,
+    )
+    session.add(order)
+    await session.flush()
+    if product.kind == ProductKind.SHARED:
+        if await allocation.newest_shared_key(session, product.id) is None:
+            raise OutOfStock(0)
+    else:
+        got = await allocation.take_keys(session, product.id, order.id, quantity, status=KeyStatus.RESERVED)
+        if got < quantity:
+            raise OutOfStock(got)
+    return order, product.name_in(language), product.price_minor
+
+
+async def _attach_checkout(session: AsyncSession, order_id: int, ref: str, url: str) -> None:
+    order = await session.get(Order, order_id)
+    if order is not None and order.provider_ref is None:
+        order.provider_ref = ref
+        order.checkout_url = url
+
+
+# ---------------------------------------------------------------- payment
+
+
+async def fulfil(
+    db: Database,
+    payment: Payment,
+    policy: OutOfStockPolicy,
+    *,
+    event: Event | None = None,
+    now: datetime | None = None,
+) -> Result:
+    """Apply a provider's report that an order was paid: safe to call any number of times.
+
+    In one transaction: record the event, mark the order paid, turn its reservation into a
+    sale (or take fresh keys if the reservation lapsed), and queue the delivery. With nothing
+    left to give, apply the out-of-stock policy. A payment that does not match the order's
+    amount and currency puts the order in review instead.
+    """
+    return await db.write(_fulfil, payment, policy, event, now or datetime.now(UTC))
+
+
+async def _fulfil(
+    session: AsyncSession, payment: Payment, policy: OutOfStockPolicy, event: Event | None, now: datetime
+) -> Result:
+    if event is not None and not await _record_event(session, event, payment.order_id, now):
+        return Result(Outcome.DUPLICATE, payment.order_id)
+    order = await _lock_order(session, payment.order_id)
+    if order is None:
+        return Result(Outcome.UNKNOWN_ORDER, payment.order_id)
+    product = await session.get(Product, order.product_id)
+    base = dict(order_id=order.id, buyer_id=order.buyer_id, sku=product.sku)
+    if order.paid_at is not None:
+        return Result(Outcome.UNCHANGED, **base)
+    order.paid_at = now
+    order.paid_amount_minor = payment.amount_minor
+    order.paid_currency = payment.currency
+    order.payment_ref = payment.payment_ref
+    order.provider_ref = order.provider_ref or payment.checkout_ref
+    if payment.amount_minor != order.amount_minor or (payment.currency or "").lower() != order.currency:
+        # Keys stay reserved for the admin's decision.
+        order.status = OrderStatus.REVIEW
+        session.add(allocation.delivery(order, DeliveryKind.REVIEW, now))
+        return Result(Outcome.REVIEW, **base)
+    if await _allocate(session, order, product):
+        order.status = OrderStatus.FULFILLED
+        order.fulfilled_at = now
+        order.closed_at = now
+        session.add(allocation.delivery(order, DeliveryKind.KEYS, now))
+        return Result(
+            Outcome.FULFILLED,
+            **base,
+            stock_left=await _stock_left(session, product),
+            low_stock_threshold=product.low_stock_threshold,
+        )
+    if policy.backorder:
+        order.status = OrderStatus.BACKORDERED
+        session.add(allocation.delivery(order, DeliveryKind.BACKORDERED, now))
+        return Result(Outcome.BACKORDERED, **base)
+    order.status = OrderStatus.REFUND_PENDING
+    return Result(Outcome.REFUND_DUE, **base)
+
+
+async def _allocate(session: AsyncSession, order: Order, product: Product) -> bool:
+    """Make the order's keys its own, reserved or fresh; False (and nothing held) if short."""
+    if product.kind == ProductKind.SHARED:
+        order.shared_key_id = await allocation.newest_shared_key(session, product.id)
+        return order.shared_key_id is not None
+    held = await session.scalar(
+        select(func.count()).where(Key.order_id == order.id, Key.status == KeyStatus.RESERVED)
+    )
+    if held < order.quantity:
+        held += await allocation.take_keys(
+            session, product.id, order.id, order.quantity - held, status=KeyStatus.RESERVED
+        )
+    if held < order.quantity:
+        await allocation.release(session, order.id)
+        return False
+    await allocation.sell_reserved(session, order.id)
+    return True
+
+
+async def _stock_left(session: AsyncSession, product: Product) -> int | None:
+    if product.kind == ProductKind.SHARED:
+        return None
+    capped = (
+        select(Key.id)
+        .where(Key.product_id == product.id, Key.status == KeyStatus.AVAILABLE)
+        .limit(product.low_stock_threshold + 1)
+        .subquery()
+    )
+    return await session.scalar(select(func.count()).select_from(capped))
+
+
+async def fulfil_backorders(session: AsyncSession, product_id: int, now: datetime) -> list[int]:
+    """Fulfil a product's backordered orders from fresh stock, oldest payment first.
+
+    Runs inside the restock transaction; stops at the first order it cannot fill so a
+    later, smaller order never jumps the queue.
+    """
+    product = await session.get(Product, product_id)
+    waiting = (
+        await session.scalars(
+            select(Order)
+            .where(Order.product_id == product_id, Order.status == OrderStatus.BACKORDERED)
+            .order_by(Order.paid_at, Order.id)
+            .with_for_update()
+        )
+    ).all()
+    fulfilled = []
+    for order in waiting:
+        if not await _allocate(session, order, product):
+            break
+        order.status = OrderStatus.FULFILLED
+        order.fulfilled_at = now
+        order.closed_at = now
+        session.add(allocation.delivery(order, DeliveryKind.KEYS, now))
+        fulfilled.append(order.id)
+    return fulfilled
+
+
+async def awaiting_payment(
+    db: Database, order_id: int, *, event: Event | None = None, recheck_after: timedelta, now: datetime | None = None
+) -> Result:
+    """A delayed payment method was chosen: keep the reservation until it settles."""
+    async def work(session: AsyncSession) -> Result:
+        moment = now or datetime.now(UTC)
+        if event is not None and not await _record_event(session, event, order_id, moment):
+            return Result(Outcome.DUPLICATE, order_id)
+        order = await _lock_order(session, order_id)
+        if order is None:
+            return Result(Outcome.UNKNOWN_ORDER, order_id)
+        if order.status == OrderStatus.PENDING:
+            order.check_after = moment + recheck_after
+            return Result(Outcome.AWAITING, order.id, order.buyer_id)
+        return Result(Outcome.UNCHANGED, order.id, order.buyer_id)
+
+    return await db.write(work)
+
+
+async def close_unpaid(
+    db: Database, order_id: int, state: CheckoutState, *, event: Event | None = None, now: datetime | None = None
+) -> Result:
+    """The checkout closed without payment (expired, or a delayed payment failed)."""
+    status = OrderStatus.EXPIRED if state == CheckoutState.EXPIRED else OrderStatus.CANCELLED
+    return await db.write(_close_unpaid, order_id, status, event, now or datetime.now(UTC))
+
+
+async def _close_unpaid(
+    session: AsyncSession, order_id: int, status: OrderStatus, event: Event | None, now: datetime
+) -> Result:
+    if event is not None and not await _record_event(session, event, order_id, now):
+        return Result(Outcome.DUPLICATE, order_id)
+    order = await _lock_order(session, order_id)
+    if order is None:
+        return Result(Outcome.UNKNOWN_ORDER, order_id)
+    # A late "expired" after the payment must not undo the sale.
+    if order.status != OrderStatus.PENDING or order.paid_at is not None:
+        return Result(Outcome.UNCHANGED, order.id, order.buyer_id)
+    await allocation.release(session, order.id)
+    order.status = status
+    order.closed_at = now
+    return Result(Outcome.RELEASED, order.id, order.buyer_id)
+
+
+# ---------------------------------------------------------------- refunds and disputes
+
+
+async def refunds_due(db: Database) -> list[Pending]:
+    """Orders whose money must go back because there was nothing to give."""
+    async def work(session: AsyncSession) -> list[Pending]:
+        orders = await session.scalars(
+            select(Order).where(Order.status == OrderStatus.REFUND_PENDING).order_by(Order.id)
+        )
+        return [_pending(o) for o in orders]
+
+    return await db.read(work)
+
+
+async def record_refund(
+    db: Database, order_id: int | None, *, payment_ref: str | None = None, full: bool = True,
+    event: Event | None = None, admin_id: int | None = None, now: datetime | None = None,
+) -> Result:
+    """Money went back to the buyer: the order is refunded and its keys revoked for good.
+
+    Called after keyvend's own refund and for `charge.refunded` events (refunds made in the
+    Stripe dashboard). A partial refund changes nothing but is reported.
+    """
+    async def work(session: AsyncSession) -> Result:
+        moment = now or datetime.now(UTC)
+        if event is not None and not await _record_event(session, event, order_id, moment):
+            return Result(Outcome.DUPLICATE, order_id)
+        order = await _find_paid_order(session, order_id, payment_ref)
+        if order is None:
+            return Result(Outcome.UNKNOWN_ORDER, order_id)
+        if not full:
+            return Result(Outcome.PARTIAL_REFUND, order.id, order.buyer_id)
+        if order.status in (OrderStatus.REFUNDED, OrderStatus.PENDING, OrderStatus.EXPIRED, OrderStatus.CANCELLED):
+            return Result(Outcome.UNCHANGED, order.id, order.buyer_id)
+        await allocation.revoke(session, order.id)
+        await allocation.release(session, order.id)  # an order in review still holds a reservation
+        order.status = OrderStatus.REFUNDED
+        order.closed_at = moment
+        session.add(allocation.delivery(order, DeliveryKind.REFUNDED, moment))
+        if admin_id is not None:
+            session.add(audit(admin_id, "order.refund", str(order.id)))
+        return Result(Outcome.REFUNDED, order.id, order.buyer_id)
+
+    return await db.write(work)
+
+
+async def record_dispute(
+    db: Database, order_id: int | None, *, payment_ref: str | None, blacklist: bool,
+    event: Event | None = None, now: datetime | None = None,
+) -> DisputeResult:
+    """The buyer disputed the charge: flag the order and gather the reveal log as evidence."""
+    async def work(session: AsyncSession) -> DisputeResult:
+        moment = now or datetime.now(UTC)
+        if event is not None and not await _record_event(session, event, order_id, moment):
+            return DisputeResult(Result(Outcome.DUPLICATE, order_id))
+        order = await _find_paid_order(session, order_id, payment_ref)
+        if order is None:
+            return DisputeResult(Result(Outcome.UNKNOWN_ORDER, order_id))
+        reveals = await session.execute(
+            select(Reveal.revealed_at, Reveal.how).where(Reveal.order_id == order.id).order_by(Reveal.id)
+        )
+        log = tuple(RevealView(at, how) for at, how in reveals)
+        if order.status == OrderStatus.DISPUTED:
+            return DisputeResult(Result(Outcome.UNCHANGED, order.id, order.buyer_id), log)
+        order.status = OrderStatus.DISPUTED
+        if blacklist:
+            buyer = await session.get(Buyer, order.buyer_id)
+            buyer.blacklisted = True
+        return DisputeResult(Result(Outcome.DISPUTED, order.id, order.buyer_id), log, blacklist)
+
+    return await db.write(work)
+
+
+# ---------------------------------------------------------------- asking the provider
+
+
+async def confirm(
+    db: Database, gateway: PaymentGateway, order_id: int, policy: OutOfStockPolicy,
+    *, close_if_open: bool = False, now: datetime | None = None,
+) -> Result:
+    """Ask the provider what became of an order's checkout and apply the answer.
+
+    The one way to settle an order without a webhook: reconciliation, an admin's /confirm
+    and the buyer's return from the payment page all use it. There is no path that marks an
+    order paid without the provider saying so. With `close_if_open`, a checkout still open
+    past its time is closed at the provider first, so the answer is final.
+    """
+    pending = await db.read(_pending_by_id, order_id)
+    if pending is None:
+        raise NotFound(f"no order {order_id}")
+    if pending.status != OrderStatus.PENDING:
+        raise OrderNotPayable(f"order {order_id} is {pending.status}")
+    if pending.checkout_ref is None:
+        raise OrderNotPayable(f"order {order_id} has no checkout")
+    if close_if_open:
+        payment = await gateway.cancel_checkout(order_id, pending.checkout_ref)
+    else:
+        payment = await gateway.checkout_status(order_id, pending.checkout_ref)
+    if payment.state == CheckoutState.PAID:
+        return await fulfil(db, payment, policy, now=now)
+    if payment.state in (CheckoutState.EXPIRED, CheckoutState.FAILED):
+        return await close_unpaid(db, order_id, payment.state, now=now)
+    if payment.state == CheckoutState.AWAITING:
+        return Result(Outcome.AWAITING, order_id)
+    return Result(Outcome.UNCHANGED, order_id)
+
+
+async def due_for_check(db: Database, *, now: datetime | None = None, limit: int = 100) -> list[Pending]:
+    """Open orders whose checkout should have closed by now, oldest first."""
+    async def work(session: AsyncSession) -> list[Pending]:
+        orders = await session.scalars(
+            select(Order)
+            .where(Order.status == OrderStatus.PENDING, Order.check_after <= (now or datetime.now(UTC)))
+            .order_by(Order.check_after)
+            .limit(limit)
+        )
+        return [_pending(o) for o in orders]
+
+    return await db.read(work)
+
+
+async def postpone_check(db: Database, order_id: int, until: datetime) -> None:
+    async def work(session: AsyncSession) -> None:
+        order = await session.get(Order, order_id)
+        if order is not None and order.status == OrderStatus.PENDING:
+            order.check_after = until
+
+    await db.write(work)
+
+
+async def cancel_orphans(db: Database, *, now: datetime | None = None) -> list[int]:
+    """Cancel orders whose checkout was never recorded (the process died in between)."""
+    async def work(session: AsyncSession) -> list[int]:
+        moment = now or datetime.now(UTC)
+        orders = (
+            await session.scalars(
+                select(Order)
+                .where(
+                    Order.status == OrderStatus.PENDING,
+                    Order.provider_ref.is_(None),
+                    Order.created_at < moment - ORPHAN_GRACE,
+                )
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        for order in orders:
+            await allocation.release(session, order.id)
+            order.status = OrderStatus.CANCELLED
+            order.closed_at = moment
+        return [o.id for o in orders]
+
+    return await db.write(work)
+
+
+# ---------------------------------------------------------------- the buyer's view
+
+
+async def buyer_orders(db: Database, buyer_id: int, language: str, *, limit: int = 10) -> list[OrderView]:
+    """A buyer's latest orders, newest first."""
+    async def work(session: AsyncSession) -> list[OrderView]:
+        rows = await session.execute(
+            select(Order, Product)
+            .join(Product, Product.id == Order.product_id)
+            .where(Order.buyer_id == buyer_id)
+            .order_by(Order.id.desc())
+            .limit(limit)
+        )
+        return [_order_view(o, p, language) for o, p in rows]
+
+    return await db.read(work)
+
+
+async def buyer_order(db: Database, order_id: int, buyer_id: int, language: str) -> OrderView:
+    """One of the buyer's own orders; NotFound for anyone else's."""
+    async def work(session: AsyncSession) -> OrderView:
+        row = (
+            await session.execute(
+                select(Order, Product)
+                .join(Product, Product.id == Order.product_id)
+                .where(Order.id == order_id, Order.buyer_id == buyer_id)
+            )
+        ).first()
+        if row is None:
+            raise NotFound("no such order")
+        return _order_view(row[0], row[1], language)
+
+    return await db.read(work)
+
+
+async def show_keys_again(db: Database, order_id: int, buyer_id: int, *, now: datetime | None = None) -> int:
+    """Queue the order's keys to be shown to its buyer once more; return the delivery id.
+
+    A request while one is already queued returns that one instead of queueing another.
+    """
+    async def work(session: AsyncSession) -> int:
+        order = await session.scalar(select(Order).where(Order.id == order_id, Order.buyer_id == buyer_id))
+        if order is None:
+            raise NotFound("no such order")
+        if order.status not in (OrderStatus.FULFILLED, OrderStatus.DISPUTED):
+            raise OrderNotPayable(f"order {order_id} has no keys to show")
+        queued = await session.scalar(
+            select(Delivery.id).where(
+                Delivery.order_id == order.id,
+                Delivery.kind == DeliveryKind.RESHOW,
+                Delivery.status == DeliveryStatus.QUEUED,
+            )
+        )
+        if queued is not None:
+            return queued
+        delivery = allocation.delivery(order, DeliveryKind.RESHOW, now or datetime.now(UTC))
+        session.add(delivery)
+        await session.flush()
+        return delivery.id
+
+    return await db.write(work)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+async def _record_event(session: AsyncSession, event: Event, order_id: int | None, now: datetime) -> bool:
+    """Add the event to the ledger; False if it was there already."""
+    insert = dialect_insert(session)
+    inserted = await session.scalar(
+        insert(PaymentEvent)
+        .values(provider=event.provider, event_id=event.id, type=event.type, order_id=order_id, received_at=now)
+        .on_conflict_do_nothing(index_elements=[PaymentEvent.event_id])
+        .returning(PaymentEvent.id)
+    )
+    return inserted is not None
+
+
+async def _lock_order(session: AsyncSession, order_id: int | None) -> Order | None:
+    if order_id is None:
+        return None
+    return await session.scalar(
+        select(Order).where(Order.id == order_id).with_for_update().execution_options(populate_existing=True)
+    )
+
+
+async def _find_paid_order(session: AsyncSession, order_id: int | None, payment_ref: str | None) -> Order | None:
+    order = await _lock_order(session, order_id)
+    if order is None and payment_ref:
+        order = await session.scalar(
+            select(Order).where(Order.payment_ref == payment_ref).with_for_update()
+        )
+    return order
+
+
+async def _pending_by_id(session: AsyncSession, order_id: int) -> Pending | None:
+    order = await session.get(Order, order_id)
+    return None if order is None else _pending(order)
+
+
+def _pending(order: Order) -> Pending:
+    return Pending(
+        order_id=order.id,
+        provider=order.provider,
+        checkout_ref=order.provider_ref,
+        status=OrderStatus(order.status),
+        payment_ref=order.payment_ref,
+        paid_amount_minor=order.paid_amount_minor,
+        reserved_until=order.reserved_until,
+    )
+
+
+def _order_view(order: Order, product: Product, language: str) -> OrderView:
+    return OrderView(
+        id=order.id,
+        sku=product.sku,
+        product_name=product.name_in(language),
+        quantity=order.quantity,
+        amount_minor=order.amount_minor,
+        currency=order.currency,
+        status=OrderStatus(order.status),
+        created_at=order.created_at,
+        paid_at=order.paid_at,
+        checkout_url=order.checkout_url if order.status == OrderStatus.PENDING else None,
+        buyer_id=order.buyer_id,
+    )

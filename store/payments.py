@@ -1,0 +1,65 @@
+"""The payment provider interface, as the order state machine sees it.
+
+A provider starts a checkout for an order, says what became of it, and returns money. The
+state machine never knows which provider it talks to; the adapters (Stripe Checkout,
+Telegram Stars) live at the edge and raise `PaymentUnavailable` when they cannot answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutRequest:
+    order_id: int
+    product_name: str
+    quantity: int
+    unit_amount_minor: int
+    currency: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutStarted:
+    ref: str  # the provider's id for this checkout
+    url: str  # where the buyer pays
+
+
+class CheckoutState(StrEnum):
+    OPEN = "open"  # the buyer may still pay
+    PAID = "paid"  # money received
+    AWAITING = "awaiting"  # a delayed method (bank debit) is settling
+    EXPIRED = "expired"  # closed without payment
+    FAILED = "failed"  # a delayed payment failed
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    """What a provider reports about an order's money: the input of `fulfil`."""
+
+    order_id: int
+    state: CheckoutState
+    checkout_ref: str | None = None
+    payment_ref: str | None = None  # the handle refunds use
+    amount_minor: int | None = None
+    currency: str | None = None
+
+
+class PaymentGateway(Protocol):
+    name: str
+
+    async def start_checkout(self, request: CheckoutRequest) -> CheckoutStarted:
+        """Open a checkout; the same order id must never open two."""
+
+    async def checkout_status(self, order_id: int, checkout_ref: str | None) -> Payment:
+        """Ask the provider what became of an order's checkout."""
+
+    async def cancel_checkout(self, order_id: int, checkout_ref: str | None) -> Payment:
+        """Close an open checkout so it can no longer be paid; report its final state."""
+
+    async def refund(self, order_id: int, payment_ref: str, amount_minor: int) -> str:
+        """Return an order's money; safe to repeat (returns the same refund)."""
