@@ -46,6 +46,7 @@ class Job:
     template: str
     keys: tuple[str, ...]  # plaintext, only for key deliveries; never logged
     lease_expires_at: datetime
+    queued_at: datetime
 
     def __repr__(self) -> str:  # keep keys out of any accidental log line or traceback
         return f"Job(id={self.id}, kind={self.kind}, order_id={self.order_id}, chat_id={self.chat_id})"
@@ -63,7 +64,7 @@ class Done:
 
     job: Job
     outcome: Outcome
-    message_id: int | None = None
+    message_ids: tuple[int, ...] = ()  # a long key list can take several messages
     retry_at: datetime | None = None
     error: str | None = None
     count_attempt: bool = True  # a 429 wait is not a failed attempt
@@ -139,6 +140,7 @@ async def claim(
             template=product.delivery_template,
             keys=tuple(vault.decrypt(c) for c in secrets),
             lease_expires_at=lease_end,
+            queued_at=d.created_at,
         )
         for d, order, product, language, secrets in claimed
     ]
@@ -166,7 +168,7 @@ async def finish(
                     status=DeliveryStatus.SENT, message_id=bindparam("b_message"), sent_at=now,
                     attempts=Delivery.attempts + 1, lease_owner=None, lease_expires_at=None,
                 ),
-                [{"b_id": d.job.id, "b_message": d.message_id} for d in sent],
+                [{"b_id": d.job.id, "b_message": d.message_ids[0]} for d in sent],
             )
             reveals = [
                 {
@@ -174,12 +176,13 @@ async def finish(
                     "delivery_id": d.job.id,
                     "how": d.job.kind,
                     "chat_id": d.job.chat_id,
-                    "message_id": d.message_id,
+                    "message_id": message_id,
                     "revealed_at": now,
                     "delete_after": now + key_message_ttl if key_message_ttl else None,
                 }
                 for d in sent
                 if d.job.kind in _KEY_KINDS
+                for message_id in d.message_ids
             ]
             if reveals:
                 await _executemany(session, Reveal.__table__.insert(), reveals)

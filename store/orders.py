@@ -15,6 +15,7 @@ order, have the effect of one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -534,7 +535,7 @@ async def record_dispute(
 
 
 async def confirm(
-    db: Database, gateway: PaymentGateway, order_id: int, policy: OutOfStockPolicy,
+    db: Database, gateways: Mapping[str, PaymentGateway], order_id: int, policy: OutOfStockPolicy,
     *, close_if_open: bool = False, now: datetime | None = None,
 ) -> Result:
     """Ask the provider what became of an order's checkout and apply the answer.
@@ -551,6 +552,9 @@ async def confirm(
         raise OrderNotPayable(f"order {order_id} is {pending.status}")
     if pending.checkout_ref is None:
         raise OrderNotPayable(f"order {order_id} has no checkout")
+    gateway = gateways.get(pending.provider)
+    if gateway is None:
+        raise PaymentUnavailable(f"{pending.provider} payments are not set up")
     if close_if_open:
         payment = await gateway.cancel_checkout(order_id, pending.checkout_ref)
     else:

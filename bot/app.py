@@ -1,0 +1,296 @@
+"""The composition root: builds every part of keyvend from Settings and runs them in one loop.
+
+`serve()` migrates the database, then runs together, until told to stop: the Telegram
+application (polling, or webhook updates fed by the aiohttp server), the aiohttp server
+(Stripe webhook, Telegram webhook, /healthz, /metrics), the delivery worker, the admin
+notifier, reconciliation with Stripe, and the removal of expired key messages. Nothing is
+created at import time; everything hangs off the objects built here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+from sqlalchemy.engine import make_url
+from telegram import Update
+from telegram.error import InvalidToken, NetworkError
+from telegram.ext import (
+    AIORateLimiter,
+    Application,
+    ApplicationBuilder,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    ConversationHandler,
+    MessageHandler,
+    TypeHandler,
+    filters,
+)
+
+from bot import jobs, web as web_routes
+from bot.delivery import DeliveryWorker
+from bot.metrics import Metrics
+from bot.migrate import migrate
+from bot.notifier import AdminNotifier
+from bot.ratelimit import RateLimiter
+from bot.settings import OutOfStockPolicy, Settings, TelegramMode
+from bot.stripe_gateway import StripeGateway
+from handlers import admin, buyer
+from handlers.context import KeyvendContext, Shop
+from store.crypto import KeyVault
+from store.db import Database
+from store.orders import CheckoutPolicy
+from store.orders import OutOfStockPolicy as StockPolicy
+
+log = logging.getLogger(__name__)
+
+_EXPIRY_INTERVAL = 10.0
+
+
+class ConfigError(Exception):
+    """The settings cannot run a shop; the message says what to set."""
+
+
+def encryption_key(settings: Settings) -> str:
+    """KEY_ENCRYPTION_KEY, or for a local SQLite shop one generated once into a 0600 file."""
+    if settings.key_encryption_key is not None:
+        return settings.key_encryption_key.get_secret_value()
+    database = make_url(settings.database_url).database if settings.is_sqlite else None
+    if not database or database == ":memory:":
+        raise ConfigError(
+            "KEY_ENCRYPTION_KEY is not set. Generate one with `keyvend keygen` and put it in .env; "
+            "every instance sharing the database needs the same value."
+        )
+    path = Path(database).resolve().with_name(Path(database).name + ".key")
+    if path.exists():
+        return path.read_text().strip()
+    key = KeyVault.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(key + "\n")
+    log.warning(
+        "generated a key encryption key in %s: back it up together with the database; "
+        "without it the stored keys cannot be read", path,
+    )
+    return key
+
+
+def telegram_secret(settings: Settings) -> str:
+    """The secret Telegram echoes on webhook calls: configured, or derived from the token so
+    every instance agrees without another setting."""
+    if settings.telegram_webhook_secret is not None:
+        return settings.telegram_webhook_secret.get_secret_value()
+    digest = hashlib.sha256(b"keyvend webhook " + settings.bot_token.get_secret_value().encode())
+    return digest.hexdigest()
+
+
+def build_telegram(settings: Settings) -> Application:
+    base = settings.telegram_api_url.rstrip("/")
+    builder = (
+        ApplicationBuilder()
+        .token(settings.bot_token.get_secret_value())
+        .base_url(f"{base}/bot")
+        .base_file_url(f"{base}/file/bot")
+        .context_types(ContextTypes(context=KeyvendContext))
+        # Bot-wide pace and Telegram's 429s: wait out retry_after, then retry up to twice.
+        .rate_limiter(AIORateLimiter(overall_max_rate=settings.telegram_rate, overall_time_period=1, max_retries=2))
+        .concurrent_updates(64)
+        .connection_pool_size(128)
+    )
+    if settings.telegram_mode is TelegramMode.WEBHOOK:
+        builder = builder.updater(None)
+    return builder.build()
+
+
+def add_handlers(application: Application) -> None:
+    """All routing of updates, in one place."""
+    application.add_handler(TypeHandler(Update, buyer.throttle), group=-1)
+    application.add_handler(
+        ConversationHandler(
+            entry_points=[CommandHandler("restock", admin.restock)],
+            states={
+                admin.AWAITING_KEYS: [
+                    MessageHandler(filters.TEXT & ~filters.COMMAND, admin.receive_pasted_keys),
+                    MessageHandler(filters.Document.ALL, admin.receive_key_file),
+                ],
+            },
+            fallbacks=[CommandHandler("cancel", admin.cancel)],
+            conversation_timeout=600,
+        )
+    )
+    application.add_handlers([
+        CommandHandler("start", buyer.start),
+        CommandHandler("buy", buyer.buy),
+        CommandHandler("orders", buyer.my_orders),
+        CommandHandler("help", buyer.help_command),
+        CommandHandler("stats", admin.stats),
+        CommandHandler("confirm", admin.confirm),
+        CallbackQueryHandler(buyer.show_catalogue, pattern=r"^cat$"),
+        CallbackQueryHandler(buyer.show_product, pattern=r"^p:\d{1,9}:\d{1,3}$"),
+        CallbackQueryHandler(buyer.pay, pattern=r"^pay:\d{1,9}:\d{1,3}$"),
+        CallbackQueryHandler(buyer.my_orders, pattern=r"^ords$"),
+        CallbackQueryHandler(buyer.show_order, pattern=r"^o:\d{1,9}$"),
+        CallbackQueryHandler(buyer.show_keys, pattern=r"^k:\d{1,9}$"),
+        CallbackQueryHandler(buyer.stale_button),
+        MessageHandler(filters.COMMAND, buyer.unknown),
+        MessageHandler(filters.TEXT, buyer.chatter),
+    ])
+    application.add_error_handler(_on_error)
+
+
+async def _on_error(update: object, context: KeyvendContext) -> None:
+    """Log a failed update without its content (it may hold pasted keys) and apologise."""
+    update_id = update.update_id if isinstance(update, Update) else None
+    log.error("update %s failed", update_id, exc_info=context.error)
+    if isinstance(update, Update) and update.effective_chat is not None:
+        try:
+            await update.effective_chat.send_message("Sorry, something went wrong on our side. Please try again.")
+        except Exception:  # noqa: BLE001 - the apology is best-effort
+            log.warning("could not tell the user about the failure")
+
+
+@dataclass
+class Parts:
+    """Everything `serve` builds, exposed for tests that drive a running shop."""
+
+    settings: Settings
+    db: Database
+    shop: Shop
+    telegram: Application
+    worker: DeliveryWorker
+    notifier: AdminNotifier
+    limiter: RateLimiter
+    metrics: Metrics
+    web: web.Application
+
+
+def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
+    """Build the parts of a shop (nothing is started)."""
+    if settings.bot_token is None:
+        raise ConfigError("BOT_TOKEN is not set")
+    metrics = Metrics()
+    limiter = RateLimiter(
+        {"updates": settings.rate_limit_updates, "checkouts": settings.rate_limit_checkouts},
+        redis_url=settings.redis_url,
+        metrics=metrics,
+    )
+    application = build_telegram(settings)
+    notifier = AdminNotifier(lambda chat, text: application.bot.send_message(chat, text), settings.admin_ids, metrics)
+    stripe = None
+    if settings.stripe_enabled:
+        stripe = StripeGateway(
+            settings.stripe_secret_key.get_secret_value(),
+            api_base=settings.stripe_api_base,
+            success_url=lambda order: f"https://t.me/{application.bot.username}?start=paid_{order}",
+        )
+    shop = Shop(
+        db=db,
+        vault=vault,
+        admin_ids=settings.admin_ids,
+        checkout_policy=CheckoutPolicy(max_unpaid=settings.max_unpaid_orders, ttl=settings.checkout_ttl),
+        stock_policy=StockPolicy(backorder=settings.out_of_stock_policy is OutOfStockPolicy.BACKORDER),
+        limiter=limiter,
+        notifier=notifier,
+        counters=metrics,
+        key_message_ttl=settings.key_message_ttl,
+        stripe=stripe,
+        stripe_webhook_secret=settings.stripe_webhook_secret.get_secret_value() if stripe else None,
+        blacklist_on_dispute=settings.blacklist_on_dispute,
+    )
+    application.bot_data["shop"] = shop
+    add_handlers(application)
+    worker = DeliveryWorker(
+        shop, application.bot, metrics,
+        owner=f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:6]}",
+        max_attempts=settings.delivery_max_attempts,
+    )
+    shop.wake_delivery = worker.wake
+    secret = telegram_secret(settings) if settings.telegram_mode is TelegramMode.WEBHOOK else None
+    server = web_routes.build(shop, metrics, limiter, telegram=application, telegram_secret=secret)
+    return Parts(settings, db, shop, application, worker, notifier, limiter, metrics, server)
+
+
+async def serve(settings: Settings, stop: asyncio.Event, *, started: asyncio.Event | None = None) -> None:
+    """Run the shop until `stop` is set."""
+    vault = KeyVault(encryption_key(settings))
+    db = Database(settings.database_url)
+    try:
+        await migrate(db)
+        parts = assemble(settings, db, vault)
+        await _run(parts, stop, started)
+    finally:
+        await db.dispose()
+
+
+async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Event | None) -> None:
+    settings, application, shop = parts.settings, parts.telegram, parts.shop
+    try:
+        await application.initialize()
+    except InvalidToken:
+        raise ConfigError("Telegram rejected BOT_TOKEN: copy it again from @BotFather") from None
+    except NetworkError as exc:
+        raise ConfigError(f"cannot reach the Telegram Bot API at {settings.telegram_api_url}: {exc}") from None
+    runner = web.AppRunner(parts.web, access_log=None)
+    await runner.setup()
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        site = web.TCPSite(runner, settings.http_host, settings.http_port)
+        await site.start()
+        await application.start()
+        if settings.telegram_mode is TelegramMode.WEBHOOK:
+            await application.bot.set_webhook(
+                f"{settings.public_url.rstrip('/')}/telegram/webhook",
+                secret_token=telegram_secret(settings),
+                allowed_updates=Update.ALL_TYPES,
+            )
+        else:
+            await application.updater.start_polling(allowed_updates=Update.ALL_TYPES)
+        refunds_due = asyncio.Event()
+        shop.wake_refunds = refunds_due.set
+        tasks = [
+            asyncio.create_task(parts.worker.run(stop), name="delivery"),
+            asyncio.create_task(parts.notifier.run(stop), name="notifier"),
+            asyncio.create_task(
+                jobs.every(settings.reconcile_interval.total_seconds(), lambda: jobs.reconcile(shop), stop,
+                           name="reconciliation"),
+                name="reconciliation",
+            ),
+            asyncio.create_task(
+                jobs.every(settings.reconcile_interval.total_seconds(), lambda: jobs.make_refunds(shop), stop,
+                           wake=refunds_due, name="refunds"),
+                name="refunds",
+            ),
+            asyncio.create_task(
+                jobs.every(_EXPIRY_INTERVAL, lambda: jobs.remove_expired_key_messages(shop, application.bot), stop,
+                           name="key expiry"),
+                name="key-expiry",
+            ),
+        ]
+        log.info(
+            "keyvend is running as @%s: HTTP on %s:%s, Telegram %s, card payments %s",
+            application.bot.username, settings.http_host, settings.http_port, settings.telegram_mode.value,
+            "on" if shop.stripe else "off (set STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET)",
+        )
+        if started is not None:
+            started.set()
+        await stop.wait()
+    finally:
+        stop.set()
+        log.info("keyvend is stopping")
+        if application.updater is not None and application.updater.running:
+            await application.updater.stop()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if application.running:
+            await application.stop()
+        await application.shutdown()
+        await runner.cleanup()

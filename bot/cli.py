@@ -1,0 +1,271 @@
+"""The `keyvend` command line: run the shop, migrate, manage products and keys, check.
+
+Every command reads the same Settings as the bot. On bad input a command prints one line
+saying what is wrong to stderr and exits non-zero; it never prints a key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from bot import logs
+from bot.app import ConfigError, encryption_key, serve
+from bot.migrate import migrate
+from bot.settings import Settings
+from store import catalogue, inventory, reports
+from store.catalogue import ProductChanges
+from store.check import check
+from store.crypto import KeyVault, KeyVaultError
+from store.db import Database
+from store.errors import StoreError
+from store.models import ProductKind
+from store.money import to_major
+
+_SETUP_HINT = (
+    "BOT_TOKEN is not set. Create a bot with @BotFather in Telegram and put its token in .env "
+    "as BOT_TOKEN=... ({env}); see README.md, 'Set up a shop'."
+)
+
+
+class Failure(Exception):
+    """A one-line reason to print before exiting non-zero."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "command"):
+        parser.print_help()
+        return 2
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]).upper() if error["loc"] else "settings"
+        print(f"keyvend: {field}: {error['msg']}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.secrets())
+    try:
+        return _run(args.command(settings, args))
+    except (Failure, ConfigError, StoreError, KeyVaultError) as exc:
+        print(f"keyvend: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(work: Awaitable[int | None]) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a pinned dependency off Windows
+        return asyncio.run(work) or 0
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(work) or 0
+
+
+async def _with_db(settings: Settings, work: Callable[[Database], Awaitable[int | None]]) -> int | None:
+    db = Database(settings.database_url)
+    try:
+        await migrate(db)
+        return await work(db)
+    finally:
+        await db.dispose()
+
+
+# ---------------------------------------------------------------- commands
+
+
+async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.bot_token is None:
+        env = ".env found" if Path(".env").exists() else "no .env here yet: cp .env.example .env"
+        raise Failure(_SETUP_HINT.format(env=env))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await serve(settings, stop)
+    return 0
+
+
+async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    await _with_db(settings, lambda db: _done("database is up to date"))
+    return 0
+
+
+async def _done(message: str) -> int:
+    print(message)
+    return 0
+
+
+async def cmd_product_add(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(db: Database) -> int:
+        product = await catalogue.add_product(
+            db, args.sku, args.name, args.price, args.currency,
+            description=args.description or "", kind=ProductKind(args.kind),
+            max_per_order=args.max_per_order, max_per_buyer=args.max_per_buyer,
+            low_stock_threshold=args.low_stock, delivery_template=args.template or "",
+        )
+        print(f"added {product.sku}: {product.name}, {_price(product)}")
+        return 0
+
+    return await _with_db(settings, work)
+
+
+async def cmd_product_edit(settings: Settings, args: argparse.Namespace) -> int:
+    changes = ProductChanges(
+        name=args.name, description=args.description, price=args.price, currency=args.currency,
+        max_per_order=args.max_per_order, max_per_buyer=args.max_per_buyer,
+        low_stock_threshold=args.low_stock, delivery_template=args.template, active=args.active,
+        language=args.lang,
+    )
+    if changes == ProductChanges(language=args.lang):
+        raise Failure("nothing to change: give at least one option, see `keyvend product edit --help`")
+
+    async def work(db: Database) -> int:
+        product = await catalogue.edit_product(db, args.sku, changes)
+        print(f"updated {product.sku}: {product.name}, {_price(product)}, {'on sale' if product.active else 'off sale'}")
+        return 0
+
+    return await _with_db(settings, work)
+
+
+async def cmd_product_list(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(db: Database) -> int:
+        products = {p.sku: p for p in await catalogue.list_products(db, active_only=False)}
+        levels = await inventory.stock_levels(db)
+        if not levels:
+            print("no products yet: keyvend product add SKU --name NAME --price 9.99 --currency usd")
+        for level in levels:
+            p = products[level.sku]
+            state = "" if p.active else "  (off sale)"
+            print(f"{p.sku:<20} {_price(p):>12}  available {level.available:>7}  reserved {level.reserved:>5}  "
+                  f"sold {level.sold:>7}  {p.name}{state}")
+        return 0
+
+    return await _with_db(settings, work)
+
+
+async def cmd_keys_import(settings: Settings, args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    try:
+        data = sys.stdin.buffer.read() if args.file == "-" else path.read_bytes()
+    except OSError as exc:
+        raise Failure(f"cannot read {args.file}: {exc.strerror}") from None
+    vault = KeyVault(encryption_key(settings))
+
+    async def work(db: Database) -> int:
+        parsed = inventory.parse_keys(data, is_csv=path.suffix.lower() == ".csv")
+        report = await inventory.restock(db, vault, args.sku, parsed, source="cli")
+        print(f"{report.sku}: added {report.added}, skipped {report.duplicates} duplicates, "
+              f"rejected {report.rejected} lines ({report.empty} empty, {report.too_long} too long, "
+              f"{report.binary} binary); available now {report.available}")
+        if report.backorders_fulfilled:
+            print(f"filled {len(report.backorders_fulfilled)} backordered orders: the running bot delivers them")
+        return 0
+
+    return await _with_db(settings, work)
+
+
+async def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(db: Database) -> int:
+        stats = await reports.sales(db)
+        for period in stats.periods:
+            label = "today" if period.days == 1 else f"last {period.days} days"
+            revenue = ", ".join(f"{to_major(m, c)} {c.upper()}" for c, m in sorted(period.revenue.items())) or "-"
+            print(f"{label:<13} {period.orders:>6} orders  {revenue}")
+        for level in await inventory.stock_levels(db):
+            low = "  LOW" if level.low and level.active else ""
+            print(f"{level.sku:<20} available {level.available:>7}  reserved {level.reserved:>5}  "
+                  f"sold {level.sold:>7}  revoked {level.revoked:>5}{low}")
+        if stats.attention:
+            print(f"needs attention: {stats.attention} (orders in review or owed a refund, undelivered messages)")
+        return 0
+
+    return await _with_db(settings, work)
+
+
+async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(db: Database) -> int:
+        findings = await check(db, max_attempts=settings.delivery_max_attempts)
+        for finding in findings:
+            print(f"{'ok  ' if finding.ok else 'FAIL'} {finding.invariant}: {finding.description}")
+            for violation in finding.violations:
+                print(f"       {violation}")
+        failed = [f for f in findings if not f.ok]
+        print("all invariants hold" if not failed else f"{len(failed)} invariant checks failed")
+        return 1 if failed else 0
+
+    return await _with_db(settings, work)
+
+
+async def cmd_keygen(settings: Settings, args: argparse.Namespace) -> int:
+    print(KeyVault.generate())
+    return 0
+
+
+def _price(product: catalogue.ProductView) -> str:
+    return f"{to_major(product.price_minor, product.currency)} {product.currency.upper()}"
+
+
+# ---------------------------------------------------------------- argument parsing
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="keyvend", description="A Telegram shop for digital keys.")
+    commands = parser.add_subparsers(title="commands")
+
+    commands.add_parser("run", help="migrate the database and start the bot").set_defaults(command=cmd_run)
+    commands.add_parser("migrate", help="bring the database schema up to date").set_defaults(command=cmd_migrate)
+    commands.add_parser("stats", help="orders, revenue and stock").set_defaults(command=cmd_stats)
+    commands.add_parser("check", help="verify the invariants on the database").set_defaults(command=cmd_check)
+    commands.add_parser("keygen", help="print a new KEY_ENCRYPTION_KEY").set_defaults(command=cmd_keygen)
+
+    product = commands.add_parser("product", help="manage the catalogue").add_subparsers(title="product commands")
+    add = product.add_parser("add", help="add a product")
+    add.add_argument("sku")
+    add.add_argument("--name", required=True)
+    add.add_argument("--price", required=True, help="e.g. 9.99")
+    add.add_argument("--currency", required=True, help="three-letter code, e.g. usd")
+    add.add_argument("--description")
+    add.add_argument("--kind", choices=[k.value for k in ProductKind], default=ProductKind.UNIQUE.value)
+    add.add_argument("--max-per-order", type=int, default=10)
+    add.add_argument("--max-per-buyer", type=int)
+    add.add_argument("--low-stock", type=int, default=5, help="alert when stock falls to this")
+    add.add_argument("--template", help="how to redeem; may use {key}, {order}, {product}")
+    add.set_defaults(command=cmd_product_add)
+
+    edit = product.add_parser("edit", help="change a product")
+    edit.add_argument("sku")
+    edit.add_argument("--lang", choices=["en", "zh"], help="--name/--description set this language's text")
+    edit.add_argument("--name")
+    edit.add_argument("--description")
+    edit.add_argument("--price")
+    edit.add_argument("--currency")
+    edit.add_argument("--max-per-order", type=int)
+    edit.add_argument("--max-per-buyer", type=int, help="0 removes the limit")
+    edit.add_argument("--low-stock", type=int)
+    edit.add_argument("--template")
+    sale = edit.add_mutually_exclusive_group()
+    sale.add_argument("--active", dest="active", action="store_true", default=None, help="put on sale")
+    sale.add_argument("--inactive", dest="active", action="store_false", help="take off sale")
+    edit.set_defaults(command=cmd_product_edit)
+
+    product.add_parser("list", help="list products with stock").set_defaults(command=cmd_product_list)
+
+    keys = commands.add_parser("keys", help="manage keys").add_subparsers(title="keys commands")
+    load = keys.add_parser("import", help="import keys, one per line (.txt, .csv or - for stdin)")
+    load.add_argument("sku")
+    load.add_argument("file")
+    load.set_defaults(command=cmd_keys_import)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Background jobs: reconciliation with the payment provider, owed refunds, key-message expiry.
+
+Reconciliation is the safety net under the webhook: at start and every few minutes it asks
+the provider about every open order whose checkout should have closed, fulfils the ones that
+were paid (a lost webhook, a crash) and releases the ones that expired; it cancels orders
+whose checkout never got recorded; and it makes the refunds owed for payments that found no
+stock. Each step is the same idempotent store function the webhook uses, so running it
+twice, or on two instances at once, does no harm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+
+from telegram import Bot
+from telegram.error import BadRequest, Forbidden, TelegramError
+
+from bot.waiting import wait_any
+from handlers.context import Shop
+from store import deliveries, orders
+from store.errors import NotFound, OrderNotPayable, PaymentUnavailable
+from store.orders import Outcome
+
+log = logging.getLogger(__name__)
+
+_RETRY_UNREACHABLE = timedelta(minutes=2)
+_RECHECK_OPEN = timedelta(minutes=5)
+
+
+async def reconcile(shop: Shop, *, now: datetime | None = None) -> list[orders.Result]:
+    """One pass: cancel orphans, settle overdue checkouts, make owed refunds."""
+    results: list[orders.Result] = []
+    cancelled = await orders.cancel_orphans(shop.db, now=now)
+    if cancelled:
+        log.info("cancelled %d orders whose checkout was never recorded", len(cancelled))
+    for pending in await orders.due_for_check(shop.db, now=now):
+        moment = now or datetime.now(UTC)
+        try:
+            result = await orders.confirm(
+                shop.db, shop.gateways, pending.order_id, shop.stock_policy, close_if_open=True, now=now
+            )
+        except PaymentUnavailable:
+            await orders.postpone_check(shop.db, pending.order_id, moment + _RETRY_UNREACHABLE)
+            continue
+        except (NotFound, OrderNotPayable):
+            continue  # settled by a webhook meanwhile
+        if result.outcome is Outcome.AWAITING:
+            await orders.postpone_check(shop.db, pending.order_id, moment + shop.checkout_policy.ttl * 12)
+        elif result.outcome is Outcome.UNCHANGED:
+            await orders.postpone_check(shop.db, pending.order_id, moment + _RECHECK_OPEN)
+        else:
+            log.info("reconciliation settled order %s: %s", pending.order_id, result.outcome)
+            shop.settled(result)
+        results.append(result)
+    results += await make_refunds(shop)
+    return results
+
+
+async def make_refunds(shop: Shop) -> list[orders.Result]:
+    """Return the money of orders that were paid with nothing left to give."""
+    results = []
+    for owed in await orders.refunds_due(shop.db):
+        gateway = shop.gateways.get(owed.provider)
+        if gateway is None or owed.payment_ref is None:
+            log.error("order %s needs a refund that cannot be made automatically", owed.order_id)
+            continue
+        try:
+            await gateway.refund(owed.order_id, owed.payment_ref, owed.paid_amount_minor)
+        except PaymentUnavailable:
+            continue  # tried again on the next pass
+        result = await orders.record_refund(shop.db, owed.order_id)
+        shop.settled(result)
+        results.append(result)
+    return results
+
+
+async def remove_expired_key_messages(shop: Shop, bot: Bot) -> int:
+    """Delete key messages whose time in the chat is up; return how many were handled."""
+    due = await deliveries.expiring(shop.db)
+    handled = []
+    for message in due:
+        try:
+            await bot.delete_message(message.chat_id, message.message_id)
+        except TelegramError as exc:
+            # Already gone, too old to delete or the chat closed: nothing more to do. Anything
+            # else is a network problem: try again next time.
+            if not isinstance(exc, (BadRequest, Forbidden)):
+                continue
+        handled.append(message.reveal_id)
+    await deliveries.mark_removed(shop.db, handled)
+    return len(handled)
+
+
+async def every(interval: float, job, stop: asyncio.Event, *, wake: asyncio.Event | None = None, name: str) -> None:
+    """Run `job()` now and then every `interval` seconds (sooner when woken) until `stop`."""
+    events = (stop,) if wake is None else (stop, wake)
+    while not stop.is_set():
+        try:
+            await job()
+        except Exception:  # noqa: BLE001 - a failing pass must not end the job
+            log.exception("%s failed; will run again", name)
+        if wake is not None:
+            wake.clear()
+        await wait_any(*events, timeout=interval)

@@ -1,0 +1,116 @@
+"""Stripe Checkout as a payment gateway, through the official SDK.
+
+Every call that creates something carries an idempotency key derived from the order id
+(`checkout-order-<id>`, `refund-order-<id>`), and the SDK retries network errors and 5xx
+with that same key, so a retry can never open a second checkout or refund twice. Anything
+Stripe cannot answer becomes `PaymentUnavailable`; the caller decides what the buyer hears.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import stripe
+
+from handlers.stripe_webhook import payment_from_session
+from store.errors import PaymentUnavailable
+from store.payments import CheckoutRequest, CheckoutStarted, Payment
+
+log = logging.getLogger(__name__)
+
+
+class StripeGateway:
+    name = "stripe"
+
+    def __init__(
+        self,
+        secret_key: str,
+        *,
+        success_url: Callable[[int], str],
+        api_base: str | None = None,
+        timeout: float = 15.0,
+        max_network_retries: int = 2,
+    ) -> None:
+        self._success_url = success_url
+        self._client = stripe.StripeClient(
+            secret_key,
+            base_addresses={"api": api_base} if api_base else None,
+            http_client=stripe.HTTPXClient(timeout=timeout),
+            max_network_retries=max_network_retries,
+        )
+
+    async def start_checkout(self, request: CheckoutRequest) -> CheckoutStarted:
+        order = str(request.order_id)
+        params: dict[str, Any] = {
+            "mode": "payment",
+            "line_items": [{
+                "quantity": request.quantity,
+                "price_data": {
+                    "currency": request.currency,
+                    "unit_amount": request.unit_amount_minor,
+                    "product_data": {"name": request.product_name[:250]},
+                },
+            }],
+            "client_reference_id": order,
+            "metadata": {"order_id": order},
+            "payment_intent_data": {"metadata": {"order_id": order}},
+            "expires_at": int(request.expires_at.timestamp()),
+            "success_url": self._success_url(request.order_id),
+            "cancel_url": self._success_url(request.order_id),
+        }
+        session = await self._call(
+            "open a checkout", self._client.v1.checkout.sessions.create_async,
+            params=params, options={"idempotency_key": f"checkout-order-{order}"},
+        )
+        return CheckoutStarted(ref=session["id"], url=session["url"])
+
+    async def checkout_status(self, order_id: int, checkout_ref: str | None) -> Payment:
+        session = await self._call("check a checkout", self._client.v1.checkout.sessions.retrieve_async, checkout_ref)
+        return self._payment(order_id, session)
+
+    async def cancel_checkout(self, order_id: int, checkout_ref: str | None) -> Payment:
+        try:
+            session = await self._client.v1.checkout.sessions.expire_async(checkout_ref)
+        except stripe.InvalidRequestError:
+            # Not open any more (paid or expired meanwhile): report what it became.
+            return await self.checkout_status(order_id, checkout_ref)
+        except stripe.StripeError as exc:
+            raise self._unavailable("close a checkout", exc) from None
+        return self._payment(order_id, session)
+
+    async def refund(self, order_id: int, payment_ref: str, amount_minor: int) -> str:
+        try:
+            refund = await self._client.v1.refunds.create_async(
+                params={"payment_intent": payment_ref, "amount": amount_minor,
+                        "metadata": {"order_id": str(order_id)}},
+                options={"idempotency_key": f"refund-order-{order_id}"},
+            )
+        except stripe.InvalidRequestError as exc:
+            if exc.code == "charge_already_refunded":
+                return "already-refunded"
+            raise self._unavailable("refund", exc) from None
+        except stripe.StripeError as exc:
+            raise self._unavailable("refund", exc) from None
+        return refund["id"]
+
+    def _payment(self, order_id: int, session: Any) -> Payment:
+        payment = payment_from_session(session.to_dict())
+        if payment is None or payment.order_id != order_id:
+            raise PaymentUnavailable(f"Stripe session {session['id']} is not order {order_id}'s")
+        return payment
+
+    async def _call(self, what: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(*args, **kwargs)
+        except stripe.StripeError as exc:
+            raise self._unavailable(what, exc) from None
+
+    @staticmethod
+    def _unavailable(what: str, exc: stripe.StripeError) -> PaymentUnavailable:
+        # The SDK's message never holds the API key; keep only its class and code.
+        log.warning("Stripe could not %s: %s (%s)", what, type(exc).__name__, exc.code or exc.http_status)
+        if isinstance(exc, stripe.AuthenticationError):
+            log.error("Stripe rejected STRIPE_SECRET_KEY: check it in the dashboard (Developers → API keys)")
+        return PaymentUnavailable(f"Stripe could not {what}")

@@ -1,0 +1,283 @@
+"""Buyer-facing Telegram handlers: catalogue, product card, checkout, my orders, help.
+
+Each handler parses the update, calls one store function, and renders the answer. Callback
+data carries only ids; the store re-checks them against the database and the user who
+pressed the button, so a forged or stale button gets the same answer as a missing thing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from datetime import UTC, datetime
+
+from telegram import Update
+from telegram.constants import ParseMode
+from telegram.error import BadRequest
+from telegram.ext import ApplicationHandlerStop
+
+from handlers import render
+from handlers.context import KeyvendContext
+from handlers.i18n import language_of, t
+from store import buyers, catalogue, orders
+from store.errors import (
+    Blacklisted,
+    InvalidInput,
+    NotFound,
+    OrderNotPayable,
+    OutOfStock,
+    OverLimit,
+    PaymentUnavailable,
+    ProductInactive,
+    StoreError,
+    TooManyUnpaid,
+)
+from store.models import OrderStatus
+
+log = logging.getLogger(__name__)
+
+
+def _language(update: Update) -> str:
+    user = update.effective_user
+    return language_of(user.language_code if user else None)
+
+
+async def _show(update: Update, screen: render.Screen, *, edit: bool = False) -> None:
+    """Send a screen, or replace the pressed message with it."""
+    query = update.callback_query
+    if edit and query is not None and query.message is not None:
+        try:
+            await query.edit_message_text(screen.text, parse_mode=ParseMode.HTML, reply_markup=screen.keyboard)
+        except BadRequest as exc:
+            if "not modified" not in str(exc).lower():
+                raise
+        return
+    await update.effective_chat.send_message(screen.text, parse_mode=ParseMode.HTML, reply_markup=screen.keyboard)
+
+
+async def _tell(update: Update, text: str) -> None:
+    """A one-line answer: a toast for a button press, a message otherwise."""
+    if update.callback_query is not None:
+        await update.callback_query.answer(text, show_alert=True)
+    else:
+        await update.effective_chat.send_message(text, parse_mode=ParseMode.HTML)
+
+
+async def throttle(update: Update, context: KeyvendContext) -> None:
+    """Stop a user who sends more updates than the limit allows, and say until when."""
+    user = update.effective_user
+    if user is None or context.shop.is_admin(user.id):
+        return
+    retry_at = await context.shop.limiter.hit("updates", user.id)
+    if retry_at is None:
+        return
+    if update.callback_query is not None or update.message is not None:
+        await _tell(update, _try_again(retry_at, _language(update)))
+    raise ApplicationHandlerStop
+
+
+def _try_again(retry_at: datetime, language: str) -> str:
+    seconds = max(1, int((retry_at - datetime.now(UTC)).total_seconds() + 0.999))
+    return t(language, "Too many requests — please try again in {seconds} s.", seconds=seconds)
+
+
+async def start(update: Update, context: KeyvendContext) -> None:
+    """Show the catalogue, or open a product (`buy_SKU`) or an order (`paid_ID`) from a link."""
+    language = _language(update)
+    await buyers.remember(context.shop.db, update.effective_user.id, language)
+    payload = context.args[0] if context.args else ""
+    if payload.startswith("buy_"):
+        await _open_product(update, context, sku=payload.removeprefix("buy_"), quantity=1)
+    elif payload.startswith("paid_") and payload.removeprefix("paid_").isdigit():
+        await _returned_from_payment(update, context, int(payload.removeprefix("paid_")))
+    else:
+        await _show(update, render.catalogue(await catalogue.list_products(context.shop.db), language))
+
+
+async def show_catalogue(update: Update, context: KeyvendContext) -> None:
+    """Replace the pressed message with the catalogue."""
+    await update.callback_query.answer()
+    language = _language(update)
+    await _show(update, render.catalogue(await catalogue.list_products(context.shop.db), language), edit=True)
+
+
+async def buy(update: Update, context: KeyvendContext) -> None:
+    """Open a product by SKU: `/buy SKU [QTY]`."""
+    language = _language(update)
+    args = context.args or []
+    if not args or len(args) > 2 or (len(args) == 2 and not args[1].isdigit()):
+        await _tell(update, t(language, "Usage: /buy SKU [quantity], for example /buy GAME-KEY 2"))
+        return
+    await _open_product(update, context, sku=args[0], quantity=int(args[1]) if len(args) == 2 else 1)
+
+
+async def _open_product(update: Update, context: KeyvendContext, *, sku: str, quantity: int) -> None:
+    language = _language(update)
+    try:
+        product = await catalogue.get_product(context.shop.db, sku=sku)
+    except NotFound:
+        await _tell(update, t(language, "There is no product {sku}. /start shows the catalogue.", sku=render.html.escape(sku)))
+        return
+    if not product.active:
+        await _tell(update, t(language, "This product is no longer on sale."))
+        return
+    await _show(update, _card(context, product, quantity, language))
+
+
+def _card(context: KeyvendContext, product: catalogue.ProductView, quantity: int, language: str) -> render.Screen:
+    quantity = max(1, min(quantity, product.max_quantity() or 1))
+    return render.product_card(product, quantity, language, card_payments=context.shop.stripe is not None)
+
+
+async def show_product(update: Update, context: KeyvendContext) -> None:
+    """Show a product card at the chosen quantity (`p:<product>:<qty>`)."""
+    query = update.callback_query
+    language = _language(update)
+    _, product_id, quantity = query.data.split(":")
+    try:
+        product = await catalogue.get_product(context.shop.db, product_id=int(product_id))
+    except NotFound:
+        await query.answer(t(language, "This product is no longer on sale."), show_alert=True)
+        return
+    await query.answer()
+    await _show(update, _card(context, product, int(quantity), language), edit=True)
+
+
+async def pay(update: Update, context: KeyvendContext) -> None:
+    """Reserve the keys and open a card checkout (`pay:<product>:<qty>`)."""
+    query = update.callback_query
+    shop = context.shop
+    language = _language(update)
+    user_id = update.effective_user.id
+    _, product_id, quantity = query.data.split(":")
+    if shop.stripe is None:
+        await _tell(update, t(language, "Payments are not set up yet in this shop."))
+        return
+    retry_at = await shop.limiter.hit("checkouts", user_id)
+    if retry_at is not None:
+        await _tell(update, _try_again(retry_at, language))
+        return
+    await query.answer(t(language, "Preparing your checkout…"))
+    try:
+        sale = await orders.checkout(
+            shop.db, shop.stripe, buyer_id=user_id, language=language, product_id=int(product_id),
+            quantity=int(quantity), policy=shop.checkout_policy,
+        )
+    except StoreError as exc:
+        shop.counters.count("keyvend_checkouts_total", outcome=type(exc).__name__)
+        await update.effective_chat.send_message(_checkout_refusal(exc, language))
+        return
+    shop.counters.count("keyvend_checkouts_total", outcome="started")
+    product = await catalogue.get_product(shop.db, product_id=int(product_id))
+    amount = render.money(sale.amount_minor, sale.currency, language)
+    minutes = int((sale.expires_at - datetime.now(UTC)).total_seconds() // 60)
+    await _show(update, render.checkout_started(
+        sale.order_id, sale.quantity, product.name_in(language), amount, sale.url, minutes, language
+    ))
+
+
+def _checkout_refusal(exc: StoreError, language: str) -> str:
+    """The one-line reason a checkout could not start (nothing was reserved or charged)."""
+    match exc:
+        case OutOfStock(available=0):
+            return t(language, "Sorry, this product just sold out.")
+        case OutOfStock(available=n):
+            return t(language, "Sorry, only {n} left — please choose a smaller quantity.", n=n)
+        case OverLimit(allowed=n):
+            return t(language, "You can buy at most {n} of this product now.", n=n)
+        case TooManyUnpaid(limit=n):
+            return t(language, "You already have {n} unpaid orders. Pay or let one expire first (see /orders).", n=n)
+        case Blacklisted():
+            return t(language, "Sorry, you can't buy in this shop.")
+        case ProductInactive() | NotFound():
+            return t(language, "This product is no longer on sale.")
+        case PaymentUnavailable():
+            return t(language, "Card payment is unavailable right now — nothing was charged. Please try again in a minute.")
+        case InvalidInput():
+            return t(language, "That quantity can't be bought.")
+    return t(language, "Sorry, that didn't work. Please try again.")
+
+
+async def _returned_from_payment(update: Update, context: KeyvendContext, order_id: int) -> None:
+    """The buyer came back from the payment page: settle the order now if the webhook is late."""
+    shop = context.shop
+    language = _language(update)
+    user_id = update.effective_user.id
+    try:
+        order = await orders.buyer_order(shop.db, order_id, user_id, language)
+    except NotFound:
+        await _tell(update, t(language, "Order not found."))
+        return
+    if order.status == OrderStatus.PENDING and order.checkout_url:
+        # If Stripe cannot answer now, the webhook or reconciliation settles the order.
+        with contextlib.suppress(PaymentUnavailable, OrderNotPayable):
+            shop.settled(await orders.confirm(shop.db, shop.gateways, order_id, shop.stock_policy))
+        order = await orders.buyer_order(shop.db, order_id, user_id, language)
+    await _show(update, render.order_detail(order, language))
+
+
+async def my_orders(update: Update, context: KeyvendContext) -> None:
+    """List the buyer's latest orders (`/orders`, or the button back to them)."""
+    language = _language(update)
+    listing = render.orders_list(await orders.buyer_orders(context.shop.db, update.effective_user.id, language), language)
+    if update.callback_query is not None:
+        await update.callback_query.answer()
+        await _show(update, listing, edit=True)
+    else:
+        await _show(update, listing)
+
+
+async def show_order(update: Update, context: KeyvendContext) -> None:
+    """Show one of the buyer's orders (`o:<order>`)."""
+    query = update.callback_query
+    language = _language(update)
+    try:
+        order = await orders.buyer_order(context.shop.db, int(query.data.split(":")[1]), update.effective_user.id, language)
+    except NotFound:
+        await query.answer(t(language, "Order not found."), show_alert=True)
+        return
+    await query.answer()
+    await _show(update, render.order_detail(order, language), edit=True)
+
+
+async def show_keys(update: Update, context: KeyvendContext) -> None:
+    """Send an order's keys again as a new one-time message (`k:<order>`)."""
+    query = update.callback_query
+    language = _language(update)
+    try:
+        await orders.show_keys_again(context.shop.db, int(query.data.split(":")[1]), update.effective_user.id)
+    except NotFound:
+        await query.answer(t(language, "Order not found."), show_alert=True)
+        return
+    except OrderNotPayable:
+        await query.answer(t(language, "This order has no keys to show."), show_alert=True)
+        return
+    context.shop.wake_delivery()
+    await query.answer(t(language, "Your keys are on their way."))
+
+
+async def help_command(update: Update, context: KeyvendContext) -> None:
+    """List the commands."""
+    language = _language(update)
+    await update.effective_chat.send_message(
+        render.help_text(language, is_admin=context.shop.is_admin(update.effective_user.id))
+    )
+
+
+async def unknown(update: Update, context: KeyvendContext) -> None:
+    """Answer a command the bot does not have (also what non-admins get for admin commands)."""
+    await update.effective_chat.send_message(
+        t(_language(update), "Sorry, I don't know that command. /help lists what I can do.")
+    )
+
+
+async def chatter(update: Update, context: KeyvendContext) -> None:
+    """Point a buyer who writes free text at the catalogue."""
+    await update.effective_chat.send_message(
+        t(_language(update), "Send /start to see the catalogue, or /help for all commands.")
+    )
+
+
+async def stale_button(update: Update, context: KeyvendContext) -> None:
+    """Answer a button whose data this bot does not understand (old or forged)."""
+    await update.callback_query.answer(t(_language(update), "This button has expired. Send /start."), show_alert=True)

@@ -1,0 +1,305 @@
+"""Turning store values into Telegram messages: texts (translated, HTML) and keyboards.
+
+Everything the bot writes is built here, so one place decides how a price, an order or a
+key looks. Seller- and buyer-supplied text is always HTML-escaped; a key is shown only
+inside a spoiler in a message the delivery worker sends with `protect_content`.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from babel.numbers import format_currency
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup
+
+from handlers.i18n import t, tn
+from store.catalogue import STOCK_DISPLAY_CAP, ProductView
+from store.deliveries import Job
+from store.inventory import RestockReport, StockLevels
+from store.models import DeliveryKind, OrderStatus
+from store.money import to_major
+from store.orders import OrderView
+from store.reports import Stats
+
+MESSAGE_LIMIT = 4096
+_LOCALE = {"en": "en_US", "zh": "zh_CN"}
+
+
+# ---------------------------------------------------------------- callback data
+# Opaque ids only; every handler re-checks them against the database and the presser.
+
+CATALOGUE = "cat"
+ORDERS = "ords"
+
+
+def product_data(product_id: int, quantity: int = 1) -> str:
+    return f"p:{product_id}:{quantity}"
+
+
+def pay_data(product_id: int, quantity: int) -> str:
+    return f"pay:{product_id}:{quantity}"
+
+
+def order_data(order_id: int) -> str:
+    return f"o:{order_id}"
+
+
+def keys_data(order_id: int) -> str:
+    return f"k:{order_id}"
+
+
+# ---------------------------------------------------------------- values
+
+
+def money(minor: int, currency: str, language: str) -> str:
+    return format_currency(to_major(minor, currency), currency.upper(), locale=_LOCALE.get(language, "en_US"))
+
+
+def status_name(status: OrderStatus, language: str) -> str:
+    names = {
+        OrderStatus.PENDING: t(language, "awaiting payment"),
+        OrderStatus.FULFILLED: t(language, "delivered"),
+        OrderStatus.EXPIRED: t(language, "expired"),
+        OrderStatus.CANCELLED: t(language, "cancelled"),
+        OrderStatus.BACKORDERED: t(language, "paid, waiting for stock"),
+        OrderStatus.REFUND_PENDING: t(language, "being refunded"),
+        OrderStatus.REFUNDED: t(language, "refunded"),
+        OrderStatus.DISPUTED: t(language, "disputed"),
+        OrderStatus.REVIEW: t(language, "paid, under review"),
+    }
+    return names[status]
+
+
+def _e(text: str) -> str:
+    return html.escape(text, quote=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Screen:
+    """A message to send or to edit in place."""
+
+    text: str
+    keyboard: InlineKeyboardMarkup | None = None
+
+
+# ---------------------------------------------------------------- buyer screens
+
+
+def catalogue(products: list[ProductView], language: str) -> Screen:
+    if not products:
+        return Screen(t(language, "Nothing is on sale right now. Please check back later."))
+    rows = []
+    for p in products:
+        price = money(p.price_minor, p.currency, language)
+        stock = t(language, "sold out") if p.stock == 0 else t(language, "{n} left", n=_stock(p.stock))
+        rows.append([InlineKeyboardButton(f"{p.name_in(language)} · {price} · {stock}", callback_data=product_data(p.id))])
+    return Screen(t(language, "Pick a product:"), InlineKeyboardMarkup(rows))
+
+
+def _stock(stock: int) -> str:
+    return f"{STOCK_DISPLAY_CAP}+" if stock >= STOCK_DISPLAY_CAP else str(stock)
+
+
+def product_card(p: ProductView, quantity: int, language: str, *, card_payments: bool) -> Screen:
+    lines = [f"<b>{_e(p.name_in(language))}</b>"]
+    description = p.description_in(language)
+    if description:
+        lines.append(_e(description))
+    lines.append("")
+    lines.append(t(language, "Price: {price} each", price=money(p.price_minor, p.currency, language)))
+    if p.stock == 0:
+        lines.append(t(language, "Sold out — please check back later."))
+        return Screen("\n".join(lines), InlineKeyboardMarkup([[_back_to_catalogue(language)]]))
+    total = money(p.price_minor * quantity, p.currency, language)
+    lines.append(t(language, "In stock: {n}", n=_stock(p.stock)))
+    lines.append(t(language, "Quantity: {quantity} — total {total}", quantity=quantity, total=total))
+    top = p.max_quantity()
+    stepper = [
+        InlineKeyboardButton("−", callback_data=product_data(p.id, max(1, quantity - 1))),
+        InlineKeyboardButton(str(quantity), callback_data=product_data(p.id, quantity)),
+        InlineKeyboardButton("+", callback_data=product_data(p.id, min(top, quantity + 1))),
+    ]
+    rows = [stepper]
+    if card_payments:
+        rows.append([InlineKeyboardButton(t(language, "💳 Pay {total} by card", total=total), callback_data=pay_data(p.id, quantity))])
+    else:
+        lines.append("")
+        lines.append(t(language, "Payments are not set up yet in this shop."))
+    rows.append([_back_to_catalogue(language)])
+    return Screen("\n".join(lines), InlineKeyboardMarkup(rows))
+
+
+def _back_to_catalogue(language: str) -> InlineKeyboardButton:
+    return InlineKeyboardButton(t(language, "« Catalogue"), callback_data=CATALOGUE)
+
+
+def checkout_started(order_id: int, quantity: int, product_name: str, amount: str, url: str, minutes: int, language: str) -> Screen:
+    text = t(
+        language,
+        "Order #{order}: {quantity} × {product}, {amount}.\n"
+        "Pay within {minutes} minutes — your keys arrive in this chat right after payment.",
+        order=order_id, quantity=quantity, product=_e(product_name), amount=amount, minutes=minutes,
+    )
+    button = InlineKeyboardButton(t(language, "💳 Pay {amount}", amount=amount), url=url)
+    return Screen(text, InlineKeyboardMarkup([[button]]))
+
+
+def orders_list(orders: list[OrderView], language: str) -> Screen:
+    if not orders:
+        return Screen(t(language, "You have no orders yet. /start shows the catalogue."))
+    rows = [
+        [InlineKeyboardButton(
+            f"#{o.id} · {o.product_name} × {o.quantity} · {status_name(o.status, language)}",
+            callback_data=order_data(o.id),
+        )]
+        for o in orders
+    ]
+    return Screen(t(language, "Your orders (newest first):"), InlineKeyboardMarkup(rows))
+
+
+def order_detail(o: OrderView, language: str) -> Screen:
+    lines = [
+        t(language, "<b>Order #{order}</b>", order=o.id),
+        f"{_e(o.product_name)} × {o.quantity} — {money(o.amount_minor, o.currency, language)}",
+        t(language, "Status: {status}", status=status_name(o.status, language)),
+        t(language, "Placed: {when} UTC", when=f"{o.created_at:%Y-%m-%d %H:%M}"),
+    ]
+    rows = []
+    if o.status in (OrderStatus.FULFILLED, OrderStatus.DISPUTED):
+        rows.append([InlineKeyboardButton(t(language, "🔑 Show my keys"), callback_data=keys_data(o.id))])
+    if o.checkout_url:
+        rows.append([InlineKeyboardButton(t(language, "💳 Pay"), url=o.checkout_url)])
+    rows.append([InlineKeyboardButton(t(language, "« My orders"), callback_data=ORDERS)])
+    return Screen("\n".join(lines), InlineKeyboardMarkup(rows))
+
+
+def help_text(language: str, *, is_admin: bool) -> str:
+    text = t(
+        language,
+        "/start — the catalogue\n"
+        "/buy SKU [quantity] — buy a product directly\n"
+        "/orders — your orders; open a delivered one to see its keys again\n"
+        "/help — this message",
+    )
+    if is_admin:
+        text += "\n\n" + t(
+            language,
+            "Admin:\n"
+            "/restock SKU — then paste keys (one per line) or upload a .txt/.csv file\n"
+            "/stats — sales and stock\n"
+            "/confirm ORDER — ask Stripe about an order and settle it",
+        )
+    return text
+
+
+# ---------------------------------------------------------------- deliveries
+
+
+def delivery(job: Job, ttl: timedelta, language: str) -> list[str]:
+    """The message(s) for a queued delivery; long key lists are split to fit Telegram."""
+    if job.kind in (DeliveryKind.KEYS, DeliveryKind.RESHOW):
+        return _key_messages(job, ttl, language)
+    if job.kind is DeliveryKind.BACKORDERED:
+        return [t(
+            language,
+            "✅ Payment received for order #{order} ({product} × {quantity}).\n"
+            "It has just sold out: your keys are reserved for you and will arrive here as soon "
+            "as the seller restocks.",
+            order=job.order_id, product=_e(job.product_name), quantity=job.quantity,
+        )]
+    if job.kind is DeliveryKind.REFUNDED:
+        return [t(
+            language,
+            "↩️ Order #{order} ({product} × {quantity}) was refunded. The money is on its way "
+            "back to you; it can take a few days to show.",
+            order=job.order_id, product=_e(job.product_name), quantity=job.quantity,
+        )]
+    return [t(
+        language,
+        "✅ Payment received for order #{order}. The amount paid differs from the order, so "
+        "the seller will check it and get back to you.",
+        order=job.order_id,
+    )]
+
+
+def _key_messages(job: Job, ttl: timedelta, language: str) -> list[str]:
+    if job.kind is DeliveryKind.KEYS:
+        head = t(language, "✅ Payment received — order #{order}", order=job.order_id)
+    else:
+        head = t(language, "🔑 Your keys for order #{order}", order=job.order_id)
+    head += f"\n{_e(job.product_name)} × {job.quantity}\n"
+    minutes = max(1, int(ttl.total_seconds() // 60))
+    foot = "\n" + t(
+        language,
+        "🔒 This message disappears in {minutes} min. Your keys stay in /orders.",
+        minutes=minutes,
+    )
+    blocks = [_key_block(job, key) for key in job.keys]
+    messages, current = [], head
+    for block in blocks:
+        if len(current) + len(block) + len(foot) + 1 > MESSAGE_LIMIT and current != head:
+            messages.append(current + foot)
+            current = head
+        current += "\n" + block
+    messages.append(current + foot)
+    return messages
+
+
+def _key_block(job: Job, key: str) -> str:
+    spoiler = f"<tg-spoiler>{_e(key)}</tg-spoiler>"
+    template = _e(job.template) if job.template else "{key}"
+    if "{key}" not in template:
+        template = "{key}\n" + template
+    return (
+        template.replace("{key}", spoiler)
+        .replace("{order}", str(job.order_id))
+        .replace("{product}", _e(job.product_name))
+    )
+
+
+# ---------------------------------------------------------------- admin screens
+
+
+def restock_report(r: RestockReport, language: str) -> str:
+    lines = [
+        t(language, "<b>{sku}</b>: added {added}, skipped {duplicates} duplicates, rejected {rejected} lines.",
+          sku=_e(r.sku), added=r.added, duplicates=r.duplicates, rejected=r.rejected),
+    ]
+    if r.rejected:
+        lines.append(t(language, "Rejected: {empty} empty, {too_long} over 1,000 characters, {binary} binary.",
+                       empty=r.empty, too_long=r.too_long, binary=r.binary))
+    if r.backorders_fulfilled:
+        lines.append(tn(language, "Filled {n} backordered order.", "Filled {n} backordered orders.",
+                        len(r.backorders_fulfilled)))
+    lines.append(t(language, "Available now: {n}.", n=r.available))
+    return "\n".join(lines)
+
+
+def stats(s: Stats, levels: list[StockLevels], language: str) -> str:
+    lines = [t(language, "<b>Sales</b>")]
+    for period in s.periods:
+        revenue = ", ".join(money(m, c, language) for c, m in sorted(period.revenue.items())) or "—"
+        lines.append(t(language, "{label}: {orders} orders, {revenue}",
+                       label=_period_label(period.days, language), orders=period.orders, revenue=revenue))
+    lines.append("")
+    lines.append(t(language, "<b>Stock</b> (available / reserved / sold)"))
+    for level in levels:
+        mark = " ⚠️ " + t(language, "low") if level.low and level.active else ""
+        off = " " + t(language, "(off sale)") if not level.active else ""
+        lines.append(f"{_e(level.sku)}: {level.available} / {level.reserved} / {level.sold}{mark}{off}")
+    if not levels:
+        lines.append(t(language, "No products yet."))
+    if s.attention:
+        lines.append("")
+        lines.append(t(language, "Needs attention: {n} orders (review, refund pending or undelivered).", n=s.attention))
+    return "\n".join(lines)
+
+
+def _period_label(days: int, language: str) -> str:
+    return t(language, "Today") if days == 1 else t(language, "Last {days} days", days=days)
+
+
+def when(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC"

@@ -1,0 +1,183 @@
+"""`POST /stripe/webhook`: Stripe's signed events, turned into order transitions.
+
+The route reads at most 1 MiB of raw body, verifies the `Stripe-Signature` header on it
+(HMAC-SHA256, 300 s tolerance) before parsing anything, and applies the event through one
+store function whose transaction also records the event id. It answers 2xx only after that
+commit, so a crash before it makes Stripe send the event again, and a repeat changes
+nothing. Bad input is a 4xx with a one-line reason, never a 5xx; unknown event types and
+sessions that are not keyvend's are acknowledged and ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import stripe
+from aiohttp import web
+
+from handlers.context import SHOP, Shop
+from store import orders
+from store.orders import Event, Outcome, Result
+from store.payments import CheckoutState, Payment
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 1024 * 1024
+TOLERANCE = 300
+PROVIDER = "stripe"
+
+
+class BadEvent(ValueError):
+    """A signed event whose content keyvend cannot read."""
+
+
+def payment_from_session(session: dict[str, Any]) -> Payment | None:
+    """What a Checkout Session says about its order's money; None if it is not keyvend's."""
+    if not isinstance(session, dict) or session.get("object", "checkout.session") != "checkout.session":
+        raise BadEvent("data.object is not a checkout session")
+    order_id = _order_id(session.get("client_reference_id")) or _order_id(
+        (session.get("metadata") or {}).get("order_id") if isinstance(session.get("metadata"), dict) else None
+    )
+    if order_id is None:
+        return None
+    status, paid = session.get("status"), session.get("payment_status")
+    if status == "complete" and paid in ("paid", "no_payment_required"):
+        state = CheckoutState.PAID
+    elif status == "complete":
+        state = CheckoutState.AWAITING
+    elif status == "expired":
+        state = CheckoutState.EXPIRED
+    else:
+        state = CheckoutState.OPEN
+    amount = session.get("amount_total")
+    if amount is not None and (not isinstance(amount, int) or isinstance(amount, bool)):
+        raise BadEvent("amount_total is not an integer")
+    currency = session.get("currency")
+    if currency is not None and not isinstance(currency, str):
+        raise BadEvent("currency is not a string")
+    return Payment(
+        order_id=order_id,
+        state=state,
+        checkout_ref=_str(session.get("id")),
+        payment_ref=_ref(session.get("payment_intent")),
+        amount_minor=amount,
+        currency=currency.lower() if currency else None,
+    )
+
+
+def _order_id(value: object) -> int | None:
+    if isinstance(value, str) and value.isdigit() and len(value) <= 9:
+        return int(value)
+    return None
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _ref(value: object) -> str | None:
+    """An id that may arrive bare or expanded into an object."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return _str(value)
+
+
+async def stripe_webhook(request: web.Request) -> web.Response:
+    """Verify, parse and apply one Stripe event."""
+    shop = request.app[SHOP]
+    if shop.stripe_webhook_secret is None:
+        return _reply(404, "Stripe is not configured")
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        return _reply(413, "body over 1 MiB")
+    body = await request.content.read(MAX_BODY + 1)
+    if len(body) > MAX_BODY:
+        return _reply(413, "body over 1 MiB")
+    header = request.headers.get("Stripe-Signature")
+    if not header:
+        return _reply(400, "missing Stripe-Signature header")
+    try:
+        payload = body.decode("utf-8")
+        stripe.WebhookSignature.verify_header(payload, header, shop.stripe_webhook_secret, TOLERANCE)
+    except (UnicodeDecodeError, stripe.SignatureVerificationError):
+        shop.counters.count("keyvend_webhook_rejected_total", reason="signature")
+        return _reply(400, "invalid signature")
+    try:
+        event = json.loads(payload)
+        if not isinstance(event, dict):
+            raise BadEvent("event is not a JSON object")
+        result = await _apply(shop, event)
+    except (ValueError, BadEvent) as exc:  # json.JSONDecodeError is a ValueError
+        shop.counters.count("keyvend_webhook_rejected_total", reason="content")
+        return _reply(400, f"unreadable event: {exc}"[:200])
+    if result is not None:
+        shop.settled(result)
+    outcome = result.outcome.value if result else "ignored"
+    shop.counters.count("keyvend_webhook_events_total", type=str(event.get("type"))[:64], outcome=outcome)
+    return web.json_response({"received": True, "outcome": outcome})
+
+
+async def _apply(shop: Shop, event: dict[str, Any]) -> Result | None:
+    kind, event_id = event.get("type"), event.get("id")
+    data = event.get("data")
+    if not isinstance(kind, str) or not isinstance(event_id, str) or not isinstance(data, dict):
+        raise BadEvent("missing id, type or data")
+    obj = data.get("object")
+    if not isinstance(obj, dict):
+        raise BadEvent("missing data.object")
+    ledger = Event(PROVIDER, event_id, kind)
+    match kind:
+        case "checkout.session.completed" | "checkout.session.async_payment_succeeded":
+            payment = payment_from_session(obj)
+            if payment is None:
+                return None
+            if payment.state is CheckoutState.AWAITING:
+                return await orders.awaiting_payment(
+                    shop.db, payment.order_id, event=ledger, recheck_after=shop.checkout_policy.ttl * 12
+                )
+            if payment.state is not CheckoutState.PAID:
+                raise BadEvent(f"{kind} for a session that is {obj.get('status')}")
+            return await orders.fulfil(shop.db, payment, shop.stock_policy, event=ledger)
+        case "checkout.session.expired" | "checkout.session.async_payment_failed":
+            payment = payment_from_session(obj)
+            if payment is None:
+                return None
+            state = CheckoutState.EXPIRED if kind.endswith("expired") else CheckoutState.FAILED
+            return await orders.close_unpaid(shop.db, payment.order_id, state, event=ledger)
+        case "charge.refunded":
+            amount, refunded = obj.get("amount"), obj.get("amount_refunded")
+            full = obj.get("refunded") is True or (
+                isinstance(amount, int) and isinstance(refunded, int) and refunded >= amount
+            )
+            metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+            return await orders.record_refund(
+                shop.db, _order_id(metadata.get("order_id")), payment_ref=_ref(obj.get("payment_intent")),
+                full=full, event=ledger,
+            )
+        case "charge.dispute.created":
+            dispute = await orders.record_dispute(
+                shop.db, None, payment_ref=_ref(obj.get("payment_intent")),
+                blacklist=shop.blacklist_on_dispute, event=ledger,
+            )
+            if dispute.result.outcome is Outcome.DISPUTED:
+                shop.notifier.alert("dispute", _dispute_alert(dispute, obj))
+            return dispute.result
+    return None
+
+
+def _dispute_alert(dispute: orders.DisputeResult, obj: dict[str, Any]) -> str:
+    result = dispute.result
+    lines = [
+        f"Dispute on order #{result.order_id} by buyer {result.buyer_id}: "
+        f"reason {str(obj.get('reason'))[:40]}.",
+        "Key reveals (evidence):" if dispute.reveals else "The keys were never shown to the buyer.",
+    ]
+    lines += [f"- {r.at:%Y-%m-%d %H:%M:%S} UTC, {r.how}" for r in dispute.reveals]
+    if dispute.blacklisted:
+        lines.append("The buyer is now blocked from buying.")
+    return "\n".join(lines)
+
+
+def _reply(status: int, reason: str) -> web.Response:
+    return web.json_response({"error": reason}, status=status)

@@ -1,0 +1,170 @@
+"""The invariants, checked on a live database: what `keyvend check` reports.
+
+Each check is one query that finds violations; an empty result means the invariant holds.
+The report names orders and products by id, never a key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from store.db import Database
+from store.models import (
+    Delivery,
+    DeliveryKind,
+    DeliveryStatus,
+    ImportBatch,
+    Key,
+    KeyStatus,
+    Order,
+    OrderStatus,
+    Product,
+    ProductKind,
+)
+
+# A refund owed longer than this is stuck, not in progress.
+REFUND_GRACE = timedelta(hours=1)
+_PAID_ENDS = (
+    OrderStatus.FULFILLED,
+    OrderStatus.BACKORDERED,
+    OrderStatus.REFUNDED,
+    OrderStatus.DISPUTED,
+    OrderStatus.REVIEW,
+    OrderStatus.REFUND_PENDING,
+)
+_HOLDS_SOLD = (OrderStatus.FULFILLED, OrderStatus.DISPUTED)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    invariant: str
+    description: str
+    violations: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+async def check(db: Database, *, max_attempts: int, now: datetime | None = None) -> list[Finding]:
+    """Run every check; each Finding lists up to 20 violations."""
+    now = now or datetime.now(UTC)
+
+    async def work(session: AsyncSession) -> list[Finding]:
+        return [
+            await _keys_match_orders(session),
+            await _fulfilled_orders_hold_their_keys(session),
+            await _imported_equals_states(session),
+            await _paid_orders_are_settled(session, now),
+            await _deliveries_within_budget(session, max_attempts),
+        ]
+
+    return await db.read(work)
+
+
+async def _ids(session: AsyncSession, query) -> tuple[str, ...]:
+    return tuple(str(row) for row in (await session.scalars(query.limit(20))).all())
+
+
+async def _keys_match_orders(session: AsyncSession) -> Finding:
+    """I1: a key is on at most one order, and its state agrees with that order's."""
+    query = (
+        select(Key.id)
+        .outerjoin(Order, Order.id == Key.order_id)
+        .where(
+            or_(
+                and_(Key.status == KeyStatus.AVAILABLE, Key.order_id.is_not(None)),
+                and_(Key.status != KeyStatus.AVAILABLE, Key.order_id.is_(None)),
+                and_(Key.status == KeyStatus.RESERVED, Order.status.not_in((OrderStatus.PENDING, OrderStatus.REVIEW))),
+                and_(Key.status == KeyStatus.SOLD, Order.status.not_in(_HOLDS_SOLD)),
+                and_(Key.status == KeyStatus.REVOKED, Order.status != OrderStatus.REFUNDED),
+            )
+        )
+        .order_by(Key.id)
+    )
+    keys = await _ids(session, query)
+    return Finding("I1", "each key belongs to at most one order, in a state that agrees with it",
+                   tuple(f"key id {k}" for k in keys))
+
+
+async def _fulfilled_orders_hold_their_keys(session: AsyncSession) -> Finding:
+    """I1/I4: a fulfilled unique-key order holds exactly its quantity of sold keys."""
+    sold = (
+        select(Key.order_id, func.count().label("n"))
+        .where(Key.status == KeyStatus.SOLD)
+        .group_by(Key.order_id)
+        .subquery()
+    )
+    query = (
+        select(Order.id)
+        .join(Product, Product.id == Order.product_id)
+        .outerjoin(sold, sold.c.order_id == Order.id)
+        .where(
+            Order.status.in_(_HOLDS_SOLD),
+            Product.kind == ProductKind.UNIQUE,
+            func.coalesce(sold.c.n, 0) != Order.quantity,
+        )
+        .order_by(Order.id)
+    )
+    orders = await _ids(session, query)
+    return Finding("I1", "every fulfilled order holds exactly as many keys as it bought",
+                   tuple(f"order #{o}" for o in orders))
+
+
+async def _imported_equals_states(session: AsyncSession) -> Finding:
+    """I6: per product, keys imported = available + reserved + sold + revoked."""
+    imported = (
+        select(ImportBatch.product_id, func.sum(ImportBatch.added).label("n"))
+        .group_by(ImportBatch.product_id)
+        .subquery()
+    )
+    stored = select(Key.product_id, func.count().label("n")).group_by(Key.product_id).subquery()
+    rows = await session.execute(
+        select(Product.sku, func.coalesce(imported.c.n, 0), func.coalesce(stored.c.n, 0))
+        .outerjoin(imported, imported.c.product_id == Product.id)
+        .outerjoin(stored, stored.c.product_id == Product.id)
+        .where(func.coalesce(imported.c.n, 0) != func.coalesce(stored.c.n, 0))
+        .limit(20)
+    )
+    return Finding("I6", "per product, imported = available + reserved + sold + revoked",
+                   tuple(f"{sku}: imported {i}, in stock records {s}" for sku, i, s in rows))
+
+
+async def _paid_orders_are_settled(session: AsyncSession, now: datetime) -> Finding:
+    """I2: every paid order is fulfilled, backordered, refunded, disputed or in review."""
+    query = (
+        select(Order.id)
+        .where(
+            Order.paid_at.is_not(None),
+            or_(
+                Order.status.not_in(_PAID_ENDS),
+                and_(Order.status == OrderStatus.REFUND_PENDING, Order.paid_at < now - REFUND_GRACE),
+            ),
+        )
+        .order_by(Order.id)
+    )
+    stuck = await _ids(session, query)
+    unqueued = await _ids(
+        session,
+        select(Order.id)
+        .outerjoin(Delivery, and_(Delivery.order_id == Order.id, Delivery.kind == DeliveryKind.KEYS))
+        .where(Order.status == OrderStatus.FULFILLED, Delivery.id.is_(None))
+        .order_by(Order.id),
+    )
+    return Finding("I2", "every paid order is fulfilled (with a delivery), backordered, refunded or flagged",
+                   tuple(f"order #{o} is stuck" for o in stuck) + tuple(f"order #{o} has no delivery" for o in unqueued))
+
+
+async def _deliveries_within_budget(session: AsyncSession, max_attempts: int) -> Finding:
+    """I4: no delivery still queued past its retry budget."""
+    query = (
+        select(Delivery.id)
+        .where(Delivery.status == DeliveryStatus.QUEUED, Delivery.attempts >= max_attempts)
+        .order_by(Delivery.id)
+    )
+    stuck = await _ids(session, query)
+    return Finding("I4", "no delivery is stuck past its retry budget", tuple(f"delivery {d}" for d in stuck))
