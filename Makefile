@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench check lint clean
+.PHONY: run test bench check messages clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
+	@test -f .env || { cp .env.example .env && echo "created .env from .env.example: fill it in (see README)"; }
 	$(BIN)/keyvend run
 
 test: $(STAMP)
@@ -25,3 +26,10 @@ check: $(STAMP)
 
 clean:
 	rm -rf $(VENV) *.egg-info
+
+# After changing any text the bot writes: refresh the catalogues, then translate the new
+# entries in handlers/locales/*/LC_MESSAGES/messages.po (tests fail until every one is).
+messages: $(STAMP)
+	$(BIN)/pybabel extract -k t:2 -k tn:2,3 --no-default-keywords --no-location --omit-header \
+		-o $(VENV)/messages.pot handlers bot
+	$(BIN)/pybabel update -i $(VENV)/messages.pot -d handlers/locales --no-location --omit-header

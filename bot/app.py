@@ -45,6 +45,7 @@ from bot.settings import OutOfStockPolicy, Settings, TelegramMode
 from bot.stripe_gateway import StripeGateway
 from handlers import admin, buyer
 from handlers.context import KeyvendContext, Shop
+from handlers.i18n import language_of, t
 from store.crypto import KeyVault
 from store.db import Database
 from store.orders import CheckoutPolicy
@@ -152,8 +153,10 @@ async def _on_error(update: object, context: KeyvendContext) -> None:
     update_id = update.update_id if isinstance(update, Update) else None
     log.error("update %s failed", update_id, exc_info=context.error)
     if isinstance(update, Update) and update.effective_chat is not None:
+        user = update.effective_user
+        language = language_of(user.language_code if user else None)
         try:
-            await update.effective_chat.send_message("Sorry, something went wrong on our side. Please try again.")
+            await update.effective_chat.send_message(t(language, "Sorry, something went wrong on our side. Please try again."))
         except Exception:  # noqa: BLE001 - the apology is best-effort
             log.warning("could not tell the user about the failure")
 
