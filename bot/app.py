@@ -215,6 +215,7 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
         shop, application.bot, metrics,
         owner=f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:6]}",
         max_attempts=settings.delivery_max_attempts,
+        lease=settings.delivery_lease,
     )
     shop.wake_delivery = worker.wake
     secret = telegram_secret(settings) if settings.telegram_mode is TelegramMode.WEBHOOK else None

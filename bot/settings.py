@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     max_unpaid_orders: int = Field(3, ge=1)
     reconcile_interval: timedelta = timedelta(minutes=3)
     delivery_max_attempts: int = Field(12, ge=1)
+    # How long a worker's claim on a delivery holds; a dead instance's claims lapse after it.
+    delivery_lease: timedelta = timedelta(seconds=60)
     log_level: str = "INFO"
 
     @field_validator("admin_ids", mode="before")

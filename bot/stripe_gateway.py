@@ -9,6 +9,7 @@ Stripe cannot answer becomes `PaymentUnavailable`; the caller decides what the b
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,8 @@ from store.errors import PaymentUnavailable
 from store.payments import CheckoutRequest, CheckoutStarted, Payment
 
 log = logging.getLogger(__name__)
+
+_MIN_EXPIRY = 30 * 60 + 30  # seconds
 
 
 class StripeGateway:
@@ -56,7 +59,9 @@ class StripeGateway:
             "client_reference_id": order,
             "metadata": {"order_id": order},
             "payment_intent_data": {"metadata": {"order_id": order}},
-            "expires_at": int(request.expires_at.timestamp()),
+            # Stripe counts its 30-minute minimum from when it creates the session, a moment
+            # after our clock was read: never ask for less than that plus a margin.
+            "expires_at": max(int(request.expires_at.timestamp()), int(time.time()) + _MIN_EXPIRY),
             "success_url": self._success_url(request.order_id),
             "cancel_url": self._success_url(request.order_id),
         }

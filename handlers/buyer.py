@@ -168,11 +168,10 @@ async def pay(update: Update, context: KeyvendContext) -> None:
         await update.effective_chat.send_message(_checkout_refusal(exc, language))
         return
     shop.counters.count("keyvend_checkouts_total", outcome="started")
-    product = await catalogue.get_product(shop.db, product_id=int(product_id))
     amount = render.money(sale.amount_minor, sale.currency, language)
     minutes = int((sale.expires_at - datetime.now(UTC)).total_seconds() // 60)
     await _show(update, render.checkout_started(
-        sale.order_id, sale.quantity, product.name_in(language), amount, sale.url, minutes, language
+        sale.order_id, sale.quantity, sale.product_name, amount, sale.url, minutes, language
     ))
 
 

@@ -99,6 +99,7 @@ class CheckoutPolicy:
 class CheckoutResult:
     order_id: int
     url: str
+    product_name: str
     quantity: int
     amount_minor: int
     currency: str
@@ -219,6 +220,7 @@ async def checkout(
     return CheckoutResult(
         order_id=order.id,
         url=started.url,
+        product_name=product_name,
         quantity=quantity,
         amount_minor=order.amount_minor,
         currency=order.currency,
