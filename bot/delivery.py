@@ -63,6 +63,7 @@ class DeliveryWorker:
         self._batch = batch
         self._max_in_flight = max_in_flight
         self._lease = lease
+        self._margin = min(_LEASE_MARGIN, lease / 4)
         self._chat_interval = chat_interval
         self._idle_poll = idle_poll
         self._wake = asyncio.Event()
@@ -130,7 +131,7 @@ class DeliveryWorker:
         try:
             for text in texts:
                 await self._pace(job.chat_id)
-                if datetime.now(UTC) > job.lease_expires_at - _LEASE_MARGIN:
+                if datetime.now(UTC) > job.lease_expires_at - self._margin:
                     return None  # lease nearly over: let whoever claims it next send it
                 message = await self._bot.send_message(
                     job.chat_id,
