@@ -182,7 +182,7 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
         raise ConfigError("BOT_TOKEN is not set")
     metrics = Metrics()
     limiter = RateLimiter(
-        {"updates": settings.rate_limit_updates, "checkouts": settings.rate_limit_checkouts},
+        {"updates": settings.rate_limit_updates, "checkouts": settings.rate_limit_checkouts, "notices": "1/minute"},
         redis_url=settings.redis_url,
         metrics=metrics,
     )

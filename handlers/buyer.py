@@ -71,8 +71,12 @@ async def throttle(update: Update, context: KeyvendContext) -> None:
     retry_at = await context.shop.limiter.hit("updates", user.id)
     if retry_at is None:
         return
-    if update.callback_query is not None or update.message is not None:
-        await _tell(update, _try_again(retry_at, _language(update)))
+    # Say so once a minute at most: answering every excess update would spend the bot's own
+    # sending budget, which key deliveries share, on one flooding user.
+    if update.callback_query is not None:
+        await update.callback_query.answer(_try_again(retry_at, _language(update)), show_alert=True)
+    elif update.message is not None and await context.shop.limiter.hit("notices", user.id) is None:
+        await update.effective_chat.send_message(_try_again(retry_at, _language(update)))
     raise ApplicationHandlerStop
 
 
@@ -137,6 +141,8 @@ async def show_product(update: Update, context: KeyvendContext) -> None:
     try:
         product = await catalogue.get_product(context.shop.db, product_id=int(product_id))
     except NotFound:
+        product = None
+    if product is None or not product.active:
         await query.answer(t(language, "This product is no longer on sale."), show_alert=True)
         return
     await query.answer()
@@ -182,6 +188,8 @@ def _checkout_refusal(exc: StoreError, language: str) -> str:
             return t(language, "Sorry, this product just sold out.")
         case OutOfStock(available=n):
             return t(language, "Sorry, only {n} left — please choose a smaller quantity.", n=n)
+        case OverLimit(allowed=0):
+            return t(language, "You have already bought as many of this product as the shop allows.")
         case OverLimit(allowed=n):
             return t(language, "You can buy at most {n} of this product now.", n=n)
         case TooManyUnpaid(limit=n):

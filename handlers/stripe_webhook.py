@@ -25,6 +25,8 @@ from store.payments import CheckoutState, Payment
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
+MAX_ID = 255  # the width of the id columns
+MAX_AMOUNT = 99_999_999  # Stripe's per-charge ceiling (store.money)
 TOLERANCE = 300
 PROVIDER = "stripe"
 
@@ -52,11 +54,11 @@ def payment_from_session(session: dict[str, Any]) -> Payment | None:
     else:
         state = CheckoutState.OPEN
     amount = session.get("amount_total")
-    if amount is not None and (not isinstance(amount, int) or isinstance(amount, bool)):
-        raise BadEvent("amount_total is not an integer")
+    if amount is not None and (not isinstance(amount, int) or isinstance(amount, bool) or not 0 <= amount <= MAX_AMOUNT):
+        raise BadEvent("amount_total is not an amount Stripe can charge")
     currency = session.get("currency")
-    if currency is not None and not isinstance(currency, str):
-        raise BadEvent("currency is not a string")
+    if currency is not None and not (isinstance(currency, str) and len(currency) == 3 and currency.isalpha()):
+        raise BadEvent("currency is not a three-letter code")
     return Payment(
         order_id=order_id,
         state=state,
@@ -74,7 +76,9 @@ def _order_id(value: object) -> int | None:
 
 
 def _str(value: object) -> str | None:
-    return value if isinstance(value, str) else None
+    if value is not None and not (isinstance(value, str) and len(value) <= MAX_ID):
+        raise BadEvent("an id is not a string of at most 255 characters")
+    return value
 
 
 def _ref(value: object) -> str | None:
@@ -91,9 +95,13 @@ async def stripe_webhook(request: web.Request) -> web.Response:
         return _reply(404, "Stripe is not configured")
     if request.content_length is not None and request.content_length > MAX_BODY:
         return _reply(413, "body over 1 MiB")
-    body = await request.content.read(MAX_BODY + 1)
-    if len(body) > MAX_BODY:
-        return _reply(413, "body over 1 MiB")
+    # read() returns what has arrived so far, not the whole body: keep reading to the end.
+    received = bytearray()
+    while chunk := await request.content.read(MAX_BODY + 1 - len(received)):
+        received += chunk
+        if len(received) > MAX_BODY:
+            return _reply(413, "body over 1 MiB")
+    body = bytes(received)
     header = request.headers.get("Stripe-Signature")
     if not header:
         return _reply(400, "missing Stripe-Signature header")
@@ -123,6 +131,8 @@ async def _apply(shop: Shop, event: dict[str, Any]) -> Result | None:
     data = event.get("data")
     if not isinstance(kind, str) or not isinstance(event_id, str) or not isinstance(data, dict):
         raise BadEvent("missing id, type or data")
+    if len(event_id) > MAX_ID or len(kind) > 64:
+        raise BadEvent("id or type too long")
     obj = data.get("object")
     if not isinstance(obj, dict):
         raise BadEvent("missing data.object")
@@ -134,7 +144,8 @@ async def _apply(shop: Shop, event: dict[str, Any]) -> Result | None:
                 return None
             if payment.state is CheckoutState.AWAITING:
                 return await orders.awaiting_payment(
-                    shop.db, payment.order_id, event=ledger, recheck_after=shop.checkout_policy.ttl * 12
+                    shop.db, payment.order_id, checkout_ref=payment.checkout_ref, event=ledger,
+                    recheck_after=shop.checkout_policy.ttl * 12,
                 )
             if payment.state is not CheckoutState.PAID:
                 raise BadEvent(f"{kind} for a session that is {obj.get('status')}")
@@ -144,7 +155,9 @@ async def _apply(shop: Shop, event: dict[str, Any]) -> Result | None:
             if payment is None:
                 return None
             state = CheckoutState.EXPIRED if kind.endswith("expired") else CheckoutState.FAILED
-            return await orders.close_unpaid(shop.db, payment.order_id, state, event=ledger)
+            return await orders.close_unpaid(
+                shop.db, payment.order_id, state, checkout_ref=payment.checkout_ref, event=ledger
+            )
         case "charge.refunded":
             amount, refunded = obj.get("amount"), obj.get("amount_refunded")
             full = obj.get("refunded") is True or (

@@ -10,6 +10,7 @@ the unique index (product, digest) makes that hold even for two imports racing.
 from __future__ import annotations
 
 import csv
+import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,7 +29,10 @@ from store.orders import fulfil_backorders
 
 MAX_KEY_LENGTH = 1000
 _CHUNK = 2000
-_HEADERS = frozenset({"key", "keys", "code", "codes", "license", "licence", "serial"})
+_HEADERS = frozenset({
+    "key", "keys", "code", "codes", "license", "licence", "serial", "licensekey", "licencekey", "productkey",
+    "serialnumber", "serialkey", "activationcode", "activationkey", "cdkey", "giftcard", "pin", "redeemcode",
+})
 
 
 @dataclass(slots=True)
@@ -86,7 +90,12 @@ def parse_keys(data: bytes | str, *, is_csv: bool = False) -> ParsedKeys:
     row is skipped.
     """
     parsed = ParsedKeys()
-    lines: Iterable[bytes | str] = data.splitlines() if data else []
+    # Only CR/LF end a line: str.splitlines() would also split on \x0b, \x0c, \x1c-\x1e, \x85,
+    # turning a line with a control character into two half-keys instead of rejecting it.
+    lines: Iterable[bytes | str] = (
+        (data.splitlines() if isinstance(data, bytes) else re.split(r"\r\n|\r|\n", data.removesuffix("\n")))
+        if data else []
+    )
     for number, raw in enumerate(lines):
         if isinstance(raw, bytes):
             try:
@@ -101,7 +110,7 @@ def parse_keys(data: bytes | str, *, is_csv: bool = False) -> ParsedKeys:
         if is_csv and line.strip():
             fields = next(csv.reader([line]), [])
             line = fields[0] if fields else ""
-            if number == 0 and line.strip().lower() in _HEADERS:
+            if number == 0 and re.sub(r"[\s_-]+", "", line.lower()) in _HEADERS:
                 continue
         key = normalise(line)
         if not key:

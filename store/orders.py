@@ -214,7 +214,7 @@ async def checkout(
     except Exception:
         # Whatever went wrong, the buyer has no link to pay: give the keys back now. (If the
         # task is cancelled instead, the orphaned order is cancelled by reconciliation.)
-        await db.write(_close_unpaid, order.id, OrderStatus.CANCELLED, None, datetime.now(UTC))
+        await db.write(_close_unpaid, order.id, OrderStatus.CANCELLED, None, None, datetime.now(UTC))
         raise
     await db.write(_attach_checkout, order.id, started.ref, started.url)
     return CheckoutResult(
@@ -323,7 +323,7 @@ async def _fulfil(
     if event is not None and not await _record_event(session, event, payment.order_id, now):
         return Result(Outcome.DUPLICATE, payment.order_id)
     order = await _lock_order(session, payment.order_id)
-    if order is None:
+    if order is None or not _same_checkout(order, payment.checkout_ref):
         return Result(Outcome.UNKNOWN_ORDER, payment.order_id)
     product = await session.get(Product, order.product_id)
     base = dict(order_id=order.id, buyer_id=order.buyer_id, sku=product.sku)
@@ -417,7 +417,8 @@ async def fulfil_backorders(session: AsyncSession, product_id: int, now: datetim
 
 
 async def awaiting_payment(
-    db: Database, order_id: int, *, event: Event | None = None, recheck_after: timedelta, now: datetime | None = None
+    db: Database, order_id: int, *, checkout_ref: str | None = None, event: Event | None = None,
+    recheck_after: timedelta, now: datetime | None = None,
 ) -> Result:
     """A delayed payment method was chosen: keep the reservation until it settles."""
     async def work(session: AsyncSession) -> Result:
@@ -425,7 +426,7 @@ async def awaiting_payment(
         if event is not None and not await _record_event(session, event, order_id, moment):
             return Result(Outcome.DUPLICATE, order_id)
         order = await _lock_order(session, order_id)
-        if order is None:
+        if order is None or not _same_checkout(order, checkout_ref):
             return Result(Outcome.UNKNOWN_ORDER, order_id)
         if order.status == OrderStatus.PENDING:
             order.check_after = moment + recheck_after
@@ -436,20 +437,22 @@ async def awaiting_payment(
 
 
 async def close_unpaid(
-    db: Database, order_id: int, state: CheckoutState, *, event: Event | None = None, now: datetime | None = None
+    db: Database, order_id: int, state: CheckoutState, *, checkout_ref: str | None = None,
+    event: Event | None = None, now: datetime | None = None,
 ) -> Result:
     """The checkout closed without payment (expired, or a delayed payment failed)."""
     status = OrderStatus.EXPIRED if state == CheckoutState.EXPIRED else OrderStatus.CANCELLED
-    return await db.write(_close_unpaid, order_id, status, event, now or datetime.now(UTC))
+    return await db.write(_close_unpaid, order_id, status, checkout_ref, event, now or datetime.now(UTC))
 
 
 async def _close_unpaid(
-    session: AsyncSession, order_id: int, status: OrderStatus, event: Event | None, now: datetime
+    session: AsyncSession, order_id: int, status: OrderStatus, checkout_ref: str | None,
+    event: Event | None, now: datetime,
 ) -> Result:
     if event is not None and not await _record_event(session, event, order_id, now):
         return Result(Outcome.DUPLICATE, order_id)
     order = await _lock_order(session, order_id)
-    if order is None:
+    if order is None or not _same_checkout(order, checkout_ref):
         return Result(Outcome.UNKNOWN_ORDER, order_id)
     # A late "expired" after the payment must not undo the sale.
     if order.status != OrderStatus.PENDING or order.paid_at is not None:
@@ -564,7 +567,7 @@ async def confirm(
     if payment.state == CheckoutState.PAID:
         return await fulfil(db, payment, policy, now=now)
     if payment.state in (CheckoutState.EXPIRED, CheckoutState.FAILED):
-        return await close_unpaid(db, order_id, payment.state, now=now)
+        return await close_unpaid(db, order_id, payment.state, checkout_ref=payment.checkout_ref, now=now)
     if payment.state == CheckoutState.AWAITING:
         return Result(Outcome.AWAITING, order_id)
     return Result(Outcome.UNCHANGED, order_id)
@@ -693,6 +696,11 @@ async def _record_event(session: AsyncSession, event: Event, order_id: int | Non
         .returning(PaymentEvent.id)
     )
     return inserted is not None
+
+
+def _same_checkout(order: Order, checkout_ref: str | None) -> bool:
+    """Whether a provider's report is about this order's own checkout (not another shop's)."""
+    return checkout_ref is None or order.provider_ref is None or order.provider_ref == checkout_ref
 
 
 async def _lock_order(session: AsyncSession, order_id: int | None) -> Order | None:
