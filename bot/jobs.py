@@ -97,10 +97,10 @@ async def every(interval: float, job, stop: asyncio.Event, *, wake: asyncio.Even
     """Run `job()` now and then every `interval` seconds (sooner when woken) until `stop`."""
     events = (stop,) if wake is None else (stop, wake)
     while not stop.is_set():
+        if wake is not None:
+            wake.clear()  # before the pass: a wake-up during it means "run again"
         try:
             await job()
         except Exception:  # noqa: BLE001 - a failing pass must not end the job
             log.exception("%s failed; will run again", name)
-        if wake is not None:
-            wake.clear()
         await wait_any(*events, timeout=interval)

@@ -125,15 +125,18 @@ class Result:
     sku: str | None = None
     stock_left: int | None = None  # unique keys left after a fulfilment, capped
     low_stock_threshold: int | None = None
+    sold: int = 0  # keys this fulfilment took
 
     @property
     def low_stock(self) -> bool:
-        return (
-            self.outcome is Outcome.FULFILLED
-            and self.stock_left is not None
-            and self.low_stock_threshold is not None
-            and self.stock_left <= self.low_stock_threshold
-        )
+        """This sale took the product to its low-stock threshold, or sold the last key.
+
+        Only the sale that crosses the line raises the alert, not every sale below it.
+        """
+        if self.outcome is not Outcome.FULFILLED or self.stock_left is None or self.low_stock_threshold is None:
+            return False
+        crossed = self.stock_left <= self.low_stock_threshold < self.stock_left + self.sold
+        return crossed or self.stock_left == 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,6 +352,7 @@ async def _fulfil(
             **base,
             stock_left=await _stock_left(session, product),
             low_stock_threshold=product.low_stock_threshold,
+            sold=order.quantity,
         )
     if policy.backorder:
         order.status = OrderStatus.BACKORDERED
