@@ -68,6 +68,8 @@ class DeliveryWorker:
         self._idle_poll = idle_poll
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
+        # Lease end of every delivery being sent, kept current by `_renew`.
+        self._leases: dict[int, datetime] = {}
         self._chats: dict[int, tuple[asyncio.Lock, int]] = {}  # lock and how many jobs use it
         self._last_send: dict[int, float] = {}
         self._done: list[Done] = []
@@ -81,8 +83,10 @@ class DeliveryWorker:
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and send until `stop` is set; then finish what is in flight and record it."""
         recorder = asyncio.create_task(self._record(), name="delivery-recorder")
+        renewer = asyncio.create_task(self._renew(), name="delivery-lease-renewal")
         try:
             while not stop.is_set():
+                self._wake.clear()  # before claiming: a wake-up during the claim means "look again"
                 room = min(self._batch, self._max_in_flight - len(self._in_flight))
                 jobs: list[Job] = []
                 if room > 0:
@@ -95,17 +99,23 @@ class DeliveryWorker:
                         await asyncio.sleep(1.0)
                         continue
                 for job in jobs:
+                    if job.id in self._leases:
+                        # Still sending it (a 429 or the rate queue held it past its lease):
+                        # the claim only renewed our lease, one send is under way.
+                        self._leases[job.id] = job.lease_expires_at
+                        continue
+                    self._leases[job.id] = job.lease_expires_at
                     task = asyncio.create_task(self._deliver(job), name=f"delivery-{job.id}")
                     self._in_flight.add(task)
                     task.add_done_callback(self._in_flight.discard)
                 if len(jobs) < room or room <= 0:
-                    self._wake.clear()
                     await wait_any(self._wake, stop, timeout=self._idle_poll)
         finally:
             if self._in_flight:
                 await asyncio.wait(self._in_flight, timeout=10)
             self._closing.set()
             await recorder
+            renewer.cancel()
 
     async def _deliver(self, job: Job) -> None:
         lock, users = self._chats.get(job.chat_id, (asyncio.Lock(), 0))
@@ -114,6 +124,7 @@ class DeliveryWorker:
             async with lock:  # one send at a time per chat, in claim order
                 done = await self._send(job)
         finally:
+            self._leases.pop(job.id, None)
             lock, users = self._chats[job.chat_id]
             if users == 1:
                 del self._chats[job.chat_id]
@@ -131,7 +142,7 @@ class DeliveryWorker:
         try:
             for text in texts:
                 await self._pace(job.chat_id)
-                if datetime.now(UTC) > job.lease_expires_at - self._margin:
+                if datetime.now(UTC) > self._leases.get(job.id, job.lease_expires_at) - self._margin:
                     return None  # lease nearly over: let whoever claims it next send it
                 message = await self._bot.send_message(
                     job.chat_id,
@@ -186,6 +197,21 @@ class DeliveryWorker:
         if len(self._last_send) > 10_000:
             horizon = time.monotonic() - self._chat_interval
             self._last_send = {c: t for c, t in self._last_send.items() if t > horizon}
+
+    async def _renew(self) -> None:
+        """Keep the leases of in-flight deliveries from running out under a slow send."""
+        while True:
+            await asyncio.sleep(self._lease.total_seconds() / 3)
+            ids, now = list(self._leases), datetime.now(UTC)
+            try:
+                held = await deliveries.renew(self._shop.db, self.owner, ids, lease=self._lease, now=now)
+            except Exception:  # noqa: BLE001 - the lease may lapse; a taker-over sends it then
+                log.exception("renewing delivery leases failed")
+                continue
+            lease_end = now + self._lease
+            for delivery_id in ids:
+                if delivery_id in self._leases:
+                    self._leases[delivery_id] = lease_end if delivery_id in held else datetime.min.replace(tzinfo=UTC)
 
     async def _record(self) -> None:
         """Write outcomes back in batches: one transaction for everything finished meanwhile."""

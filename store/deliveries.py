@@ -146,6 +146,27 @@ async def claim(
     ]
 
 
+async def renew(
+    db: Database, owner: str, ids: list[int], *, lease: timedelta, now: datetime | None = None
+) -> set[int]:
+    """Extend this worker's leases on deliveries it is still sending; the ids it still holds."""
+    if not ids:
+        return set()
+    lease_end = (now or datetime.now(UTC)) + lease
+
+    async def work(session: AsyncSession) -> set[int]:
+        held = await session.scalars(
+            update(Delivery)
+            .where(Delivery.id.in_(ids), Delivery.lease_owner == owner, Delivery.status == DeliveryStatus.QUEUED)
+            .values(lease_expires_at=lease_end)
+            .returning(Delivery.id)
+            .execution_options(synchronize_session=False)
+        )
+        return set(held.all())
+
+    return await db.write(work)
+
+
 async def finish(
     db: Database, owner: str, done: list[Done], *, key_message_ttl: timedelta | None, now: datetime | None = None
 ) -> None:
