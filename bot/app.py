@@ -223,8 +223,10 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
     return Parts(settings, db, shop, application, worker, notifier, limiter, metrics, server)
 
 
-async def serve(settings: Settings, stop: asyncio.Event, *, started: asyncio.Event | None = None) -> None:
-    """Run the shop until `stop` is set."""
+async def serve(
+    settings: Settings, stop: asyncio.Event, *, started: asyncio.Future[Parts] | None = None
+) -> None:
+    """Run the shop until `stop` is set; `started` gets the running parts once it is up."""
     vault = KeyVault(encryption_key(settings))
     db = Database(settings.database_url)
     try:
@@ -235,7 +237,7 @@ async def serve(settings: Settings, stop: asyncio.Event, *, started: asyncio.Eve
         await db.dispose()
 
 
-async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Event | None) -> None:
+async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Future[Parts] | None) -> None:
     settings, application, shop = parts.settings, parts.telegram, parts.shop
     try:
         await application.initialize()
@@ -285,7 +287,7 @@ async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Event | None)
             "on" if shop.stripe else "off (set STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET)",
         )
         if started is not None:
-            started.set()
+            started.set_result(parts)
         await stop.wait()
     finally:
         stop.set()

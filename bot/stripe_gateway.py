@@ -100,6 +100,16 @@ class StripeGateway:
             raise self._unavailable("refund", exc) from None
         return refund["id"]
 
+    async def order_of_payment(self, payment_ref: str) -> int | None:
+        try:
+            intent = await self._client.v1.payment_intents.retrieve_async(payment_ref)
+        except stripe.InvalidRequestError:
+            return None  # no such payment on this account
+        except stripe.StripeError as exc:
+            raise self._unavailable("look up a payment", exc) from None
+        order = (intent.to_dict().get("metadata") or {}).get("order_id")
+        return int(order) if isinstance(order, str) and order.isdigit() else None
+
     def _payment(self, order_id: int, session: Any) -> Payment:
         payment = payment_from_session(session.to_dict())
         if payment is None or payment.order_id != order_id:

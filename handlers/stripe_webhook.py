@@ -10,6 +10,7 @@ sessions that are not keyvend's are acknowledged and ignored.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import Any
@@ -19,6 +20,7 @@ from aiohttp import web
 
 from handlers.context import SHOP, Shop
 from store import orders
+from store.errors import NotFound, OrderNotPayable, PaymentUnavailable
 from store.orders import Event, Outcome, Result
 from store.payments import CheckoutState, Payment
 
@@ -105,6 +107,9 @@ async def stripe_webhook(request: web.Request) -> web.Response:
     header = request.headers.get("Stripe-Signature")
     if not header:
         return _reply(400, "missing Stripe-Signature header")
+    if not header.isascii():  # the SDK's compare_digest raises TypeError on non-ASCII text
+        shop.counters.count("keyvend_webhook_rejected_total", reason="signature")
+        return _reply(400, "invalid signature")
     try:
         payload = body.decode("utf-8")
         stripe.WebhookSignature.verify_header(payload, header, shop.stripe_webhook_secret, TOLERANCE)
@@ -116,9 +121,12 @@ async def stripe_webhook(request: web.Request) -> web.Response:
         if not isinstance(event, dict):
             raise BadEvent("event is not a JSON object")
         result = await _apply(shop, event)
-    except (ValueError, BadEvent) as exc:  # json.JSONDecodeError is a ValueError
+    except (ValueError, RecursionError, BadEvent) as exc:  # JSONDecodeError is a ValueError; deep nesting recurses
         shop.counters.count("keyvend_webhook_rejected_total", reason="content")
         return _reply(400, f"unreadable event: {exc}"[:200])
+    except PaymentUnavailable:
+        # Applying this event needs an answer from Stripe that did not come: Stripe retries.
+        return _reply(503, "Stripe is unreachable; retry later")
     if result is not None:
         shop.settled(result)
     outcome = result.outcome.value if result else "ignored"
@@ -169,14 +177,29 @@ async def _apply(shop: Shop, event: dict[str, Any]) -> Result | None:
                 full=full, event=ledger,
             )
         case "charge.dispute.created":
+            payment_ref = _ref(obj.get("payment_intent"))
             dispute = await orders.record_dispute(
-                shop.db, None, payment_ref=_ref(obj.get("payment_intent")),
-                blacklist=shop.blacklist_on_dispute, event=ledger,
+                shop.db, None, payment_ref=payment_ref, blacklist=shop.blacklist_on_dispute, event=ledger,
             )
+            if dispute.result.outcome is Outcome.UNKNOWN_ORDER and payment_ref:
+                dispute = await _dispute_before_payment(shop, payment_ref, ledger)
             if dispute.result.outcome is Outcome.DISPUTED:
                 shop.notifier.alert("dispute", _dispute_alert(dispute, obj))
             return dispute.result
     return None
+
+
+async def _dispute_before_payment(shop: Shop, payment_ref: str, ledger: Event) -> orders.DisputeResult:
+    """A dispute for a payment not applied yet (its event is late or lost): settle the order
+    from what Stripe says, then record the dispute against it."""
+    order_id = await shop.stripe.order_of_payment(payment_ref)
+    if order_id is None:
+        return await orders.record_dispute(shop.db, None, payment_ref=None, blacklist=False, event=ledger)
+    with contextlib.suppress(NotFound, OrderNotPayable):
+        shop.settled(await orders.confirm(shop.db, shop.gateways, order_id, shop.stock_policy))
+    return await orders.record_dispute(
+        shop.db, order_id, payment_ref=payment_ref, blacklist=shop.blacklist_on_dispute, event=ledger
+    )
 
 
 def _dispute_alert(dispute: orders.DisputeResult, obj: dict[str, Any]) -> str:

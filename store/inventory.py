@@ -93,7 +93,7 @@ def parse_keys(data: bytes | str, *, is_csv: bool = False) -> ParsedKeys:
     # Only CR/LF end a line: str.splitlines() would also split on \x0b, \x0c, \x1c-\x1e, \x85,
     # turning a line with a control character into two half-keys instead of rejecting it.
     lines: Iterable[bytes | str] = (
-        (data.splitlines() if isinstance(data, bytes) else re.split(r"\r\n|\r|\n", data.removesuffix("\n")))
+        (data.splitlines() if isinstance(data, bytes) else re.split(r"\r\n|\r|\n", re.sub(r"(?:\r\n|\r|\n)\Z", "", data)))
         if data else []
     )
     for number, raw in enumerate(lines):

@@ -328,7 +328,11 @@ async def _fulfil(
     order = await _lock_order(session, payment.order_id)
     if order is None or not _same_checkout(order, payment.checkout_ref):
         return Result(Outcome.UNKNOWN_ORDER, payment.order_id)
-    product = await session.get(Product, order.product_id)
+    # Share-lock the product: a restock (which locks it for update) either commits before this
+    # payment looks for keys, or waits for it and then finds this order backordered.
+    product = await session.scalar(
+        select(Product).where(Product.id == order.product_id).with_for_update(read=True)
+    )
     base = dict(order_id=order.id, buyer_id=order.buyer_id, sku=product.sku)
     if order.paid_at is not None:
         return Result(Outcome.UNCHANGED, **base)
@@ -499,8 +503,13 @@ async def record_refund(
             return Result(Outcome.UNKNOWN_ORDER, order_id)
         if not full:
             return Result(Outcome.PARTIAL_REFUND, order.id, order.buyer_id)
-        if order.status in (OrderStatus.REFUNDED, OrderStatus.PENDING, OrderStatus.EXPIRED, OrderStatus.CANCELLED):
+        if order.status == OrderStatus.REFUNDED:
             return Result(Outcome.UNCHANGED, order.id, order.buyer_id)
+        if order.paid_at is None:
+            # Refunded before its payment was applied (events come in any order): record the
+            # payment as settled, so the late payment event finds nothing left to fulfil.
+            order.paid_at = moment
+            order.payment_ref = order.payment_ref or payment_ref
         await allocation.revoke(session, order.id)
         await allocation.release(session, order.id)  # an order in review still holds a reservation
         order.status = OrderStatus.REFUNDED
@@ -517,21 +526,28 @@ async def record_dispute(
     db: Database, order_id: int | None, *, payment_ref: str | None, blacklist: bool,
     event: Event | None = None, now: datetime | None = None,
 ) -> DisputeResult:
-    """The buyer disputed the charge: flag the order and gather the reveal log as evidence."""
+    """The buyer disputed the charge: flag the order and gather the reveal log as evidence.
+
+    A dispute for a payment this shop does not know (yet) is not recorded in the event
+    ledger, so the caller can find the order at the provider and apply the event then.
+    """
     async def work(session: AsyncSession) -> DisputeResult:
         moment = now or datetime.now(UTC)
-        if event is not None and not await _record_event(session, event, order_id, moment):
-            return DisputeResult(Result(Outcome.DUPLICATE, order_id))
         order = await _find_paid_order(session, order_id, payment_ref)
         if order is None:
             return DisputeResult(Result(Outcome.UNKNOWN_ORDER, order_id))
+        if event is not None and not await _record_event(session, event, order.id, moment):
+            return DisputeResult(Result(Outcome.DUPLICATE, order.id))
         reveals = await session.execute(
             select(Reveal.revealed_at, Reveal.how).where(Reveal.order_id == order.id).order_by(Reveal.id)
         )
         log = tuple(RevealView(at, how) for at, how in reveals)
         if order.status == OrderStatus.DISPUTED:
             return DisputeResult(Result(Outcome.UNCHANGED, order.id, order.buyer_id), log)
-        order.status = OrderStatus.DISPUTED
+        if order.status == OrderStatus.FULFILLED:
+            # Only a sale becomes "disputed": a refunded, backordered or reviewed order keeps its
+            # state (and its keys theirs); the admins still get the alert and the evidence.
+            order.status = OrderStatus.DISPUTED
         if blacklist:
             buyer = await session.get(Buyer, order.buyer_id)
             buyer.blacklisted = True

@@ -63,3 +63,6 @@ class PaymentGateway(Protocol):
 
     async def refund(self, order_id: int, payment_ref: str, amount_minor: int) -> str:
         """Return an order's money; safe to repeat (returns the same refund)."""
+
+    async def order_of_payment(self, payment_ref: str) -> int | None:
+        """Which of this shop's orders a payment belongs to, if any."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bot.app import serve
+from bot.app import Parts, serve
 from bot.settings import Settings
 from store.crypto import KeyVault
 from store.db import Database
@@ -55,7 +55,7 @@ def key_secret() -> str:
 
 @dataclass
 class Shop:
-    """A running shop and handles to look inside it."""
+    """A running shop, handles to look inside it, and the app's own parts (to run its jobs)."""
 
     settings: Settings
     url: str
@@ -63,6 +63,7 @@ class Shop:
     telegram: FakeTelegram
     stripe: FakeStripe
     http: aiohttp.ClientSession
+    parts: Parts | None = None  # None for an app in another process
 
     async def cli(self, *args: str, stdin: bytes | None = None) -> Completed:
         """Run the real `keyvend` command against this shop's database."""
@@ -136,17 +137,16 @@ class running:
         self.settings, self.telegram, self.stripe = settings, telegram, stripe_api
 
     async def __aenter__(self) -> Shop:
-        self.stop, started = asyncio.Event(), asyncio.Event()
+        self.stop, started = asyncio.Event(), asyncio.get_running_loop().create_future()
         self.task = asyncio.create_task(serve(self.settings, self.stop, started=started))
-        waiter = asyncio.create_task(started.wait())
-        await asyncio.wait({self.task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({self.task, started}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
         if self.task.done():
             self.task.result()  # raises what stopped the app from starting
-        assert started.is_set(), "keyvend did not start within 30 s"
+        assert started.done(), "keyvend did not start within 30 s"
         self.db = Database(self.settings.database_url)
         self.http = aiohttp.ClientSession()
         return Shop(self.settings, f"http://127.0.0.1:{self.settings.http_port}", self.db,
-                    self.telegram, self.stripe, self.http)
+                    self.telegram, self.stripe, self.http, started.result())
 
     async def __aexit__(self, *exc: object) -> None:
         self.stop.set()

@@ -1,0 +1,345 @@
+"""The state machine's exception paths, at store level, on SQLite and on PostgreSQL.
+
+With the in-memory `FakeGateway` as the provider: a payment that differs from the order goes
+to review with its keys still reserved; paid orders with nothing to give are backordered and
+filled at restock by payment time (a bigger, older order is never skipped for a smaller,
+newer one) or owed a refund (`refund_pending` until the refund is recorded); a late
+`expired` never undoes a sale; a payment after the reservation lapsed takes fresh keys when
+there are some; refunds release or revoke keys as the order's state requires; disputes flag
+the order and can blacklist the buyer. After each story the invariant checks pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import event, func, select
+from sqlalchemy.orm import Session
+from sqlalchemy.util import await_only
+
+from store import inventory, orders
+from store.check import check
+from store.crypto import KeyVault
+from store.db import Database
+from store.errors import Blacklisted, OutOfStock
+from store.models import Buyer, Delivery, DeliveryKind, Key, KeyStatus, Order, OrderStatus
+from store.orders import Event, Outcome
+from store.payments import CheckoutState
+from tests.store.conftest import BACKORDER, POLICY, REFUND, FakeGateway, stocked
+
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+async def _scalar(db: Database, query):
+    async def work(session):
+        return await session.scalar(query)
+    return await db.read(work)
+
+
+async def _all(db: Database, query) -> list:
+    async def work(session):
+        return list((await session.scalars(query)).all())
+    return await db.read(work)
+
+
+async def status_of(db: Database, order_id: int) -> str:
+    return await _scalar(db, select(Order.status).where(Order.id == order_id))
+
+
+async def keys_of(db: Database, order_id: int) -> list[tuple[int, str]]:
+    async def work(session):
+        return list((await session.execute(
+            select(Key.id, Key.status).where(Key.order_id == order_id).order_by(Key.id))).all())
+    return await db.read(work)
+
+
+async def deliveries_of(db: Database, order_id: int) -> list[str]:
+    return await _all(db, select(Delivery.kind).where(Delivery.order_id == order_id).order_by(Delivery.id))
+
+
+async def invariants_hold(db: Database) -> None:
+    failed = [f for f in await check(db, max_attempts=12) if not f.ok]
+    assert not failed, failed
+
+
+async def open_order(db: Database, gateway: FakeGateway, product_id: int, buyer: int, quantity: int = 1) -> int:
+    sale = await orders.checkout(
+        db, gateway, buyer_id=buyer, language="en", product_id=product_id, quantity=quantity, policy=POLICY
+    )
+    return sale.order_id
+
+
+async def lapse(db: Database, order_id: int) -> None:
+    """The checkout expired unpaid: its keys go back on sale."""
+    result = await orders.close_unpaid(db, order_id, CheckoutState.EXPIRED)
+    assert result.outcome is Outcome.RELEASED
+
+
+async def restock(db: Database, vault: KeyVault, sku: str, *keys: str) -> inventory.RestockReport:
+    return await inventory.restock(db, vault, sku, inventory.parse_keys("\n".join(keys)), source="test")
+
+
+# ---------------------------------------------------------------- review
+
+
+@pytest.mark.parametrize(("amount", "currency"), [(1, None), (None, "eur")], ids=["amount", "currency"])
+async def test_a_payment_that_differs_from_the_order_goes_to_review(
+    db: Database, vault: KeyVault, gateway: FakeGateway, amount: int | None, currency: str | None
+) -> None:
+    product = await stocked(db, vault, keys=3)
+    order = await open_order(db, gateway, product.id, 7, quantity=2)
+
+    result = await orders.fulfil(db, gateway.payment(order, amount=amount, currency=currency), REFUND)
+
+    assert result.outcome is Outcome.REVIEW
+    assert await status_of(db, order) == OrderStatus.REVIEW
+    assert [s for _, s in await keys_of(db, order)] == [KeyStatus.RESERVED] * 2  # held for the admin
+    assert await deliveries_of(db, order) == [DeliveryKind.REVIEW]  # the buyer is told, no keys sent
+    await invariants_hold(db)
+
+
+async def test_a_full_refund_of_an_order_in_review_puts_its_keys_back_on_sale(
+    db: Database, vault: KeyVault, gateway: FakeGateway
+) -> None:
+    product = await stocked(db, vault, keys=3)
+    order = await open_order(db, gateway, product.id, 7, quantity=2)
+    await orders.fulfil(db, gateway.payment(order, amount=1), REFUND)
+
+    result = await orders.record_refund(db, None, payment_ref=f"pay_{order}")
+
+    assert result.outcome is Outcome.REFUNDED
+    assert await status_of(db, order) == OrderStatus.REFUNDED
+    assert await keys_of(db, order) == []  # released, not revoked: they were never the buyer's
+    assert await _scalar(db, select(func.count()).where(Key.status == KeyStatus.AVAILABLE)) == 3
+    assert await deliveries_of(db, order) == [DeliveryKind.REVIEW, DeliveryKind.REFUNDED]
+    await invariants_hold(db)
+
+
+# ---------------------------------------------------------------- paid with nothing to give
+
+
+async def _sold_out_then_paid(
+    db: Database, vault: KeyVault, gateway: FakeGateway, policy: orders.OutOfStockPolicy
+) -> tuple[int, int]:
+    """Two orders whose reservations lapsed, paid after another buyer took all the stock.
+
+    The smaller order (1 key) is opened first, so it has the lower id, and paid last; the
+    bigger one (2 keys) is paid first. Returns (bigger, smaller).
+    """
+    product = await stocked(db, vault, keys=3)
+    smaller = await open_order(db, gateway, product.id, 1, quantity=1)
+    bigger = await open_order(db, gateway, product.id, 2, quantity=2)
+    await lapse(db, smaller)
+    await lapse(db, bigger)
+    everything = await open_order(db, gateway, product.id, 3, quantity=3)
+    assert (await orders.fulfil(db, gateway.payment(everything), policy)).outcome is Outcome.FULFILLED
+    first = await orders.fulfil(db, gateway.payment(bigger), policy, now=T0)
+    second = await orders.fulfil(db, gateway.payment(smaller), policy, now=T0 + timedelta(seconds=1))
+    assert first.outcome == second.outcome
+    return bigger, smaller
+
+
+async def test_backorders_fill_by_payment_time_and_never_jump_the_queue(
+    db: Database, vault: KeyVault, gateway: FakeGateway
+) -> None:
+    bigger, smaller = await _sold_out_then_paid(db, vault, gateway, BACKORDER)
+    for order in (bigger, smaller):
+        assert await status_of(db, order) == OrderStatus.BACKORDERED
+        assert await deliveries_of(db, order) == [DeliveryKind.BACKORDERED]
+    await invariants_hold(db)
+
+    # One key would fill the smaller order, but the bigger one was paid first.
+    report = await restock(db, vault, "GAME", "NEW-1")
+    assert report.backorders_fulfilled == ()
+    assert await status_of(db, smaller) == OrderStatus.BACKORDERED
+
+    report = await restock(db, vault, "GAME", "NEW-2")
+    assert report.backorders_fulfilled == (bigger,)
+    assert await status_of(db, bigger) == OrderStatus.FULFILLED
+    assert [s for _, s in await keys_of(db, bigger)] == [KeyStatus.SOLD] * 2
+    assert await status_of(db, smaller) == OrderStatus.BACKORDERED
+
+    report = await restock(db, vault, "GAME", "NEW-3", "NEW-4")
+    assert report.backorders_fulfilled == (smaller,)
+    assert report.available == 1
+    for order in (bigger, smaller):
+        assert await deliveries_of(db, order) == [DeliveryKind.BACKORDERED, DeliveryKind.KEYS]
+    await invariants_hold(db)
+
+
+async def test_refund_policy_owes_the_money_until_the_refund_is_recorded(
+    db: Database, vault: KeyVault, gateway: FakeGateway
+) -> None:
+    bigger, smaller = await _sold_out_then_paid(db, vault, gateway, REFUND)
+    for order in (bigger, smaller):
+        assert await status_of(db, order) == OrderStatus.REFUND_PENDING
+        assert await keys_of(db, order) == []
+    owed = await orders.refunds_due(db)
+    assert [(o.order_id, o.payment_ref, o.paid_amount_minor) for o in owed] == [
+        (smaller, f"pay_{smaller}", 999), (bigger, f"pay_{bigger}", 1998)]
+    await invariants_hold(db)  # owed, and not yet for long: not stuck
+
+    for pending in owed:
+        await gateway.refund(pending.order_id, pending.payment_ref, pending.paid_amount_minor)
+        assert (await orders.record_refund(db, pending.order_id)).outcome is Outcome.REFUNDED
+        assert (await orders.record_refund(db, pending.order_id)).outcome is Outcome.UNCHANGED
+    assert await orders.refunds_due(db) == []
+    for order in (bigger, smaller):
+        assert await status_of(db, order) == OrderStatus.REFUNDED
+        assert await deliveries_of(db, order) == [DeliveryKind.REFUNDED]
+    await invariants_hold(db)
+
+
+async def test_a_refund_owed_for_over_an_hour_is_reported_stuck(
+    db: Database, vault: KeyVault, gateway: FakeGateway
+) -> None:
+    bigger, _ = await _sold_out_then_paid(db, vault, gateway, REFUND)
+    findings = await check(db, max_attempts=12, now=T0 + timedelta(hours=2))
+    stuck = [v for f in findings for v in f.violations]
+    assert f"order #{bigger} is stuck" in stuck
+
+
+# ---------------------------------------------------------------- expiry and payment crossing
+
+
+async def test_a_late_expired_event_never_undoes_a_sale(db: Database, vault: KeyVault, gateway: FakeGateway) -> None:
+    product = await stocked(db, vault, keys=2)
+    order = await open_order(db, gateway, product.id, 7)
+    await orders.fulfil(db, gateway.payment(order), REFUND, event=Event("fake", "evt_paid", "completed"))
+
+    late = await orders.close_unpaid(db, order, CheckoutState.EXPIRED, event=Event("fake", "evt_exp", "expired"))
+    failed = await orders.close_unpaid(db, order, CheckoutState.FAILED)
+
+    assert late.outcome is failed.outcome is Outcome.UNCHANGED
+    assert await status_of(db, order) == OrderStatus.FULFILLED
+    assert [s for _, s in await keys_of(db, order)] == [KeyStatus.SOLD]
+    await invariants_hold(db)
+
+
+async def test_a_payment_after_the_reservation_lapsed_takes_fresh_keys(
+    db: Database, vault: KeyVault, gateway: FakeGateway
+) -> None:
+    product = await stocked(db, vault, keys=3)
+    late = await open_order(db, gateway, product.id, 1)
+    [(first_key, _)] = await keys_of(db, late)
+    await lapse(db, late)
+    # Someone else now holds the key the late order had reserved.
+    other = await open_order(db, gateway, product.id, 2)
+    assert [k for k, _ in await keys_of(db, other)] == [first_key]
+
+    result = await orders.fulfil(db, gateway.payment(late), REFUND)
+
+    assert result.outcome is Outcome.FULFILLED
+    assert await status_of(db, late) == OrderStatus.FULFILLED
+    [(fresh, status)] = await keys_of(db, late)
+    assert fresh != first_key and status == KeyStatus.SOLD
+    assert await keys_of(db, other) == [(first_key, KeyStatus.RESERVED)]
+    await invariants_hold(db)
+
+
+# ---------------------------------------------------------------- refunds and disputes of sales
+
+
+async def test_a_full_refund_revokes_keys_and_a_partial_one_changes_nothing(
+    db: Database, vault: KeyVault, gateway: FakeGateway
+) -> None:
+    product = await stocked(db, vault, keys=3)
+    order = await open_order(db, gateway, product.id, 7, quantity=2)
+    await orders.fulfil(db, gateway.payment(order), REFUND)
+
+    partial = await orders.record_refund(db, order, full=False, event=Event("fake", "evt_part", "charge.refunded"))
+    assert partial.outcome is Outcome.PARTIAL_REFUND
+    assert await status_of(db, order) == OrderStatus.FULFILLED
+
+    full = Event("fake", "evt_full", "charge.refunded")
+    assert (await orders.record_refund(db, order, event=full)).outcome is Outcome.REFUNDED
+    assert (await orders.record_refund(db, order, event=full)).outcome is Outcome.DUPLICATE
+    assert [s for _, s in await keys_of(db, order)] == [KeyStatus.REVOKED] * 2
+    # Revoked keys are never sold again: only the one never sold is left.
+    assert await _scalar(db, select(func.count()).where(Key.status == KeyStatus.AVAILABLE)) == 1
+    with pytest.raises(OutOfStock):
+        await open_order(db, gateway, product.id, 8, quantity=2)
+    await invariants_hold(db)
+
+
+@pytest.mark.parametrize("blacklist", [True, False], ids=["blacklist", "no-blacklist"])
+async def test_a_dispute_flags_the_order_and_may_blacklist_the_buyer(
+    db: Database, vault: KeyVault, gateway: FakeGateway, blacklist: bool
+) -> None:
+    product = await stocked(db, vault, keys=3)
+    order = await open_order(db, gateway, product.id, 7)
+    await orders.fulfil(db, gateway.payment(order), REFUND)
+
+    event = Event("fake", "evt_dispute", "charge.dispute.created")
+    first = await orders.record_dispute(db, None, payment_ref=f"pay_{order}", blacklist=blacklist, event=event)
+    copy = await orders.record_dispute(db, None, payment_ref=f"pay_{order}", blacklist=blacklist, event=event)
+    other_copy = await orders.record_dispute(db, None, payment_ref=f"pay_{order}", blacklist=blacklist)
+
+    assert (first.result.outcome, first.blacklisted) == (Outcome.DISPUTED, blacklist)
+    assert copy.result.outcome is Outcome.DUPLICATE
+    assert other_copy.result.outcome is Outcome.UNCHANGED
+    assert await status_of(db, order) == OrderStatus.DISPUTED
+    assert await _scalar(db, select(Buyer.blacklisted).where(Buyer.id == 7)) is blacklist
+    if blacklist:
+        with pytest.raises(Blacklisted):
+            await open_order(db, gateway, product.id, 7)
+    else:
+        await open_order(db, gateway, product.id, 7)
+    await invariants_hold(db)
+
+
+async def test_a_dispute_after_a_refund_leaves_the_order_refunded(
+    db: Database, vault: KeyVault, gateway: FakeGateway
+) -> None:
+    product = await stocked(db, vault, keys=2)
+    order = await open_order(db, gateway, product.id, 7)
+    await orders.fulfil(db, gateway.payment(order), REFUND)
+    await orders.record_refund(db, order)
+
+    await orders.record_dispute(db, None, payment_ref=f"pay_{order}", blacklist=False)
+
+    assert await status_of(db, order) == OrderStatus.REFUNDED
+    await invariants_hold(db)
+
+
+# ---------------------------------------------------------------- a payment racing a restock
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # SQLite serialises writers: no race
+async def test_a_payment_racing_a_restock_is_not_left_waiting_beside_fresh_stock(
+    db: Database, vault: KeyVault, gateway: FakeGateway
+) -> None:
+    product = await stocked(db, vault, keys=1)
+    late = await open_order(db, gateway, product.id, 1)
+    await lapse(db, late)
+    taker = await open_order(db, gateway, product.id, 2)
+    await orders.fulfil(db, gateway.payment(taker), BACKORDER)
+
+    # Hold the payment's transaction just before it commits, let a restock run meanwhile.
+    paused, resume = asyncio.Event(), asyncio.Event()
+    armed = [True]
+
+    def hold(session: Session) -> None:
+        if armed[0]:
+            armed[0] = False
+            paused.set()
+            await_only(resume.wait())  # inside SQLAlchemy's greenlet: waits on the loop
+
+    event.listen(Session, "before_commit", hold)
+    try:
+        payment = asyncio.create_task(orders.fulfil(db, gateway.payment(late), BACKORDER))
+        await asyncio.wait_for(paused.wait(), 10)
+        restocking = asyncio.create_task(restock(db, vault, "GAME", "FRESH-1"))
+        # Today the restock finishes at once; one that waits for the payment (a fix) gets 2 s.
+        await asyncio.wait({restocking}, timeout=2)
+        resume.set()
+        await payment
+        await restocking
+    finally:
+        event.remove(Session, "before_commit", hold)
+
+    # Paid, and a key came in: the order must have it, not wait beside it for the next restock.
+    assert await status_of(db, late) == OrderStatus.FULFILLED
+    assert await _scalar(db, select(func.count()).where(Key.status == KeyStatus.AVAILABLE)) == 0
