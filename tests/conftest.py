@@ -1,8 +1,12 @@
-"""Shared fixtures: real databases (SQLite and PostgreSQL), the key vault, Redis.
+"""Shared fixtures: real databases (SQLite and PostgreSQL), the key vault, Redis, a running shop.
 
 PostgreSQL and Redis are the machine's own servers; a missing one fails the run rather
 than skipping tests (`.ci/run` starts them). Each test run gets a fresh PostgreSQL
 database, dropped at the end; each test gets empty tables.
+
+The running-shop fixtures (`telegram` and `stripe_api`, the fakes; `key_secret`;
+`settings`; `shop`, the real app running on them) are here so that tests/handlers/ and
+tests/bot/ get them as tests/e2e/ does; how a shop runs is in tests/e2e/conftest.py.
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ import pytest
 from sqlalchemy import text
 
 from bot.migrate import migrate
+from bot.settings import Settings
 from store.crypto import KeyVault
 from store.db import Database
 from store.models import Base
+from tests.e2e.conftest import Shop, running, shop_settings
+from tests.fakes.stripe import FakeStripe
+from tests.fakes.telegram import FakeTelegram
 
 POSTGRES_ADMIN = os.environ.get("KEYVEND_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("KEYVEND_TEST_REDIS", "redis://127.0.0.1:6379/15")
 
 
 async def _migrated(url: str) -> None:
@@ -100,3 +107,34 @@ async def db(database_url: str) -> AsyncIterator[Database]:
 @pytest.fixture
 def vault() -> KeyVault:
     return KeyVault(KeyVault.generate())
+
+
+# ---------------------------------------------------------------- a running shop
+
+
+@pytest.fixture
+async def telegram() -> AsyncIterator[FakeTelegram]:
+    async with FakeTelegram() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def stripe_api() -> AsyncIterator[FakeStripe]:
+    async with FakeStripe() as fake:
+        yield fake
+
+
+@pytest.fixture
+def key_secret() -> str:
+    return KeyVault.generate()
+
+
+@pytest.fixture
+def settings(sqlite_url: str, telegram: FakeTelegram, stripe_api: FakeStripe, key_secret: str) -> Settings:
+    return shop_settings(sqlite_url, telegram, stripe_api, key_secret)
+
+
+@pytest.fixture
+async def shop(settings: Settings, telegram: FakeTelegram, stripe_api: FakeStripe) -> AsyncIterator[Shop]:
+    async with running(settings, telegram, stripe_api) as running_shop:
+        yield running_shop

@@ -8,14 +8,11 @@ private `redis-server` this file starts and kills; the machine's shared one is n
 
 from __future__ import annotations
 
-import asyncio
-import shutil
-import socket
-import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -23,9 +20,8 @@ from bot.metrics import Metrics
 from bot.ratelimit import RateLimiter
 from store.models import OrderStatus
 from tests.e2e.conftest import ADMIN, free_port, running, shop_settings
-# Fixtures of tests/e2e/conftest.py, which pytest offers only under tests/e2e.
-from tests.e2e.conftest import key_secret, stripe_api, telegram  # noqa: F401
 from tests.e2e.helpers import checkout, open_card, press, reply, sent_since, snapshot, stock, text
+from tests.e2e.processes import RedisServer
 
 REDIS = "redis://127.0.0.1:6379/14"
 TRY_AGAIN = "Too many requests — please try again in"
@@ -112,52 +108,21 @@ async def test_unreachable_redis_fails_open_and_reports_it() -> None:
     assert await limiter.ping() is False
 
 
-class PrivateRedis:
-    """A redis-server of this test's own, to kill and bring back on the same port."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        self.process = subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.02)
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-            self.process = None
-
-
 @pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis(free_port())
+async def private_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    server = RedisServer(tmp_path)
     yield server
-    server.kill()
+    await server.kill()
 
 
-async def test_a_redis_that_dies_and_comes_back_is_used_again(private_redis: PrivateRedis) -> None:
+async def test_a_redis_that_dies_and_comes_back_is_used_again(private_redis: RedisServer) -> None:
     await private_redis.start()
     limiter, metrics = _limiter(private_redis.url, checkouts="2/minute")
     user = _user()
     counted = await _hits(limiter, "checkouts", user, 3)
     assert counted[:2] == [None, None] and counted[2] is not None
 
-    private_redis.kill()
+    await private_redis.kill()
     assert await _hits(limiter, "checkouts", user, 3) == [None] * 3
     assert limiter.healthy is False and _fail_opens(metrics) == 3
 
@@ -177,7 +142,7 @@ def _seconds(message: str) -> int:
 
 
 async def test_a_checkout_over_the_limit_is_refused_and_opens_no_order(
-    sqlite_url: str, telegram, stripe_api, key_secret: str,  # noqa: F811 - fixtures
+    sqlite_url: str, telegram, stripe_api, key_secret: str,
 ) -> None:
     settings = shop_settings(sqlite_url, telegram, stripe_api, key_secret, rate_limit_checkouts="2/minute")
     async with running(settings, telegram, stripe_api) as shop:
@@ -194,7 +159,7 @@ async def test_a_checkout_over_the_limit_is_refused_and_opens_no_order(
 
 
 async def test_updates_over_the_limit_get_the_try_again_answer(
-    sqlite_url: str, telegram, stripe_api, key_secret: str,  # noqa: F811 - fixtures
+    sqlite_url: str, telegram, stripe_api, key_secret: str,
 ) -> None:
     settings = shop_settings(sqlite_url, telegram, stripe_api, key_secret, rate_limit_updates="3/minute")
     async with running(settings, telegram, stripe_api):

@@ -2,27 +2,42 @@
 
 The app is started with `bot.app.serve` exactly as `keyvend run` starts it (migrations,
 PTB application with polling, aiohttp server, workers); only the two outside services are
-fakes, and they are real HTTP servers.
+fakes, and they are real HTTP servers. `Shop`, `running`, `shop_settings`, `run_cli` and
+`free_port` live here (bench/ imports them too); the fixtures every test directory uses
+(`telegram`, `stripe_api`, `key_secret`, `settings`, `shop`) are in tests/conftest.py.
+
+The e2e fixtures: `launch`, a shop with chosen settings, and `afterwards`, the audit a
+module turns on for each of its tests with `pytestmark = pytest.mark.usefixtures("afterwards")`:
+`keyvend check` passes on every database the test launched a shop on, and no key imported
+there appears in any log line, CLI output or admin alert.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import io
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from contextlib import redirect_stdout
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from sqlalchemy import select
 
+from bot import cli
 from bot.app import Parts, serve
 from bot.settings import Settings
 from store.crypto import KeyVault
 from store.db import Database
+from store.models import Key
+from tests.e2e.helpers import captured_logs
 from tests.fakes.stripe import FakeStripe
 from tests.fakes.telegram import FakeTelegram
 
@@ -34,23 +49,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture
-async def telegram() -> AsyncIterator[FakeTelegram]:
-    async with FakeTelegram() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def stripe_api() -> AsyncIterator[FakeStripe]:
-    async with FakeStripe() as fake:
-        yield fake
-
-
-@pytest.fixture
-def key_secret() -> str:
-    return KeyVault.generate()
 
 
 @dataclass
@@ -119,17 +117,6 @@ def shop_settings(database_url: str, telegram: FakeTelegram, stripe_api: FakeStr
     return Settings(_env_file=None, **values)
 
 
-@pytest.fixture
-def settings(sqlite_url: str, telegram: FakeTelegram, stripe_api: FakeStripe, key_secret: str) -> Settings:
-    return shop_settings(sqlite_url, telegram, stripe_api, key_secret)
-
-
-@pytest.fixture
-async def shop(settings: Settings, telegram: FakeTelegram, stripe_api: FakeStripe) -> AsyncIterator[Shop]:
-    async with running(settings, telegram, stripe_api) as running_shop:
-        yield running_shop
-
-
 class running:
     """Start `serve()` in this loop; stop it and check it ended cleanly on exit."""
 
@@ -155,3 +142,78 @@ class running:
         finally:
             await self.http.close()
             await self.db.dispose()
+
+
+# ---------------------------------------------------------------- e2e fixtures
+
+Launch = Callable[..., running]
+
+
+@pytest.fixture
+def launch(
+    sqlite_url: str, telegram: FakeTelegram, stripe_api: FakeStripe, key_secret: str, afterwards: Afterwards,
+) -> Launch:
+    """`async with launch(**settings) as shop:` runs the real app on this test's database
+    (or on `launch(database_url)`), and the audit after the test checks that database."""
+    def run(database_url: str | None = None, **overrides: Any) -> running:
+        settings = shop_settings(database_url or sqlite_url, telegram, stripe_api, key_secret, **overrides)
+        afterwards.uses(settings)
+        return running(settings, telegram, stripe_api)
+
+    return run
+
+
+@dataclass
+class Afterwards:
+    """What a test used, so the audit after it knows what to check."""
+
+    databases: dict[str, Settings] = field(default_factory=dict)
+    outputs: list[str] = field(default_factory=list)  # CLI stdout/stderr and the like
+
+    def uses(self, settings: Settings) -> None:
+        self.databases.setdefault(settings.database_url, settings)
+
+
+@pytest.fixture
+async def afterwards(settings: Settings, telegram: FakeTelegram) -> AsyncIterator[Afterwards]:
+    """After the test: `keyvend check` passes and no imported key leaked anywhere."""
+    audit = Afterwards()
+    keys: set[str] = set()
+    # Everything logged from the start of the test's setup to the end of its teardown.
+    with captured_logs(settings) as logs:
+        yield audit
+        for used in audit.databases.values():
+            code, report = await _keyvend_check(used)
+            audit.outputs.append(report)
+            assert code == 0, f"keyvend check failed after the test:\n{report}"
+            keys |= await _imported_keys(used)
+    alerts = [m.text or "" for m in telegram.messages_to(ADMIN)]
+    leaked = logs.leaked(keys, also=[*audit.outputs, *alerts])
+    assert not leaked, f"imported keys leaked: {sorted(leaked)[:5]}"
+    assert keys, "the audit saw no imported key: the grep would prove nothing"
+
+
+async def _keyvend_check(settings: Settings) -> tuple[int, str]:
+    """`keyvend check` on a shop's database: its exit code and report.
+
+    The command's own function, run in this process: a subprocess per test would spend
+    seconds starting Python for the same check (the backorder test runs the real CLI).
+    """
+    report = io.StringIO()
+    with redirect_stdout(report):
+        code = await cli.cmd_check(settings, argparse.Namespace())
+    return code, report.getvalue()
+
+
+async def _imported_keys(settings: Settings) -> set[str]:
+    """Every key in a shop's database, decrypted: however it got there, the grep looks for it."""
+    box = KeyVault(settings.key_encryption_key.get_secret_value())
+    db = Database(settings.database_url)
+
+    async def work(session):
+        return list((await session.scalars(select(Key.ciphertext))).all())
+
+    try:
+        return {box.decrypt(ciphertext) for ciphertext in await db.read(work)}
+    finally:
+        await db.dispose()

@@ -1,33 +1,49 @@
-"""Helpers for tests that drive a running shop: stock it, act as a buyer, look inside it.
+"""Helpers for tests that drive a running shop: stock it, act as buyers and as Stripe, look inside it.
 
-Shared by the bad-input, rate-limit and operations tests (tests/handlers/, tests/bot/,
-tests/e2e/). Everything here goes through the same doors a seller, a buyer or Stripe use —
-store functions for stocking (what `keyvend product add` and `keyvend keys import` call),
-FakeTelegram updates for buyers and admins, signed FakeStripe events for payments — and
-reads outcomes from the database, never from logs.
+The one set of helpers for tests/e2e/, tests/handlers/ and tests/bot/: one order or five
+hundred, one buyer or a crowd. Everything goes through the same doors a seller, a buyer or
+Stripe use — store functions for stocking (what `keyvend product add` and `keyvend keys
+import` call), FakeTelegram updates for buyers and admins, signed FakeStripe events POSTed to
+`/stripe/webhook` for payments, the app's own Stripe gateway for orders opened in bulk — and
+reads outcomes from the database, from what the fakes recorded and from the real `keyvend
+check`. Logs are captured the way `keyvend run` writes them, and searched for every key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import io
+import logging
+import re
+import secrets
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
-from store import catalogue, inventory
+from bot import logs
+from bot.settings import Settings
+from bot.stripe_gateway import StripeGateway
+from store import catalogue, inventory, orders
 from store.catalogue import ProductView
 from store.crypto import KeyVault
-from store.models import Delivery, Key, Order, PaymentEvent, Product, Reveal
-from tests.e2e.conftest import Shop
+from store.models import Delivery, Key, KeyStatus, Order, OrderStatus, PaymentEvent, Product, Reveal
+from store.orders import CheckoutPolicy
+from tests.fakes.stripe import FakeStripe
 from tests.fakes.telegram import FakeTelegram, SentMessage
 
+if TYPE_CHECKING:  # tests.e2e.conftest imports this module
+    from tests.e2e.conftest import Shop
+
+WAIT = 30.0  # seconds any single wait may take: generous, the machine is shared with other test runs
 UNKNOWN_COMMAND = "Sorry, I don't know that command. /help lists what I can do."
+SOLD_OUT = "Sorry, this product just sold out."
 
 
 # ---------------------------------------------------------------- looking inside
@@ -86,6 +102,7 @@ async def order_status(shop: Shop, order_id: int) -> str:
 
 
 async def key_statuses(shop: Shop, sku: str) -> Counter:
+    """How many of a product's keys are in each status."""
     result = await rows(
         shop,
         select(Key.status, func.count()).join(Product, Product.id == Key.product_id)
@@ -94,8 +111,20 @@ async def key_statuses(shop: Shop, sku: str) -> Counter:
     return Counter({status: n for status, n in result})
 
 
+async def order_key_statuses(shop: Shop, order_id: int) -> list[str]:
+    """The status of each key an order holds, in key order."""
+    return [status for (status,) in await rows(
+        shop, select(Key.status).where(Key.order_id == order_id).order_by(Key.id)
+    )]
+
+
 async def order_count(shop: Shop) -> int:
     return await scalar(shop, select(func.count()).select_from(Order))
+
+
+async def delivery_statuses(shop: Shop) -> Counter[str]:
+    counted = await rows(shop, select(Delivery.status, func.count()).group_by(Delivery.status))
+    return Counter(dict(counted))
 
 
 def vault(shop: Shop) -> KeyVault:
@@ -113,7 +142,20 @@ async def stored_keys(shop: Shop, sku: str) -> list[tuple[bytes, str]]:
     return [(c, box.decrypt(c)) for (c,) in ciphertexts]
 
 
-async def wait_until(check: Callable[[], Any] | Callable[[], Awaitable[Any]], *, timeout: float = 10.0,
+async def keys_by_order(shop: Shop) -> dict[int, list[str]]:
+    """Every order's sold keys, decrypted, in allocation order."""
+    box = vault(shop)
+    found: dict[int, list[str]] = defaultdict(list)
+    query = select(Key.order_id, Key.ciphertext).where(Key.status == KeyStatus.SOLD).order_by(Key.id)
+    for order_id, ciphertext in await rows(shop, query):
+        found[order_id].append(box.decrypt(ciphertext))
+    return dict(found)
+
+
+# ---------------------------------------------------------------- waiting
+
+
+async def wait_until(check: Callable[[], Any] | Callable[[], Awaitable[Any]], *, timeout: float = WAIT,
                      what: str = "condition") -> Any:
     """Poll `check` (sync or async) until it returns something truthy; fail after `timeout` s."""
     deadline = time.monotonic() + timeout
@@ -128,6 +170,13 @@ async def wait_until(check: Callable[[], Any] | Callable[[], Awaitable[Any]], *,
         await asyncio.sleep(0.02)
 
 
+async def wait_for_status(shop: Shop, order_id: int, status: OrderStatus) -> None:
+    async def reached() -> bool:
+        return await order_status(shop, order_id) == status
+
+    await wait_until(reached, what=f"order {order_id} to be {status}")
+
+
 async def outbox_empty(shop: Shop) -> Snapshot:
     """Wait until the delivery worker has recorded every queued message; the snapshot then."""
     async def done() -> Snapshot | None:
@@ -137,7 +186,26 @@ async def outbox_empty(shop: Shop) -> Snapshot:
     return await wait_until(done, what="the outbox to empty")
 
 
+async def deliveries_settled(shop: Shop, expected: int, *, timeout: float) -> Counter[str]:
+    """Wait until at least `expected` deliveries exist and none is queued; their statuses then."""
+    async def settled() -> Counter[str] | None:
+        statuses = await delivery_statuses(shop)
+        return statuses if statuses.total() >= expected and not statuses["queued"] else None
+
+    return await wait_until(settled, timeout=timeout, what=f"{expected} deliveries to be sent")
+
+
 # ---------------------------------------------------------------- stocking
+
+# Every generated key ends in 20 random upper-case hex digits: that part cannot occur in a
+# log by chance, and it survives any quoting or escaping a leak might apply to the key.
+_CORE = 20
+_KEY_CORES = re.compile(rf"(?=([0-9A-F]{{{_CORE}}}))")  # overlapping: every 20-digit window
+
+
+def new_keys(count: int, tag: str) -> list[str]:
+    """`count` unguessable keys, f"{tag}-<20 hex digits>"."""
+    return [f"{tag}-{secrets.token_hex(_CORE // 2).upper()}" for _ in range(count)]
 
 
 async def stock(shop: Shop, sku: str, keys: int | list[str] = 3, *, name: str | None = None,
@@ -168,7 +236,12 @@ async def reply(tg: FakeTelegram, user: int, command: str, *, document: tuple[st
     since = time.monotonic()
     tg.message(user, command, document=document)
     seen = sent_since(tg, user, since)
-    return await tg.wait_for(lambda m: seen(m) and contains in text(m))
+    return await tg.wait_for(lambda m: seen(m) and contains in text(m), timeout=WAIT)
+
+
+async def text_to(shop: Shop, chat: int, contains: str) -> SentMessage:
+    """The first message to `chat` holding `contains`, sent already or still to come."""
+    return await shop.telegram.wait_for(lambda m: m.chat_id == chat and contains in text(m), timeout=WAIT)
 
 
 async def press(tg: FakeTelegram, user: int, message: SentMessage | int, data: str) -> dict[str, Any]:
@@ -189,9 +262,16 @@ async def open_card(shop: Shop, buyer: int, sku: str, quantity: int | None = Non
 
 @dataclass(frozen=True)
 class Checkout:
+    buyer: int
     order_id: int
     session_id: str
-    message: SentMessage
+
+
+def checkout_session(answer: SentMessage) -> str | None:
+    """The Stripe session id behind a checkout message's Pay button; None for any other message."""
+    if not text(answer).startswith("Order #"):
+        return None
+    return answer.button("Pay")["url"].rsplit("/", 1)[1]
 
 
 async def checkout(shop: Shop, buyer: int, sku: str, quantity: int = 1) -> Checkout:
@@ -201,24 +281,161 @@ async def checkout(shop: Shop, buyer: int, sku: str, quantity: int = 1) -> Check
     since = time.monotonic()
     tg.press(buyer, card, card.button("by card")["callback_data"])
     seen = sent_since(tg, buyer, since)
-    started = await tg.wait_for(lambda m: seen(m) and text(m).startswith("Order #"))
-    session_id = started.button("Pay")["url"].rsplit("/", 1)[1]
+    started = await tg.wait_for(lambda m: seen(m) and checkout_session(m) is not None, timeout=WAIT)
+    session_id = checkout_session(started)
     order_id = int(shop.stripe.sessions[session_id]["client_reference_id"])
-    return Checkout(order_id, session_id, started)
-
-
-async def pay(shop: Shop, sale: Checkout, **pay_options: Any) -> aiohttp.ClientResponse:
-    """The buyer pays on Stripe and Stripe sends `checkout.session.completed`."""
-    shop.stripe.pay(sale.session_id, **pay_options)
-    response = await shop.post_event(shop.stripe.completed_event(sale.session_id))
-    assert response.status == 200, await response.text()
-    return response
+    return Checkout(buyer, order_id, session_id)
 
 
 async def key_message(shop: Shop, buyer: int, *, since: float = 0.0) -> SentMessage:
-    """The next message carrying keys (spoilers) to `buyer`."""
+    """The first message carrying keys (spoilers) to `buyer` accepted after `since`."""
     seen = sent_since(shop.telegram, buyer, since)
-    return await shop.telegram.wait_for(lambda m: seen(m) and bool(m.spoiler_texts()))
+    return await shop.telegram.wait_for(lambda m: seen(m) and bool(m.spoiler_texts()), timeout=WAIT)
+
+
+def key_messages(telegram: FakeTelegram, chat_id: int) -> list[SentMessage]:
+    """The messages to a chat that carry keys (a delivery hides each key in a spoiler)."""
+    return [m for m in telegram.messages_to(chat_id) if m.method == "sendMessage" and m.spoiler_texts()]
+
+
+async def cards_for(
+    telegram: FakeTelegram, buyers: Sequence[int], sku: str, *, timeout: float = 60
+) -> dict[int, SentMessage]:
+    """Every buyer follows the `/start buy_SKU` link at once; the product card each one gets."""
+    since, crowd = time.monotonic(), set(buyers)
+    for buyer in buyers:
+        telegram.message(buyer, f"/start buy_{sku}")
+    cards = await telegram.wait_for_count(
+        lambda m: m.chat_id in crowd and m.time >= since and "Price:" in text(m), len(crowd), timeout=timeout
+    )
+    by_buyer = {card.chat_id: card for card in cards}
+    assert len(by_buyer) == len(crowd), "some buyer got two cards and another none"
+    return by_buyer
+
+
+async def press_pay(
+    telegram: FakeTelegram, cards: dict[int, SentMessage], *, timeout: float = 60
+) -> dict[int, SentMessage]:
+    """Every buyer presses "Pay by card" on their card at once; the bot's next message to each.
+
+    That message is the checkout ("Order #...", with a URL button to Stripe) or the reason
+    there is none, such as `SOLD_OUT`.
+    """
+    since = time.monotonic()
+    for buyer, card in cards.items():
+        telegram.press(buyer, card, card.button("by card")["callback_data"])
+    answers = await telegram.wait_for_count(
+        lambda m: m.chat_id in cards and m.time >= since and m.method == "sendMessage", len(cards), timeout=timeout
+    )
+    by_buyer = {answer.chat_id: answer for answer in answers}
+    assert len(by_buyer) == len(cards), "some buyer got two answers to one press and another none"
+    return by_buyer
+
+
+# ---------------------------------------------------------------- Stripe's side
+
+
+def paid(stripe: FakeStripe, session_id: str, **pay_options: Any) -> dict[str, Any]:
+    """The buyer pays on Stripe; the `checkout.session.completed` event Stripe then sends."""
+    stripe.pay(session_id, **pay_options)
+    return stripe.completed_event(session_id)
+
+
+async def pay(shop: Shop, sale: Checkout, *, post: bool = True, **pay_options: Any) -> dict[str, Any]:
+    """The buyer pays on Stripe; Stripe's `completed` event is posted unless `post=False`."""
+    event = paid(shop.stripe, sale.session_id, **pay_options)
+    if post:
+        await post_ok(shop, event)
+    return event
+
+
+async def post_ok(shop: Shop, event: dict[str, Any]) -> None:
+    response = await shop.post_event(event)
+    assert response.status == 200, f"{event['type']} answered {response.status}"
+
+
+def expired(stripe: FakeStripe, session_id: str) -> dict[str, Any]:
+    """A `checkout.session.expired` event for the session, whatever became of it.
+
+    FakeStripe's `expired_event` refuses a paid session, and rightly: Stripe never expires
+    one. But Stripe promises no order of delivery, so an expiry can arrive after the
+    payment it lost to, or be applied before a payment that was still on its way when the
+    reservation lapsed; this builds exactly that event.
+    """
+    session = {**stripe.sessions[session_id], "status": "expired", "payment_status": "unpaid", "url": None}
+    return stripe.event("checkout.session.expired", session)
+
+
+@dataclass(frozen=True)
+class Placed:
+    """An open order with its keys reserved and its Stripe Checkout Session."""
+
+    order_id: int
+    buyer_id: int
+    quantity: int
+    session_id: str
+
+
+def stripe_gateway(shop: Shop) -> StripeGateway:
+    """The gateway the app uses, built from the shop's settings as `bot.app.assemble` does."""
+    return StripeGateway(
+        shop.settings.stripe_secret_key.get_secret_value(),
+        api_base=shop.settings.stripe_api_base,
+        success_url=lambda order: f"https://t.me/{shop.telegram.bot_username}?start=paid_{order}",
+    )
+
+
+async def open_orders(
+    shop: Shop, product_id: int, wanted: Sequence[tuple[int, int]], *, concurrency: int = 25
+) -> list[Placed]:
+    """Open one order per (buyer id, quantity) through the store's checkout, concurrently.
+
+    The very call the "Pay" button makes: order and reservation in one transaction, then a
+    real Checkout Session created over HTTP under the order's idempotency key. Leaving out
+    the chat (two updates and two bot replies per buyer) makes hundreds of orders cost a
+    few seconds; the chat path itself is what the flash-sale test drives.
+    """
+    gateway = stripe_gateway(shop)
+    policy = CheckoutPolicy(max_unpaid=shop.settings.max_unpaid_orders, ttl=shop.settings.checkout_ttl)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(buyer_id: int, quantity: int) -> Placed:
+        async with gate:
+            sale = await orders.checkout(
+                shop.db, gateway, buyer_id=buyer_id, language="en", product_id=product_id,
+                quantity=quantity, policy=policy,
+            )
+        return Placed(sale.order_id, buyer_id, quantity, shop.stripe.session_for_order(sale.order_id)["id"])
+
+    return list(await asyncio.gather(*(one(buyer, quantity) for buyer, quantity in wanted)))
+
+
+@dataclass(frozen=True)
+class Posted:
+    """How the shop answered one POST of an event."""
+
+    event_id: str
+    type: str
+    order_id: int | None
+    status: int
+    outcome: str | None  # what the shop says the event did: "fulfilled", "duplicate", ...
+
+
+async def post_concurrently(
+    shop: Shop, events: Sequence[dict[str, Any]], *, in_flight: int = 50
+) -> list[Posted]:
+    """POST every event to `/stripe/webhook`, `in_flight` at a time, each signed as it is sent."""
+    gate = asyncio.Semaphore(in_flight)
+
+    async def one(event: dict[str, Any]) -> Posted:
+        async with gate:
+            response = await shop.post_event(event)
+            body = await response.json() if response.status == 200 else {}
+        reference = event["data"]["object"].get("client_reference_id")
+        order_id = int(reference) if reference else None
+        return Posted(event["id"], event["type"], order_id, response.status, body.get("outcome"))
+
+    return list(await asyncio.gather(*(one(event) for event in events)))
 
 
 # ---------------------------------------------------------------- raw HTTP
@@ -275,3 +492,132 @@ async def post_in_pieces(shop: Shop, path: str, body: bytes, headers: dict[str, 
         return int(status_line.split()[1])
     finally:
         writer.close()
+
+
+async def health(shop: Shop) -> dict[str, Any]:
+    """`GET /healthz`, as a load balancer asks it; degraded is still 200."""
+    async with shop.http.get(f"{shop.url}/healthz") as response:
+        assert response.status == 200, response.status
+        return await response.json()
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def metrics(shop: Shop) -> tuple[str, Samples]:
+    """`GET /metrics`, as Prometheus scrapes it: the text, and every sample by (name, sorted labels)."""
+    async with shop.http.get(f"{shop.url}/metrics") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        body = await response.text()
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+    return body, samples
+
+
+async def metric(shop: Shop, name: str, **labels: str) -> float:
+    """One sample from `/metrics`, e.g. `metric(shop, "keyvend_alerts_total", kind="refund")`; 0 if absent."""
+    _, samples = await metrics(shop)
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+# ---------------------------------------------------------------- final checks
+
+
+def assert_own_keys_only(telegram: FakeTelegram, keys: dict[int, list[str]], buyers: dict[int, int]) -> dict[int, int]:
+    """Every order's keys reached its buyer's chat in one message, and no key reached any other chat.
+
+    `keys` are the orders' keys (order id -> keys), `buyers` their buyers (order id -> chat); a
+    buyer may have several orders. Returns the orders whose key message arrived more than
+    once: order id -> extra copies; how many may is the caller's to assert.
+    """
+    owner = {key: order for order, order_keys in keys.items() for key in order_keys}
+    assert len(owner) == sum(len(k) for k in keys.values()), "a key belongs to two orders"
+    received: Counter[int] = Counter()
+    for message in telegram.sent:
+        spoilers = message.spoiler_texts()
+        if not spoilers:
+            continue
+        order = owner.get(spoilers[0])
+        assert order is not None and buyers[order] == message.chat_id, (
+            f"chat {message.chat_id} received a key that is not from one of its orders"
+        )
+        assert sorted(spoilers) == sorted(keys[order]), f"chat {message.chat_id} got other keys than its order's"
+        received[order] += 1
+    missing = [order for order in keys if not received[order]]
+    assert not missing, f"{len(missing)} orders' keys never reached their buyer, e.g. order {missing[0]}"
+    return {order: copies - 1 for order, copies in received.items() if copies > 1}
+
+
+async def assert_invariants_hold(shop: Shop) -> str:
+    """The real `keyvend check` passes on the shop's database; its report."""
+    result = await shop.cli("check")
+    assert result.returncode == 0, f"keyvend check failed:\n{result.stdout}{result.stderr}"
+    assert "all invariants hold" in result.stdout, result.stdout
+    return result.stdout + result.stderr
+
+
+async def operator_view(shop: Shop) -> list[str]:
+    """What the shop shows anyone but a buyer: `/metrics` and every admin alert sent."""
+    alerts = [text(m) for admin in shop.settings.admin_ids for m in shop.telegram.messages_to(admin)]
+    body, _ = await metrics(shop)
+    return [body, *alerts]
+
+
+def database_name(settings: Settings) -> str:
+    """Which database a shop runs on, for the figures a test prints."""
+    return "sqlite" if settings.is_sqlite else "postgresql"
+
+
+# ---------------------------------------------------------------- logs
+
+
+class CapturedLogs:
+    """What the shop logged during a test, formatted as keyvend's own handler writes it."""
+
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+
+    def leaked(self, keys: Iterable[str], *, also: Iterable[str] = ()) -> set[str]:
+        """The keys that appear anywhere in the captured logs (tracebacks included) or in `also`.
+
+        The keys must come from `new_keys`: it is their random core that is searched for.
+        """
+        by_core = {key[-_CORE:]: key for key in keys}
+        assert all(_KEY_CORES.match(core) for core in by_core), "a key not made by new_keys()"
+        found = {match.group(1) for match in _KEY_CORES.finditer("\n".join([self.stream.getvalue(), *also]))}
+        return {by_core[core] for core in found & by_core.keys()}
+
+
+@contextmanager
+def captured_logs(settings: Settings) -> Iterator[CapturedLogs]:
+    """Capture every log record at DEBUG through the handler `keyvend run` installs.
+
+    `bot.logs.configure` is what the command line does at start: one handler on the root
+    logger, secrets scrubbed, and the third-party loggers that would echo request bodies
+    capped. An in-process shop skips it, and without it the grep would search a logging
+    setup no operator runs. The logger levels come back after.
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    levels = {name: logger.level for name, logger in _loggers()}
+    capture = CapturedLogs()
+    logs.configure("DEBUG", settings.secrets(), stream=capture.stream)
+    ours = root.handlers[0]
+    # pytest's handlers stay beside ours: it adds and removes them around each phase (setup,
+    # call, teardown), and the `afterwards` audit captures across all three.
+    root.handlers[:] = [*handlers, ours]
+    try:
+        yield capture
+    finally:
+        root.removeHandler(ours)
+        root.setLevel(level)
+        for name, logger in _loggers():
+            logger.setLevel(levels.get(name, logging.NOTSET))
+
+
+def _loggers() -> list[tuple[str, logging.Logger]]:
+    return [(n, lg) for n, lg in logging.root.manager.loggerDict.items() if isinstance(lg, logging.Logger)]

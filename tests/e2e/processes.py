@@ -1,11 +1,10 @@
 """Helpers for end-to-end tests that run keyvend as real processes and kill things.
 
 `App` is `keyvend run` as a child process (restartable, SIGKILL-able, every incarnation's
-output kept for the key grep) and `App.shop` the handle the shared helpers of
-`tests.e2e.helpers` and `tests.e2e.stress` take; `RedisServer` is a private redis-server a
-test may kill. Around them: a webhook sender that retries like Stripe (every event not
-answered 200 is sent again), the outbox as a killed process left it, and the check that
-each buyer holds exactly their own keys however many orders they paid for.
+output kept for the key grep) and `App.shop` the handle the helpers of `tests.e2e.helpers`
+take; `RedisServer` is a private redis-server a test may kill. Around them: a webhook sender
+that retries like Stripe (every event not answered 200 is sent again), and the outbox as a
+killed process left it.
 
 Everything here runs on the test's event loop, next to the fakes, so nothing may block it:
 child processes are asyncio subprocesses, and waiting is polling with a deadline.
@@ -143,12 +142,6 @@ class App:
 
     def _tail(self, lines: int = 30) -> str:
         return "\n".join(self.logs().splitlines()[-lines:])
-
-
-async def health(shop: Shop) -> dict[str, Any]:
-    """`GET /healthz`, as a load balancer asks it."""
-    async with shop.http.get(f"{shop.url}/healthz") as reply:
-        return await reply.json()
 
 
 # ---------------------------------------------------------------- a redis-server to kill
@@ -292,30 +285,3 @@ async def sent_times(shop: Shop, order_ids: Iterable[int]) -> dict[int, datetime
 
 async def sent_count(shop: Shop, order_ids: Iterable[int]) -> int:
     return len(await sent_times(shop, order_ids))
-
-
-# ---------------------------------------------------------------- what reached whom
-
-
-def assert_own_keys_only(telegram: FakeTelegram, keys: dict[int, list[str]], buyers: dict[int, int]) -> dict[int, int]:
-    """Every order's keys reached its buyer's chat, and no key reached any other chat.
-
-    `keys` are the orders' keys (order id -> keys), `buyers` their buyers (order id -> buyer);
-    a buyer may have several orders. Returns the orders whose key message arrived more than
-    once: order id -> extra copies. (`stress.assert_own_keys_received` does this for one
-    order per buyer and counts repeats only in total; the crash tests need them per order.)
-    """
-    owner = {key: order for order, order_keys in keys.items() for key in order_keys}
-    assert len(owner) == sum(len(k) for k in keys.values()), "a key belongs to two orders"
-    received: dict[int, Counter[str]] = {}
-    for message in telegram.sent:
-        for key in message.spoiler_texts():
-            order = owner.get(key)
-            assert order is not None and buyers[order] == message.chat_id, (
-                f"chat {message.chat_id} received a key that is not from one of its orders"
-            )
-            received.setdefault(order, Counter())[key] += 1
-    missing = [order for order, order_keys in keys.items()
-               if any(received.get(order, Counter())[key] == 0 for key in order_keys)]
-    assert not missing, f"{len(missing)} orders' keys never reached their buyer, e.g. order {missing[0]}"
-    return {order: max(counts.values()) - 1 for order, counts in received.items() if max(counts.values()) > 1}

@@ -32,10 +32,9 @@ from sqlalchemy import func, select
 from store.db import Database
 from store.models import Delivery, DeliveryKind, Order, OrderStatus, PaymentEvent
 from tests.e2e.conftest import Shop, shop_settings
-from tests.e2e.helpers import rows, stock, wait_until
-from tests.e2e.processes import App, StripeRetries, assert_own_keys_only, leased_to, sent_times
-from tests.e2e.stress import (
+from tests.e2e.helpers import (
     assert_invariants_hold,
+    assert_own_keys_only,
     captured_logs,
     database_name,
     delivery_statuses,
@@ -43,7 +42,11 @@ from tests.e2e.stress import (
     new_keys,
     open_orders,
     paid,
+    rows,
+    stock,
+    wait_until,
 )
+from tests.e2e.processes import App, StripeRetries, leased_to, sent_times
 from tests.fakes.stripe import FakeStripe
 from tests.fakes.telegram import FakeTelegram
 

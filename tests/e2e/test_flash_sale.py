@@ -22,11 +22,10 @@ from sqlalchemy import select
 
 from store.models import KeyStatus, Order, OrderStatus
 from tests.e2e.conftest import Shop, running, shop_settings
-from tests.e2e.helpers import key_statuses, order_status, rows, stock, text, wait_until
-from tests.e2e.stress import (
+from tests.e2e.helpers import (
     SOLD_OUT,
     assert_invariants_hold,
-    assert_own_keys_received,
+    assert_own_keys_only,
     captured_logs,
     cards_for,
     checkout_session,
@@ -34,14 +33,20 @@ from tests.e2e.stress import (
     deliveries_settled,
     expired,
     key_messages,
+    key_statuses,
     keys_by_order,
     metric,
     new_keys,
     open_orders,
     operator_view,
+    order_status,
     paid,
     post_concurrently,
     press_pay,
+    rows,
+    stock,
+    text,
+    wait_until,
 )
 
 BUYERS = 300
@@ -94,7 +99,7 @@ async def test_flash_sale_sells_each_key_once_and_refunds_the_late(database_url,
             for buyer in lapsed:
                 _assert_refunded_once_and_told(shop, buyer, order_of[buyer], paying[buyer])
             assert len(stripe_api.refunds) == LAPSED
-            assert await metric(shop, 'keyvend_alerts_total{kind="out_of_stock"}') == LAPSED
+            assert await metric(shop, "keyvend_alerts_total", kind="out_of_stock") == LAPSED
 
             others = set(buyers) - set(fulfilled) - set(lapsed)
             assert len(others) == BUYERS - STOCK - LAPSED and others <= sold_out
@@ -128,7 +133,8 @@ async def _assert_fulfilled_with_own_keys(shop: Shop, keys: list[str]) -> dict[i
     sold = await keys_by_order(shop)
     assert sorted(key for order_keys in sold.values() for key in order_keys) == sorted(keys)
     assert await key_statuses(shop, "FLASH") == {KeyStatus.SOLD: len(keys)}
-    assert assert_own_keys_received(shop.telegram, {b: sold[o] for b, o in fulfilled.items()}) == 0
+    owners = {order: buyer for buyer, order in fulfilled.items()}
+    assert assert_own_keys_only(shop.telegram, {order: sold[order] for order in owners}, owners) == {}
     return fulfilled
 
 

@@ -34,28 +34,25 @@ from store.models import (
     AuditEntry,
     Buyer,
     Delivery,
-    DeliveryStatus,
     Key,
     Order,
     OrderStatus,
     PaymentEvent,
     Reveal,
 )
-from tests.e2e.test_exceptions import (  # noqa: F401 - fixtures: `afterwards` (autouse), `launch`
-    Afterwards,
-    Launch,
-    Live,
-    add_product,
-    afterwards,
-    expired_copy,
-    fresh_keys,
+from tests.e2e.conftest import Launch, Shop
+from tests.e2e.helpers import (
+    checkout,
+    expired,
     key_message,
-    launch,
-    open_checkout,
+    new_keys,
+    outbox_empty,
     pay,
     scalar,
-    wait_until,
+    stock,
 )
+
+pytestmark = pytest.mark.usefixtures("afterwards")
 
 T = TypeVar("T")
 
@@ -94,42 +91,42 @@ _TYPES = (
 
 
 @pytest.fixture
-async def target(launch: Launch, afterwards: Afterwards, database_url: str) -> AsyncIterator[Target]:
-    async with launch(database_url) as live:
-        yield await Target.prepare(live, afterwards)
+async def target(launch: Launch, database_url: str) -> AsyncIterator[Target]:
+    async with launch(database_url) as shop:
+        yield await Target.prepare(shop)
 
 
 @pytest.fixture
-async def sqlite_target(launch: Launch, afterwards: Afterwards) -> AsyncIterator[Target]:
-    async with launch() as live:
-        yield await Target.prepare(live, afterwards)
+async def sqlite_target(launch: Launch) -> AsyncIterator[Target]:
+    async with launch() as shop:
+        yield await Target.prepare(shop)
 
 
 class Target:
     """A shop with orders in several states and the real events about them, to mutate."""
 
-    def __init__(self, live: Live, order_ids: list[int], refs: list[str], events: list[dict]) -> None:
-        self.live = live
+    def __init__(self, shop: Shop, order_ids: list[int], refs: list[str], events: list[dict]) -> None:
+        self.shop = shop
         self.order_ids = order_ids
         self.refs = refs  # session and payment ids Stripe knows
         self.events = events
         self.examples = 0
-        self.url = f"{live.shop.url}/stripe/webhook"
+        self.url = f"{shop.url}/stripe/webhook"
         self._loop = asyncio.get_running_loop()
 
     @classmethod
-    async def prepare(cls, live: Live, afterwards: Afterwards) -> Target:
-        await add_product(live, afterwards, "FUZZ", fresh_keys("FUZZ", 8))
-        stripe = live.stripe
-        open_ = await open_checkout(live, 9001, "FUZZ")
-        paid_silently = await open_checkout(live, 9002, "FUZZ")
-        await pay(live, paid_silently, post=False)
-        done = await open_checkout(live, 9003, "FUZZ")
-        await pay(live, done)
-        await key_message(live, done.buyer)
-        await _settled(live)
+    async def prepare(cls, shop: Shop) -> Target:
+        await stock(shop, "FUZZ", new_keys(8, "FUZZ"), low_stock_threshold=0)
+        stripe = shop.stripe
+        open_ = await checkout(shop, 9001, "FUZZ")
+        paid_silently = await checkout(shop, 9002, "FUZZ")
+        await pay(shop, paid_silently, post=False)
+        done = await checkout(shop, 9003, "FUZZ")
+        await pay(shop, done)
+        await key_message(shop, done.buyer)
+        await outbox_empty(shop)  # so background sends cannot change a snapshot
         events = [
-            expired_copy(stripe, open_.session_id),
+            expired(stripe, open_.session_id),
             stripe.completed_event(paid_silently.session_id),
             stripe.completed_event(done.session_id),
             stripe.charge_refunded_event(done.session_id),
@@ -139,18 +136,18 @@ class Target:
         checkouts = (open_, paid_silently, done)
         refs = [c.session_id for c in checkouts] + [
             stripe.sessions[c.session_id]["payment_intent"] for c in checkouts[1:]]
-        return cls(live, [c.order_id for c in checkouts], refs, events)
+        return cls(shop, [c.order_id for c in checkouts], refs, events)
 
     async def post(self, body: bytes, headers: dict[str, str]) -> int:
         self.examples += 1
-        async with self.live.shop.http.post(self.url, data=body, headers=headers) as response:
+        async with self.shop.http.post(self.url, data=body, headers=headers) as response:
             await response.read()
             return response.status
 
     def signature(self, body: bytes, *, timestamp: int | None = None, secret: str | None = None) -> str:
         """Stripe's scheme (HMAC-SHA256 of "<t>.<body>"), over any bytes, UTF-8 or not."""
         timestamp = int(time.time()) if timestamp is None else timestamp
-        key = (secret or self.live.stripe.webhook_secret).encode()
+        key = (secret or self.shop.stripe.webhook_secret).encode()
         mac = hmac.new(key, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
         return f"t={timestamp},v1={mac}"
 
@@ -161,17 +158,10 @@ class Target:
     def ran_enough(self, wanted: int, kind: str) -> None:
         assert self.examples >= wanted * 0.9, f"only {self.examples} {kind} examples ran"
         # Shown with `pytest -s`: the figure the issue's closing note asks for.
-        print(f"\n{kind} webhook fuzzing: {self.examples} examples on {self.live.db.engine.dialect.name}")
+        print(f"\n{kind} webhook fuzzing: {self.examples} examples on {self.shop.db.engine.dialect.name}")
 
 
-async def _settled(live: Live) -> None:
-    """Wait until no delivery is queued, so background sends cannot change a snapshot."""
-    async def idle() -> bool:
-        return await scalar(live.db, select(func.count()).where(Delivery.status == DeliveryStatus.QUEUED)) == 0
-    await wait_until(idle, "the queued deliveries to go out")
-
-
-async def snapshot(live: Live) -> dict[str, Any]:
+async def snapshot(shop: Shop) -> dict[str, Any]:
     """Every order's status, key counts per status, and the row count of every other table."""
     async def work(session):
         state: dict[str, Any] = {
@@ -183,7 +173,7 @@ async def snapshot(live: Live) -> dict[str, Any]:
         for model in (PaymentEvent, Reveal, Buyer, AuditEntry):
             state[model.__tablename__] = await session.scalar(select(func.count()).select_from(model))
         return state
-    return await live.db.read(work)
+    return await shop.db.read(work)
 
 
 def assert_legal(before: dict[str, Any], after: dict[str, Any]) -> None:
@@ -193,8 +183,8 @@ def assert_legal(before: dict[str, Any], after: dict[str, Any]) -> None:
         assert status == old or status in _LEGAL[OrderStatus(old)], f"order {order}: {old} -> {status}"
 
 
-async def assert_invariants(live: Live) -> None:
-    failed = [f for f in await check(live.db, max_attempts=live.shop.settings.delivery_max_attempts) if not f.ok]
+async def assert_invariants(shop: Shop) -> None:
+    failed = [f for f in await check(shop.db, max_attempts=shop.settings.delivery_max_attempts) if not f.ok]
     assert not failed, failed
 
 
@@ -351,12 +341,12 @@ def unsigned_requests(draw: st.DrawFn, target: Target) -> tuple[bytes, dict[str,
 
 async def test_unsigned_input_is_refused_and_changes_nothing(sqlite_target: Target) -> None:
     target = sqlite_target
-    baseline = await snapshot(target.live)
+    baseline = await snapshot(target.shop)
 
     async def example(body: bytes, headers: dict[str, str]) -> None:
         status = await target.post(body, headers)
         assert 400 <= status < 500, f"answered {status}"
-        assert await snapshot(target.live) == baseline
+        assert await snapshot(target.shop) == baseline
 
     @settings(FUZZ, max_examples=UNSIGNED_EXAMPLES)
     @given(request=unsigned_requests(target))
@@ -373,16 +363,16 @@ async def test_unsigned_input_is_refused_and_changes_nothing(sqlite_target: Targ
 async def test_signed_odd_events_never_crash_and_change_only_what_they_may(target: Target) -> None:
     # Each example's "after" is the next one's "before": a change the refund job makes in
     # between is still checked, and it is a legal transition too.
-    last = [await snapshot(target.live)]
+    last = [await snapshot(target.shop)]
 
     async def example(event: Any) -> None:
         body = event if isinstance(event, bytes) else _dumps(event)
         status = await target.post(body, {"Stripe-Signature": target.signature(body)})
         assert status == 200 or 400 <= status < 500, f"answered {status}"
-        after = await snapshot(target.live)
+        after = await snapshot(target.shop)
         assert_legal(last[0], after)
         last[0] = after
-        await assert_invariants(target.live)
+        await assert_invariants(target.shop)
 
     @settings(FUZZ, max_examples=SIGNED_EXAMPLES)
     @given(event=st.one_of(odd_events(target), mutated(target.events), json_values, st.binary(max_size=512)))
@@ -415,7 +405,7 @@ async def test_signed_payment_with_a_huge_amount_is_refused(target: Target) -> N
     event = json.loads(json.dumps(target.events[1]))
     event["id"], event["data"]["object"]["amount_total"] = "evt_huge_amount", 2**64
     assert await _post_signed(target, _dumps(event)) == 400
-    assert await scalar(target.live.db, select(Order.status).where(Order.id == target.order_ids[1])) == "pending"
+    assert await scalar(target.shop, select(Order.status).where(Order.id == target.order_ids[1])) == "pending"
 
 
 async def test_a_valid_event_arriving_in_pieces_is_accepted(sqlite_target: Target) -> None:
@@ -431,9 +421,9 @@ async def test_a_valid_event_arriving_in_pieces_is_accepted(sqlite_target: Targe
 
     headers = {"Stripe-Signature": target.signature(body), "Content-Length": str(len(body)),
                "Content-Type": "application/json"}
-    async with target.live.shop.http.post(target.url, data=in_two_pieces(), headers=headers) as response:
+    async with target.shop.http.post(target.url, data=in_two_pieces(), headers=headers) as response:
         assert response.status == 200, await response.text()
-    assert await scalar(target.live.db, select(Order.status).where(Order.id == target.order_ids[1])) == "fulfilled"
+    assert await scalar(target.shop, select(Order.status).where(Order.id == target.order_ids[1])) == "fulfilled"
 
 
 @pytest.mark.parametrize("field", ["currency", "event id", "payment_intent"])
@@ -449,4 +439,4 @@ async def test_signed_payment_with_an_overlong_field_is_answered_without_a_crash
         session["payment_intent"] = "pi_" + "x" * 300
     status = await _post_signed(target, _dumps(event))
     assert status == 200 or 400 <= status < 500
-    await assert_invariants(target.live)
+    await assert_invariants(target.shop)

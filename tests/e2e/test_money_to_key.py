@@ -8,14 +8,9 @@ from sqlalchemy import func, select
 
 from store.models import Key, KeyStatus, Order, OrderStatus, Reveal
 from tests.e2e.conftest import Shop
+from tests.e2e.helpers import scalar
 
 BUYER = 1001
-
-
-async def _scalar(shop: Shop, query):
-    async def work(session):
-        return await session.scalar(query)
-    return await shop.db.read(work)
 
 
 async def test_buyer_pays_and_receives_exactly_the_imported_key(shop: Shop, tmp_path) -> None:
@@ -38,7 +33,7 @@ async def test_buyer_pays_and_receives_exactly_the_imported_key(shop: Shop, tmp_
     session = shop.stripe.sessions[session_id]
     assert session["amount_total"] == 999 and session["currency"] == "usd"
     order_id = int(session["client_reference_id"])
-    assert await _scalar(shop, select(func.count()).where(Key.status == KeyStatus.RESERVED)) == 1
+    assert await scalar(shop, select(func.count()).where(Key.status == KeyStatus.RESERVED)) == 1
 
     shop.stripe.pay(session_id)
     event = shop.stripe.completed_event(session_id)
@@ -56,8 +51,8 @@ async def test_buyer_pays_and_receives_exactly_the_imported_key(shop: Shop, tmp_
     await asyncio.sleep(1.5)
     key_messages = [m for m in tg.messages_to(BUYER) if "SPACE-AAAA" in (m.text or "")]
     assert len(key_messages) == 1
-    assert await _scalar(shop, select(Order.status).where(Order.id == order_id)) == OrderStatus.FULFILLED
-    assert await _scalar(shop, select(func.count()).where(Key.status == KeyStatus.SOLD)) == 1
-    assert await _scalar(shop, select(func.count()).select_from(Reveal)) == 1
+    assert await scalar(shop, select(Order.status).where(Order.id == order_id)) == OrderStatus.FULFILLED
+    assert await scalar(shop, select(func.count()).where(Key.status == KeyStatus.SOLD)) == 1
+    assert await scalar(shop, select(func.count()).select_from(Reveal)) == 1
     check = await shop.cli("check")
     assert check.returncode == 0, check.stdout

@@ -8,31 +8,35 @@ leak), and searches everything written for the secrets and the keys.
 
 from __future__ import annotations
 
-import io
 import logging
 import time
-from collections.abc import Iterator
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from bot import logs
 from bot.settings import Settings
 from store.models import OrderStatus
 from tests.e2e.conftest import Shop, free_port, running, shop_settings
-from tests.e2e.helpers import checkout, key_message, order_status, outbox_empty, pay, post, stock, wait_until
+from tests.e2e.helpers import (
+    captured_logs,
+    checkout,
+    health,
+    key_message,
+    metrics,
+    order_status,
+    outbox_empty,
+    pay,
+    post,
+    stock,
+    wait_until,
+)
 
 BUYER = 7001
 REDIS = "redis://127.0.0.1:6379/14"
 
 
-async def _health(shop: Shop) -> tuple[int, object]:
-    async with shop.http.get(f"{shop.url}/healthz") as response:
-        return response.status, await response.json()
-
-
 async def test_healthz_without_redis(shop: Shop) -> None:
-    assert await _health(shop) == (200, {"status": "ok", "database": True, "redis": None})
+    assert await health(shop) == {"status": "ok", "database": True, "redis": None}
 
 
 @pytest.mark.parametrize(("redis_url", "expected"), [
@@ -44,7 +48,7 @@ async def test_healthz_with_redis(
 ) -> None:
     config = shop_settings(sqlite_url, telegram, stripe_api, key_secret, redis_url=redis_url)
     async with running(config, telegram, stripe_api) as shop:
-        assert await _health(shop) == (200, expected)
+        assert await health(shop) == expected  # 200 even when degraded
         # Degraded is not down: with the limiter failing open, buyers still buy.
         await stock(shop, "GAME", 1)
         sale = await checkout(shop, BUYER, "GAME")
@@ -54,23 +58,10 @@ async def test_healthz_with_redis(
 # ---------------------------------------------------------------- metrics
 
 
-async def _metrics(shop: Shop) -> tuple[str, dict[tuple[str, tuple], float]]:
-    async with shop.http.get(f"{shop.url}/metrics") as response:
-        assert response.status == 200
-        assert response.headers["Content-Type"].startswith("text/plain")
-        body = await response.text()
-    samples = {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(body)
-        for sample in family.samples
-    }
-    return body, samples
-
-
 async def test_metrics_count_webhooks_transitions_and_deliveries(shop: Shop) -> None:
     await stock(shop, "GAME", 2)
     sale = await checkout(shop, BUYER, "GAME")
-    body, before = await _metrics(shop)
+    body, before = await metrics(shop)
     assert "keyvend_webhook_events_total" in body and "keyvend_deliveries_total" in body
 
     await pay(shop, sale)
@@ -78,7 +69,7 @@ async def test_metrics_count_webhooks_transitions_and_deliveries(shop: Shop) -> 
     await post(shop, "/stripe/webhook", b"{}", {"Stripe-Signature": "t=1,v1=00"})
 
     async def after_delivery() -> dict | None:
-        _, samples = await _metrics(shop)
+        _, samples = await metrics(shop)
         return samples if samples.get(("keyvend_deliveries_total", (("outcome", "sent"),))) == 1 else None
 
     after = await wait_until(after_delivery, what="the delivery to be counted")
@@ -89,26 +80,12 @@ async def test_metrics_count_webhooks_transitions_and_deliveries(shop: Shop) -> 
     assert after[("keyvend_checkouts_total", (("outcome", "started"),))] == 1
     assert after[("keyvend_webhook_seconds_count", ())] == before[("keyvend_webhook_seconds_count", ())] + 2
     # Nothing that identifies a buyer, an order or a key is ever a label or a value.
-    body, _ = await _metrics(shop)
+    body, _ = await metrics(shop)
     for private in (delivered.spoiler_texts()[0], str(BUYER), sale.session_id):
         assert private not in body
 
 
 # ---------------------------------------------------------------- logs
-
-
-@pytest.fixture
-def keyvend_logging() -> Iterator[io.StringIO]:
-    """`bot.logs.configure` as `keyvend run` calls it, undone afterwards (it replaces root's handlers)."""
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    saved_caps = {name: logging.getLogger(name).level for name in logs._CAPS}
-    stream = io.StringIO()
-    yield stream
-    root.handlers[:] = saved_handlers
-    root.setLevel(saved_level)
-    for name, level in saved_caps.items():
-        logging.getLogger(name).setLevel(level)
 
 
 class _Everything(logging.Handler):
@@ -136,28 +113,28 @@ KEYS = ["LOGCHECK-KEY-0001", "LOGCHECK-KEY-0002"]
 
 
 async def test_no_secret_or_key_reaches_the_logs_during_a_purchase(
-    sqlite_url: str, telegram, stripe_api, key_secret: str, keyvend_logging: io.StringIO,
+    sqlite_url: str, telegram, stripe_api, key_secret: str,
 ) -> None:
     config = shop_settings(sqlite_url, telegram, stripe_api, key_secret)
-    logs.configure("DEBUG", config.secrets(), stream=keyvend_logging)
     ours = _Everything()
     for name in ("bot", "handlers", "store"):
         logging.getLogger(name).addHandler(ours)
     try:
-        async with running(config, telegram, stripe_api) as shop:
-            await stock(shop, "GAME", KEYS, low_stock_threshold=0)  # no alert to take the failure
-            stripe_api.fail_next(1)  # the SDK retries the checkout once
-            sale = await checkout(shop, BUYER, "GAME")
-            telegram.fail_next(1)  # the first send of the key fails: the worker logs and retries
-            since = time.monotonic()
-            await pay(shop, sale)
-            assert (await key_message(shop, BUYER, since=since)).spoiler_texts() == [KEYS[0]]
-            await outbox_empty(shop)
+        with captured_logs(config) as captured:
+            async with running(config, telegram, stripe_api) as shop:
+                await stock(shop, "GAME", KEYS, low_stock_threshold=0)  # no alert to take the failure
+                stripe_api.fail_next(1)  # the SDK retries the checkout once
+                sale = await checkout(shop, BUYER, "GAME")
+                telegram.fail_next(1)  # the first send of the key fails: the worker logs and retries
+                since = time.monotonic()
+                await pay(shop, sale)
+                assert (await key_message(shop, BUYER, since=since)).spoiler_texts() == [KEYS[0]]
+                await outbox_empty(shop)
     finally:
         for name in ("bot", "handlers", "store"):
             logging.getLogger(name).removeHandler(ours)
 
-    written = keyvend_logging.getvalue()
+    written = captured.stream.getvalue()
     assert "keyvend is running" in written  # the capture did see the run
     assert any("retrying" in line for _, line in ours.lines)  # and the failure path
     for what, secret in {**_secrets(config), **{key: key for key in KEYS}}.items():

@@ -13,9 +13,20 @@ from __future__ import annotations
 import time
 
 from tests.e2e.conftest import Shop, running, shop_settings
-from tests.e2e.helpers import checkout, key_message, order_status, pay, stock, wait_until
-from tests.e2e.processes import RedisServer, health
-from tests.e2e.stress import assert_invariants_hold, captured_logs, metric, new_keys
+from tests.e2e.helpers import (
+    assert_invariants_hold,
+    captured_logs,
+    checkout,
+    health,
+    key_message,
+    metric,
+    new_keys,
+    order_status,
+    pay,
+    stock,
+    wait_until,
+)
+from tests.e2e.processes import RedisServer
 from tests.fakes.stripe import FakeStripe
 from tests.fakes.telegram import FakeTelegram
 

@@ -19,21 +19,23 @@ from sqlalchemy import select
 
 from store.models import Delivery, DeliveryKind, DeliveryStatus, KeyStatus, Order, OrderStatus, PaymentEvent
 from tests.e2e.conftest import Shop, running, shop_settings
-from tests.e2e.helpers import key_statuses, rows, stock
-from tests.e2e.stress import (
+from tests.e2e.helpers import (
     Placed,
     assert_invariants_hold,
-    assert_own_keys_received,
+    assert_own_keys_only,
     captured_logs,
     database_name,
     deliveries_settled,
     expired,
+    key_statuses,
     keys_by_order,
     new_keys,
     open_orders,
     operator_view,
     paid,
     post_concurrently,
+    rows,
+    stock,
 )
 
 ORDERS = 500
@@ -72,7 +74,9 @@ async def test_duplicate_storm_fulfils_every_order_exactly_once(database_url, te
             all_sold = [key for order_keys in sold.values() for key in order_keys]
             assert len(all_sold) == len(set(all_sold)) and set(all_sold) <= set(keys)
             assert await key_statuses(shop, "STORM") == {KeyStatus.SOLD: len(all_sold), KeyStatus.AVAILABLE: SPARE}
-            repeats = assert_own_keys_received(telegram, {p.buyer_id: sold[p.order_id] for p in placed})
+            twice = assert_own_keys_only(telegram, {p.order_id: sold[p.order_id] for p in placed},
+                                         {p.order_id: p.buyer_id for p in placed})
+            repeats = sum(twice.values())
             assert repeats == 0, f"{repeats} key messages arrived twice"
 
             ledger = [event_id for (event_id,) in await rows(shop, select(PaymentEvent.event_id))]

@@ -34,10 +34,9 @@ from bot.settings import Settings
 from store.db import Database
 from store.models import Order
 from tests.e2e.conftest import Shop, free_port, running, shop_settings
-from tests.e2e.helpers import rows, scalar, stock, wait_until
-from tests.e2e.processes import App, StripeRetries, assert_own_keys_only, leased_to, sent_count, sent_times
-from tests.e2e.stress import (
+from tests.e2e.helpers import (
     assert_invariants_hold,
+    assert_own_keys_only,
     captured_logs,
     checkout_session,
     delivery_statuses,
@@ -45,7 +44,12 @@ from tests.e2e.stress import (
     new_keys,
     open_orders,
     paid,
+    rows,
+    scalar,
+    stock,
+    wait_until,
 )
+from tests.e2e.processes import App, StripeRetries, leased_to, sent_count, sent_times
 from tests.fakes.stripe import FakeStripe
 from tests.fakes.telegram import FakeTelegram, SentMessage
 

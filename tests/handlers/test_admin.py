@@ -16,8 +16,6 @@ from sqlalchemy import func, select
 
 from store.models import AuditEntry, ImportBatch, KeyStatus
 from tests.e2e.conftest import ADMIN, Shop
-# The running-shop fixtures of tests/e2e/conftest.py, which pytest offers only under tests/e2e.
-from tests.e2e.conftest import key_secret, settings, shop, stripe_api, telegram  # noqa: F401
 from tests.e2e.helpers import (
     UNKNOWN_COMMAND,
     checkout,

@@ -15,8 +15,6 @@ from sqlalchemy import func, select
 
 from store.models import Delivery, DeliveryKind, KeyStatus, OrderStatus, Reveal
 from tests.e2e.conftest import Shop
-# The running-shop fixtures of tests/e2e/conftest.py, which pytest offers only under tests/e2e.
-from tests.e2e.conftest import key_secret, settings, shop, stripe_api, telegram  # noqa: F401
 from tests.e2e.helpers import (
     checkout,
     key_message,

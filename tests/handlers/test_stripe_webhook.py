@@ -20,8 +20,6 @@ import pytest
 
 from store.models import KeyStatus, OrderStatus
 from tests.e2e.conftest import ADMIN, Shop, running, shop_settings
-# The running-shop fixtures of tests/e2e/conftest.py, which pytest offers only under tests/e2e.
-from tests.e2e.conftest import key_secret, settings, shop, stripe_api, telegram  # noqa: F401
 from tests.e2e.helpers import (
     Checkout,
     checkout,
@@ -407,7 +405,7 @@ OUT_OF_RANGE: dict[str, Callable[[dict[str, Any]], Any]] = {
 @pytest.mark.parametrize("case", list(OUT_OF_RANGE))
 async def test_out_of_range_values_never_cause_a_server_error(
     request: pytest.FixtureRequest, database_url: str, case: str,
-    telegram, stripe_api, key_secret: str,  # noqa: F811 - fixtures
+    telegram, stripe_api, key_secret: str,
 ) -> None:
     # SQLite stores anything; PostgreSQL enforces column types, so a value Stripe would never
     # send must be refused by the route, not by the database with a 500 (which Stripe retries

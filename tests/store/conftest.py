@@ -1,13 +1,16 @@
-"""Fixtures for store/ tests: a fake payment provider and a product with stock."""
+"""Fixtures and helpers for store/ tests: a fake payment provider, a product with stock, an open
+order, a query, and the invariant checks."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
-from store import catalogue, inventory
+from store import catalogue, inventory, orders
 from store.catalogue import ProductView
+from store.check import check
 from store.crypto import KeyVault
 from store.db import Database
 from store.errors import PaymentUnavailable
@@ -80,3 +83,21 @@ async def stocked(db: Database, vault: KeyVault, sku: str = "GAME", keys: int = 
         lines = "\n".join(f"{sku}-KEY-{i:05d}" for i in range(keys))
         await inventory.restock(db, vault, sku, inventory.parse_keys(lines), source="test")
     return product
+
+
+async def open_order(db: Database, gateway: FakeGateway, product_id: int, buyer: int, quantity: int = 1) -> int:
+    sale = await orders.checkout(
+        db, gateway, buyer_id=buyer, language="en", product_id=product_id, quantity=quantity, policy=POLICY
+    )
+    return sale.order_id
+
+
+async def scalar(db: Database, query: Any) -> Any:
+    async def work(session):
+        return await session.scalar(query)
+    return await db.read(work)
+
+
+async def invariants_hold(db: Database) -> None:
+    failed = [f for f in await check(db, max_attempts=12) if not f.ok]
+    assert not failed, failed

@@ -23,8 +23,7 @@ from store.db import Database
 from store.deliveries import Done, Job, Outcome
 from store.models import Delivery, DeliveryKind, DeliveryStatus, Reveal
 from store.payments import CheckoutState
-from tests.store.conftest import BACKORDER, REFUND, FakeGateway, stocked
-from tests.store.test_policies import open_order
+from tests.store.conftest import BACKORDER, REFUND, FakeGateway, open_order, stocked
 
 LEASE = timedelta(seconds=60)
 TTL = timedelta(minutes=15)

@@ -18,20 +18,12 @@ import pytest
 from sqlalchemy import func, select
 
 from store import catalogue, inventory, orders
-from store.check import check
 from store.crypto import KeyVault
 from store.db import Database
 from store.errors import InvalidInput, NotFound
 from store.inventory import MAX_KEY_LENGTH, parse_keys
 from store.models import ImportBatch, Key
-from tests.store.conftest import REFUND, FakeGateway, stocked
-from tests.store.test_policies import open_order
-
-
-async def _scalar(db: Database, query):
-    async def work(session):
-        return await session.scalar(query)
-    return await db.read(work)
+from tests.store.conftest import REFUND, FakeGateway, invariants_hold, open_order, scalar, stocked
 
 
 async def stored_keys(db: Database, vault: KeyVault) -> list[str]:
@@ -47,11 +39,6 @@ async def restock(db: Database, vault: KeyVault, text: str, sku: str = "GAME") -
 
 async def levels(db: Database, sku: str = "GAME") -> inventory.StockLevels:
     return next(level for level in await inventory.stock_levels(db) if level.sku == sku)
-
-
-async def invariants_hold(db: Database) -> None:
-    failed = [f for f in await check(db, max_attempts=12) if not f.ok]
-    assert not failed, failed
 
 
 # ---------------------------------------------------------------- parse_keys
@@ -206,7 +193,7 @@ async def test_concurrent_imports_of_overlapping_batches_store_each_key_once(db:
         assert report.added + report.duplicates == len(batch)
     stored = await stored_keys(db, vault)
     assert sorted(stored) == sorted(union)
-    assert await _scalar(db, select(func.sum(ImportBatch.added))) == len(union)
+    assert await scalar(db, select(func.sum(ImportBatch.added))) == len(union)
     await invariants_hold(db)
 
 
@@ -216,7 +203,7 @@ async def test_an_import_without_keys_or_product_is_refused(db: Database, vault:
         await restock(db, vault, "")
     with pytest.raises(NotFound):
         await restock(db, vault, "A-1", sku="NOPE")
-    assert await _scalar(db, select(func.count()).select_from(ImportBatch)) == 0
+    assert await scalar(db, select(func.count()).select_from(ImportBatch)) == 0
     # Only rejected lines: a batch is recorded so the seller sees what was refused.
     report = await restock(db, vault, "X" * (MAX_KEY_LENGTH + 1) + "\n\n")
     assert (report.added, report.too_long, report.empty) == (0, 1, 1)

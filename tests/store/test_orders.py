@@ -12,13 +12,7 @@ from store.db import Database
 from store.errors import OutOfStock
 from store.models import Delivery, Key, KeyStatus, Order, OrderStatus
 from store.orders import Event, Outcome
-from tests.store.conftest import POLICY, REFUND, FakeGateway, stocked
-
-
-async def _count(db: Database, query) -> int:
-    async def work(session):
-        return await session.scalar(query)
-    return await db.read(work)
+from tests.store.conftest import POLICY, REFUND, FakeGateway, scalar, stocked
 
 
 async def test_fifty_concurrent_checkouts_for_ten_keys_reserve_exactly_ten(
@@ -35,10 +29,10 @@ async def test_fifty_concurrent_checkouts_for_ten_keys_reserve_exactly_ten(
     won = [r for r in results if isinstance(r, orders.CheckoutResult)]
     lost = [r for r in results if isinstance(r, OutOfStock)]
     assert len(won) == 10 and len(lost) == 40, [r for r in results if not isinstance(r, (orders.CheckoutResult, OutOfStock))]
-    reserved = await _count(db, select(func.count()).where(Key.status == KeyStatus.RESERVED))
-    holders = await _count(db, select(func.count(func.distinct(Key.order_id))).where(Key.order_id.is_not(None)))
+    reserved = await scalar(db, select(func.count()).where(Key.status == KeyStatus.RESERVED))
+    holders = await scalar(db, select(func.count(func.distinct(Key.order_id))).where(Key.order_id.is_not(None)))
     assert reserved == 10 and holders == 10
-    assert await _count(db, select(func.count()).select_from(Order)) == 10
+    assert await scalar(db, select(func.count()).select_from(Order)) == 10
 
 
 async def test_twenty_concurrent_fulfilments_of_one_order_allocate_once(
@@ -55,9 +49,9 @@ async def test_twenty_concurrent_fulfilments_of_one_order_allocate_once(
     outcomes = sorted(r.outcome for r in results)
     assert outcomes.count(Outcome.FULFILLED) == 1
     assert outcomes.count(Outcome.UNCHANGED) == 19
-    sold = await _count(db, select(func.count()).where(Key.status == KeyStatus.SOLD))
+    sold = await scalar(db, select(func.count()).where(Key.status == KeyStatus.SOLD))
     assert sold == 2
-    assert await _count(db, select(func.count()).select_from(Delivery)) == 1
+    assert await scalar(db, select(func.count()).select_from(Delivery)) == 1
 
 
 async def test_replayed_event_is_applied_once(db: Database, vault: KeyVault, gateway: FakeGateway) -> None:
@@ -69,5 +63,5 @@ async def test_replayed_event_is_applied_once(db: Database, vault: KeyVault, gat
     first = await orders.fulfil(db, gateway.payment(sale.order_id), REFUND, event=event)
     again = await orders.fulfil(db, gateway.payment(sale.order_id), REFUND, event=event)
     assert (first.outcome, again.outcome) == (Outcome.FULFILLED, Outcome.DUPLICATE)
-    status = await _count(db, select(Order.status).where(Order.id == sale.order_id))
+    status = await scalar(db, select(Order.status).where(Order.id == sale.order_id))
     assert status == OrderStatus.FULFILLED

@@ -27,15 +27,17 @@ from store.errors import Blacklisted, OutOfStock
 from store.models import Buyer, Delivery, DeliveryKind, Key, KeyStatus, Order, OrderStatus
 from store.orders import Event, Outcome
 from store.payments import CheckoutState
-from tests.store.conftest import BACKORDER, POLICY, REFUND, FakeGateway, stocked
+from tests.store.conftest import (
+    BACKORDER,
+    REFUND,
+    FakeGateway,
+    invariants_hold,
+    open_order,
+    scalar,
+    stocked,
+)
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
-
-
-async def _scalar(db: Database, query):
-    async def work(session):
-        return await session.scalar(query)
-    return await db.read(work)
 
 
 async def _all(db: Database, query) -> list:
@@ -45,7 +47,7 @@ async def _all(db: Database, query) -> list:
 
 
 async def status_of(db: Database, order_id: int) -> str:
-    return await _scalar(db, select(Order.status).where(Order.id == order_id))
+    return await scalar(db, select(Order.status).where(Order.id == order_id))
 
 
 async def keys_of(db: Database, order_id: int) -> list[tuple[int, str]]:
@@ -57,18 +59,6 @@ async def keys_of(db: Database, order_id: int) -> list[tuple[int, str]]:
 
 async def deliveries_of(db: Database, order_id: int) -> list[str]:
     return await _all(db, select(Delivery.kind).where(Delivery.order_id == order_id).order_by(Delivery.id))
-
-
-async def invariants_hold(db: Database) -> None:
-    failed = [f for f in await check(db, max_attempts=12) if not f.ok]
-    assert not failed, failed
-
-
-async def open_order(db: Database, gateway: FakeGateway, product_id: int, buyer: int, quantity: int = 1) -> int:
-    sale = await orders.checkout(
-        db, gateway, buyer_id=buyer, language="en", product_id=product_id, quantity=quantity, policy=POLICY
-    )
-    return sale.order_id
 
 
 async def lapse(db: Database, order_id: int) -> None:
@@ -112,7 +102,7 @@ async def test_a_full_refund_of_an_order_in_review_puts_its_keys_back_on_sale(
     assert result.outcome is Outcome.REFUNDED
     assert await status_of(db, order) == OrderStatus.REFUNDED
     assert await keys_of(db, order) == []  # released, not revoked: they were never the buyer's
-    assert await _scalar(db, select(func.count()).where(Key.status == KeyStatus.AVAILABLE)) == 3
+    assert await scalar(db, select(func.count()).where(Key.status == KeyStatus.AVAILABLE)) == 3
     assert await deliveries_of(db, order) == [DeliveryKind.REVIEW, DeliveryKind.REFUNDED]
     await invariants_hold(db)
 
@@ -258,7 +248,7 @@ async def test_a_full_refund_revokes_keys_and_a_partial_one_changes_nothing(
     assert (await orders.record_refund(db, order, event=full)).outcome is Outcome.DUPLICATE
     assert [s for _, s in await keys_of(db, order)] == [KeyStatus.REVOKED] * 2
     # Revoked keys are never sold again: only the one never sold is left.
-    assert await _scalar(db, select(func.count()).where(Key.status == KeyStatus.AVAILABLE)) == 1
+    assert await scalar(db, select(func.count()).where(Key.status == KeyStatus.AVAILABLE)) == 1
     with pytest.raises(OutOfStock):
         await open_order(db, gateway, product.id, 8, quantity=2)
     await invariants_hold(db)
@@ -281,7 +271,7 @@ async def test_a_dispute_flags_the_order_and_may_blacklist_the_buyer(
     assert copy.result.outcome is Outcome.DUPLICATE
     assert other_copy.result.outcome is Outcome.UNCHANGED
     assert await status_of(db, order) == OrderStatus.DISPUTED
-    assert await _scalar(db, select(Buyer.blacklisted).where(Buyer.id == 7)) is blacklist
+    assert await scalar(db, select(Buyer.blacklisted).where(Buyer.id == 7)) is blacklist
     if blacklist:
         with pytest.raises(Blacklisted):
             await open_order(db, gateway, product.id, 7)
@@ -342,4 +332,4 @@ async def test_a_payment_racing_a_restock_is_not_left_waiting_beside_fresh_stock
 
     # Paid, and a key came in: the order must have it, not wait beside it for the next restock.
     assert await status_of(db, late) == OrderStatus.FULFILLED
-    assert await _scalar(db, select(func.count()).where(Key.status == KeyStatus.AVAILABLE)) == 0
+    assert await scalar(db, select(func.count()).where(Key.status == KeyStatus.AVAILABLE)) == 0
