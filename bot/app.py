@@ -16,10 +16,8 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 from aiohttp import web
-from sqlalchemy.engine import make_url
 from telegram import Update
 from telegram.error import InvalidToken, NetworkError
 from telegram.ext import (
@@ -37,12 +35,14 @@ from telegram.ext import (
 
 from bot import jobs, web as web_routes
 from bot.delivery import DeliveryWorker
+from bot.keyfile import ConfigError, encryption_key
 from bot.metrics import Metrics
 from bot.migrate import migrate
 from bot.notifier import AdminNotifier
 from bot.ratelimit import RateLimiter
 from bot.settings import OutOfStockPolicy, Settings, TelegramMode
 from bot.stripe_gateway import StripeGateway
+from bot.telegram_http import AiohttpRequest
 from handlers import admin, buyer
 from handlers.context import KeyvendContext, Shop
 from handlers.i18n import language_of, t
@@ -54,35 +54,6 @@ from store.orders import OutOfStockPolicy as StockPolicy
 log = logging.getLogger(__name__)
 
 _EXPIRY_INTERVAL = 10.0
-
-
-class ConfigError(Exception):
-    """The settings cannot run a shop; the message says what to set."""
-
-
-def encryption_key(settings: Settings) -> str:
-    """KEY_ENCRYPTION_KEY, or for a local SQLite shop one generated once into a 0600 file."""
-    if settings.key_encryption_key is not None:
-        return settings.key_encryption_key.get_secret_value()
-    database = make_url(settings.database_url).database if settings.is_sqlite else None
-    if not database or database == ":memory:":
-        raise ConfigError(
-            "KEY_ENCRYPTION_KEY is not set. Generate one with `keyvend keygen` and put it in .env; "
-            "every instance sharing the database needs the same value."
-        )
-    path = Path(database).resolve().with_name(Path(database).name + ".key")
-    if path.exists():
-        return path.read_text().strip()
-    key = KeyVault.generate()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(key + "\n")
-    log.warning(
-        "generated a key encryption key in %s: back it up together with the database; "
-        "without it the stored keys cannot be read", path,
-    )
-    return key
 
 
 def telegram_secret(settings: Settings) -> str:
@@ -102,10 +73,14 @@ def build_telegram(settings: Settings) -> Application:
         .base_url(f"{base}/bot")
         .base_file_url(f"{base}/file/bot")
         .context_types(ContextTypes(context=KeyvendContext))
-        # Bot-wide pace and Telegram's 429s: wait out retry_after, then retry up to twice.
-        .rate_limiter(AIORateLimiter(overall_max_rate=settings.telegram_rate, overall_time_period=1, max_retries=2))
+        .request(AiohttpRequest(connections=16))
+        .get_updates_request(AiohttpRequest(connections=1))
+        # Bot-wide pace, one message every 1/rate seconds rather than bursts of `rate` (a
+        # burst earns 429s from a per-second window); 429s are waited out and retried twice.
+        .rate_limiter(
+            AIORateLimiter(overall_max_rate=1, overall_time_period=1 / settings.telegram_rate, max_retries=2)
+        )
         .concurrent_updates(64)
-        .connection_pool_size(128)
     )
     if settings.telegram_mode is TelegramMode.WEBHOOK:
         builder = builder.updater(None)

@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from bot import logs
-from bot.app import ConfigError, encryption_key, serve
+from bot.keyfile import ConfigError, encryption_key
 from bot.migrate import migrate
 from bot.settings import Settings
 from store import catalogue, inventory, reports
@@ -86,6 +86,8 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     if settings.bot_token is None:
         env = ".env found" if Path(".env").exists() else "no .env here yet: cp .env.example .env"
         raise Failure(_SETUP_HINT.format(env=env))
+    from bot.app import serve  # the bot's libraries load only for `run`: other commands start fast
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

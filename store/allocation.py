@@ -63,6 +63,21 @@ async def release(session: AsyncSession, order_id: int) -> int:
     return result.rowcount
 
 
+async def unsell(session: AsyncSession, order_id: int) -> int:
+    """Undo a sale made earlier in the same transaction, when the order cannot be filled.
+
+    Only for keys that were never delivered: the caller's transaction sold them a moment
+    ago, so nobody outside it has seen them.
+    """
+    result = await session.execute(
+        update(Key)
+        .where(Key.order_id == order_id, Key.status == KeyStatus.SOLD)
+        .values(status=KeyStatus.AVAILABLE, order_id=None)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount
+
+
 async def revoke(session: AsyncSession, order_id: int) -> int:
     """Mark an order's sold keys revoked: they are never sold again."""
     result = await session.execute(
@@ -84,15 +99,26 @@ async def newest_shared_key(session: AsyncSession, product_id: int) -> int | Non
     )
 
 
-async def order_ciphertexts(session: AsyncSession, order: Order) -> list[bytes]:
-    """The encrypted keys that belong to an order, in allocation order."""
-    if order.shared_key_id is not None:
-        query = select(Key.ciphertext).where(Key.id == order.shared_key_id)
-    else:
-        query = select(Key.ciphertext).where(
-            Key.order_id == order.id, Key.status == KeyStatus.SOLD
-        ).order_by(Key.id)
-    return list((await session.scalars(query)).all())
+async def ciphertexts(session: AsyncSession, orders: list[Order]) -> dict[int, list[bytes]]:
+    """The encrypted keys that belong to each order, in allocation order (one query per kind)."""
+    found: dict[int, list[bytes]] = {order.id: [] for order in orders}
+    unique = [order.id for order in orders if order.shared_key_id is None]
+    if unique:
+        rows = await session.execute(
+            select(Key.order_id, Key.ciphertext)
+            .where(Key.order_id.in_(unique), Key.status == KeyStatus.SOLD)
+            .order_by(Key.id)
+        )
+        for order_id, ciphertext in rows:
+            found[order_id].append(ciphertext)
+    shared = {order.shared_key_id: order.id for order in orders if order.shared_key_id is not None}
+    if shared:
+        rows = await session.execute(select(Key.id, Key.ciphertext).where(Key.id.in_(shared)))
+        by_key = dict(rows.all())
+        for order in orders:
+            if order.shared_key_id is not None:
+                found[order.id].append(by_key[order.shared_key_id])
+    return found
 
 
 def delivery(order: Order, kind: DeliveryKind, now: datetime) -> Delivery:

@@ -9,7 +9,6 @@ with a unique index without ever holding something a stolen copy could be search
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import unicodedata
 
@@ -60,4 +59,4 @@ class KeyVault:
             ) from None
 
     def digest(self, key: str) -> bytes:
-        return hmac.new(self._digest_key, normalise(key).encode("utf-8"), hashlib.sha256).digest()
+        return hmac.digest(self._digest_key, normalise(key).encode("utf-8"), "sha256")

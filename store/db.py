@@ -8,9 +8,12 @@ they only touch the database inside the session they are given.
 
 SQLite gets the settings an embedded shop needs: WAL (readers never wait for the writer),
 `BEGIN IMMEDIATE` for writes (a write transaction takes the lock up front instead of
-failing half-way when it tries to upgrade), a busy timeout for other processes such as
-the command line, and an in-process write lock so concurrent writers queue on the event
-loop rather than spinning in SQLite's busy handler.
+failing half-way when it tries to upgrade), and a busy timeout for other processes such as
+the command line. SQLite runs one write transaction at a time anyway, so instead of queueing
+writers on a lock, concurrent writes are committed together (group commit): each unit of
+work runs inside its own savepoint of one shared transaction, a unit that fails is rolled
+back to its savepoint alone, and one commit — one fsync — covers them all. Each caller still
+gets its own result or exception, and only after the commit.
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import event, text
+from sqlalchemy import event, make_url, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from store import sqlite
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,8 @@ T = TypeVar("T")
 _RETRIES = 8
 # PostgreSQL SQLSTATEs that mean "run the transaction again".
 _PG_RETRYABLE = {"40001", "40P01", "55P03"}
+# Units of work committed together at most (bounds how long the write lock is held).
+_GROUP_LIMIT = 64
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -45,14 +53,26 @@ def _is_transient(exc: BaseException) -> bool:
     return False
 
 
+@dataclass(slots=True)
+class _Unit:
+    """One caller's unit of work waiting for the next group commit."""
+
+    work: Callable[..., Awaitable[Any]]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    done: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
 class Database:
     """The engine and the unit-of-work boundary shared by every store function."""
 
     def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        kwargs: dict[str, Any] = {"echo": echo}
-        if not self.is_sqlite:
+        kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
+        if self.is_sqlite:
+            kwargs.update(async_creator=partial(sqlite.connect, make_url(url).database or ":memory:"))
+        else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
@@ -61,25 +81,21 @@ class Database:
         self._reads = async_sessionmaker(
             self.engine.execution_options(keyvend_read_only=True), expire_on_commit=False
         )
-        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        self._queue: list[_Unit] = []
+        self._committer: asyncio.Task[None] | None = None
 
     async def write(
         self, work: Callable[Concatenate[AsyncSession, P], Awaitable[T]], *args: P.args,
         **kwargs: P.kwargs,
     ) -> T:
-        """Run `work(session, ...)` in one write transaction, retried if it could not commit."""
-        for attempt in range(_RETRIES):
-            try:
-                async with self._write_lock or nullcontext():
-                    async with self._writes() as session, session.begin():
-                        return await work(session, *args, **kwargs)
-            except DBAPIError as exc:
-                if not _is_transient(exc) or attempt == _RETRIES - 1:
-                    raise
-                delay = min(0.5, 0.01 * 2**attempt) * (0.5 + random.random())
-                log.warning("database busy, retrying transaction in %.2fs", delay)
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+        """Run `work(session, ...)` in a write transaction, retried if it could not commit."""
+        if not self.is_sqlite:
+            return await self._retrying(lambda session: work(session, *args, **kwargs))
+        unit = _Unit(work, args, kwargs)
+        self._queue.append(unit)
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_groups(), name="sqlite-group-commit")
+        return await asyncio.shield(unit.done)
 
     async def read(
         self, work: Callable[Concatenate[AsyncSession, P], Awaitable[T]], *args: P.args,
@@ -88,6 +104,37 @@ class Database:
         """Run `work(session, ...)` in a read-only transaction (never takes the write lock)."""
         async with self._reads() as session, session.begin():
             return await work(session, *args, **kwargs)
+
+    async def _retrying(self, run: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        for attempt in range(_RETRIES):
+            try:
+                async with self._writes() as session, session.begin():
+                    return await run(session)
+            except DBAPIError as exc:
+                if not _is_transient(exc) or attempt == _RETRIES - 1:
+                    raise
+                delay = min(0.5, 0.01 * 2**attempt) * (0.5 + random.random())
+                log.warning("database busy, retrying transaction in %.2fs", delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _commit_groups(self) -> None:
+        while self._queue:
+            group, self._queue = self._queue[:_GROUP_LIMIT], self._queue[_GROUP_LIMIT:]
+            try:
+                outcomes = await self._retrying(lambda session: _run_group(session, group))
+            except Exception as exc:  # noqa: BLE001 - the commit itself failed: every unit failed
+                for unit in group:
+                    if not unit.done.done():
+                        unit.done.set_exception(exc)
+                continue
+            for unit, (ok, value) in zip(group, outcomes, strict=True):
+                if unit.done.done():
+                    continue
+                if ok:
+                    unit.done.set_result(value)
+                else:
+                    unit.done.set_exception(value)
 
     async def ping(self) -> bool:
         try:
@@ -99,7 +146,31 @@ class Database:
             return False
 
     async def dispose(self) -> None:
+        if self._committer is not None:
+            await asyncio.gather(self._committer, return_exceptions=True)
         await self.engine.dispose()
+
+
+async def _run_group(session: AsyncSession, group: list[_Unit]) -> list[tuple[bool, Any]]:
+    """Run each unit in its own savepoint; a unit that raises is undone alone."""
+    if len(group) == 1:
+        unit = group[0]
+        # Alone in the transaction: its failure rolls back the whole (its own) transaction.
+        return [(True, await unit.work(session, *unit.args, **unit.kwargs))]
+    outcomes: list[tuple[bool, Any]] = []
+    for unit in group:
+        try:
+            async with session.begin_nested():
+                value = await unit.work(session, *unit.args, **unit.kwargs)
+        except DBAPIError as exc:
+            if _is_transient(exc):
+                raise  # the whole group is retried
+            outcomes.append((False, exc))
+        except Exception as exc:  # noqa: BLE001 - handed to the unit's caller
+            outcomes.append((False, exc))
+        else:
+            outcomes.append((True, value))
+    return outcomes
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

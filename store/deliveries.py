@@ -119,11 +119,10 @@ async def claim(
             .where(Order.id.in_(order_ids))
         )
         context = {order.id: (order, product, language) for order, product, language in rows}
-        ciphertexts: dict[int, list[bytes]] = {}
-        for d in claimed:
-            if d.kind in _KEY_KINDS and d.order_id not in ciphertexts:
-                ciphertexts[d.order_id] = await allocation.order_ciphertexts(session, context[d.order_id][0])
-        return [(d, *context[d.order_id], ciphertexts.get(d.order_id, [])) for d in claimed]
+        with_keys = {d.order_id for d in claimed if d.kind in _KEY_KINDS}
+        secrets = await allocation.ciphertexts(session, [context[o][0] for o in with_keys])
+        return [(d, *context[d.order_id], secrets.get(d.order_id, []) if d.kind in _KEY_KINDS else [])
+                for d in claimed]
 
     claimed = await db.write(work)
     # Decrypt outside the transaction: the write lock is for database work only.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import re
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +28,8 @@ from store.orders import fulfil_backorders
 
 MAX_KEY_LENGTH = 1000
 _CHUNK = 2000
+# Unicode's control characters (category Cc) except tab.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 _HEADERS = frozenset({
     "key", "keys", "code", "codes", "license", "licence", "serial", "licensekey", "licencekey", "productkey",
     "serialnumber", "serialkey", "activationcode", "activationkey", "cdkey", "giftcard", "pin", "redeemcode",
@@ -126,7 +127,7 @@ def parse_keys(data: bytes | str, *, is_csv: bool = False) -> ParsedKeys:
 
 def _is_binary(text: str) -> bool:
     # Control characters (other than tab) never belong in a key a human can redeem.
-    return any(unicodedata.category(c) == "Cc" and c != "\t" for c in text)
+    return _CONTROL.search(text) is not None
 
 
 async def restock(
@@ -197,11 +198,14 @@ async def _insert_new(
     ]
     if fresh:
         # ON CONFLICT DO NOTHING: a concurrent import of the same key loses quietly here and
-        # is counted as a duplicate, instead of failing the whole batch.
-        statement = dialect_insert(session)(Key).on_conflict_do_nothing(
-            index_elements=[Key.product_id, Key.digest]
+        # is counted as a duplicate, instead of failing the whole batch. Through the
+        # connection: a plain executemany, without the ORM's per-row bookkeeping.
+        keys = Key.__table__
+        statement = dialect_insert(session)(keys).on_conflict_do_nothing(
+            index_elements=[keys.c.product_id, keys.c.digest]
         )
-        await session.execute(statement, fresh)
+        connection = await session.connection()
+        await connection.execute(statement, fresh)
 
 
 async def stock_levels(db: Database) -> list[StockLevels]:

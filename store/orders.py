@@ -201,15 +201,15 @@ async def checkout(
     """
     now = now or datetime.now(UTC)
     expires_at = now + policy.ttl
-    order, product_name, unit = await db.write(
+    opened = await db.write(
         _open_order, gateway.name, buyer_id, language, product_id, quantity, policy, now, expires_at
     )
     request = CheckoutRequest(
-        order_id=order.id,
-        product_name=product_name,
+        order_id=opened.order_id,
+        product_name=opened.product_name,
         quantity=quantity,
-        unit_amount_minor=unit,
-        currency=order.currency,
+        unit_amount_minor=opened.unit_amount_minor,
+        currency=opened.currency,
         expires_at=expires_at,
     )
     try:
@@ -217,18 +217,26 @@ async def checkout(
     except Exception:
         # Whatever went wrong, the buyer has no link to pay: give the keys back now. (If the
         # task is cancelled instead, the orphaned order is cancelled by reconciliation.)
-        await db.write(_close_unpaid, order.id, OrderStatus.CANCELLED, None, None, datetime.now(UTC))
+        await db.write(_close_unpaid, opened.order_id, OrderStatus.CANCELLED, None, None, datetime.now(UTC))
         raise
-    await db.write(_attach_checkout, order.id, started.ref, started.url)
+    await db.write(_attach_checkout, opened.order_id, started.ref, started.url)
     return CheckoutResult(
-        order_id=order.id,
+        order_id=opened.order_id,
         url=started.url,
-        product_name=product_name,
+        product_name=opened.product_name,
         quantity=quantity,
-        amount_minor=order.amount_minor,
-        currency=order.currency,
+        amount_minor=opened.unit_amount_minor * quantity,
+        currency=opened.currency,
         expires_at=expires_at,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    order_id: int
+    product_name: str
+    unit_amount_minor: int
+    currency: str
 
 
 async def _open_order(
@@ -241,7 +249,7 @@ async def _open_order(
     policy: CheckoutPolicy,
     now: datetime,
     expires_at: datetime,
-) -> tuple[Order, str, int]:
+) -> _Opened:
     if await touch(session, buyer_id, language, now):
         raise Blacklisted("buyer is blacklisted")
     product = await session.get(Product, product_id)
@@ -289,7 +297,7 @@ async def _open_order(
         got = await allocation.take_keys(session, product.id, order.id, quantity, status=KeyStatus.RESERVED)
         if got < quantity:
             raise OutOfStock(got)
-    return order, product.name_in(language), product.price_minor
+    return _Opened(order.id, product.name_in(language), product.price_minor, product.currency)
 
 
 async def _attach_checkout(session: AsyncSession, order_id: int, ref: str, url: str) -> None:
@@ -323,16 +331,20 @@ async def fulfil(
 async def _fulfil(
     session: AsyncSession, payment: Payment, policy: OutOfStockPolicy, event: Event | None, now: datetime
 ) -> Result:
+    # The order's new state is written once, at the end, not flushed before every query.
+    with session.no_autoflush:
+        return await _apply_payment(session, payment, policy, event, now)
+
+
+async def _apply_payment(
+    session: AsyncSession, payment: Payment, policy: OutOfStockPolicy, event: Event | None, now: datetime
+) -> Result:
     if event is not None and not await _record_event(session, event, payment.order_id, now):
         return Result(Outcome.DUPLICATE, payment.order_id)
     order = await _lock_order(session, payment.order_id)
     if order is None or not _same_checkout(order, payment.checkout_ref):
         return Result(Outcome.UNKNOWN_ORDER, payment.order_id)
-    # Share-lock the product: a restock (which locks it for update) either commits before this
-    # payment looks for keys, or waits for it and then finds this order backordered.
-    product = await session.scalar(
-        select(Product).where(Product.id == order.product_id).with_for_update(read=True)
-    )
+    product = await _product_for_payment(session, order.product_id)
     base = dict(order_id=order.id, buyer_id=order.buyer_id, sku=product.sku)
     if order.paid_at is not None:
         return Result(Outcome.UNCHANGED, **base)
@@ -371,18 +383,28 @@ async def _allocate(session: AsyncSession, order: Order, product: Product) -> bo
     if product.kind == ProductKind.SHARED:
         order.shared_key_id = await allocation.newest_shared_key(session, product.id)
         return order.shared_key_id is not None
-    held = await session.scalar(
-        select(func.count()).where(Key.order_id == order.id, Key.status == KeyStatus.RESERVED)
-    )
+    held = await allocation.sell_reserved(session, order.id)
     if held < order.quantity:
         held += await allocation.take_keys(
-            session, product.id, order.id, order.quantity - held, status=KeyStatus.RESERVED
+            session, product.id, order.id, order.quantity - held, status=KeyStatus.SOLD
         )
     if held < order.quantity:
-        await allocation.release(session, order.id)
+        # Short: put back what this transaction took. Nobody has seen these keys.
+        await allocation.unsell(session, order.id)
         return False
-    await allocation.sell_reserved(session, order.id)
     return True
+
+
+async def _product_for_payment(session: AsyncSession, product_id: int) -> Product:
+    """The order's product, share-locked on PostgreSQL.
+
+    A restock (which locks the product for update) then either commits before this payment
+    looks for keys, or waits for it and finds this order backordered. SQLite runs one write
+    transaction at a time, so there the product can come from the session's identity map.
+    """
+    if session.bind.dialect.name == "sqlite":
+        return await session.get(Product, product_id)
+    return await session.scalar(select(Product).where(Product.id == product_id).with_for_update(read=True))
 
 
 async def _stock_left(session: AsyncSession, product: Product) -> int | None:

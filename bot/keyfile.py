@@ -1,0 +1,43 @@
+"""The key encryption key: from KEY_ENCRYPTION_KEY, or generated once for a local shop."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from bot.settings import Settings
+from store.crypto import KeyVault
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(Exception):
+    """The settings cannot run a shop; the message says what to set."""
+
+
+def encryption_key(settings: Settings) -> str:
+    """KEY_ENCRYPTION_KEY, or for a local SQLite shop one generated once into a 0600 file."""
+    if settings.key_encryption_key is not None:
+        return settings.key_encryption_key.get_secret_value()
+    database = make_url(settings.database_url).database if settings.is_sqlite else None
+    if not database or database == ":memory:":
+        raise ConfigError(
+            "KEY_ENCRYPTION_KEY is not set. Generate one with `keyvend keygen` and put it in .env; "
+            "every instance sharing the database needs the same value."
+        )
+    path = Path(database).resolve().with_name(Path(database).name + ".key")
+    if path.exists():
+        return path.read_text().strip()
+    key = KeyVault.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(key + "\n")
+    log.warning(
+        "generated a key encryption key in %s: back it up together with the database; "
+        "without it the stored keys cannot be read", path,
+    )
+    return key
