@@ -66,7 +66,7 @@ class _Unit:
 class Database:
     """The engine and the unit-of-work boundary shared by every store function."""
 
-    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10, busy_timeout: float = 10.0) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
@@ -76,7 +76,7 @@ class Database:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
-            _configure_sqlite(self.engine)
+            _configure_sqlite(self.engine, busy_timeout)
         self._writes = async_sessionmaker(self.engine, expire_on_commit=False)
         self._reads = async_sessionmaker(
             self.engine.execution_options(keyvend_read_only=True), expire_on_commit=False
@@ -173,7 +173,7 @@ async def _run_group(session: AsyncSession, group: list[_Unit]) -> list[tuple[bo
     return outcomes
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _configure_sqlite(engine: AsyncEngine, busy_timeout: float) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event own transaction start instead of pysqlite.
@@ -183,7 +183,9 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         # FULL: a committed payment survives a power cut, not only a killed process.
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=10000")
+        # Another process (the command line, a second shop on the file) holding the lock:
+        # SQLite waits this long, then Database.write's retries take over.
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
