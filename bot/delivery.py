@@ -38,6 +38,7 @@ _KEY_KINDS = (DeliveryKind.KEYS, DeliveryKind.RESHOW)
 # Do not start a send this close to the end of a lease: another worker may take it over.
 _LEASE_MARGIN = timedelta(seconds=10)
 _MAX_BACKOFF = 300.0
+_RECORD_GATHER = 0.05  # seconds
 
 
 class DeliveryWorker:
@@ -217,6 +218,10 @@ class DeliveryWorker:
         """Write outcomes back in batches: one transaction for everything finished meanwhile."""
         while not (self._closing.is_set() and not self._done):
             await wait_any(self._done_ready, self._closing, timeout=1.0)
+            if not self._closing.is_set():
+                # Let more sends finish: one transaction records them all (each recording
+                # costs a write transaction; a few milliseconds of waiting costs nothing).
+                await asyncio.sleep(_RECORD_GATHER)
             self._done_ready.clear()
             if not self._done:
                 continue

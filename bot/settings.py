@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     telegram_api_url: str = "https://api.telegram.org"
     telegram_mode: TelegramMode = TelegramMode.POLLING
     telegram_webhook_secret: SecretStr | None = None
-    telegram_rate: float = Field(30.0, gt=0, description="messages/second this instance may send")
+    telegram_rate: float = Field(30.0, ge=2, description="messages/second this instance may send")
 
     # Storage
     database_url: str = "sqlite+aiosqlite:///keyvend.db"

@@ -155,7 +155,7 @@ async def restock(
         session.add(batch)
         await session.flush()
         for start in range(0, len(rows), _CHUNK):
-            await _insert_new(session, product.id, batch.id, rows[start : start + _CHUNK], now)
+            await _insert_new(session, product.id, batch.id, rows[start : start + _CHUNK])
         added = await session.scalar(select(func.count()).where(Key.batch_id == batch.id))
         batch.added = added
         batch.duplicates = len(parsed.keys) - added
@@ -182,30 +182,21 @@ async def restock(
 
 
 async def _insert_new(
-    session: AsyncSession, product_id: int, batch_id: int, rows: list[tuple[bytes, bytes]], now: datetime
+    session: AsyncSession, product_id: int, batch_id: int, rows: list[tuple[bytes, bytes]]
 ) -> None:
-    digests = [digest for digest, _ in rows]
-    known = set(
-        (await session.scalars(
-            select(Key.digest).where(Key.product_id == product_id, Key.digest.in_(digests))
-        )).all()
+    # ON CONFLICT DO NOTHING skips a key the product ever had (the unique digest decides, so
+    # even two imports racing store it once); the caller counts what this batch added.
+    # Through the connection: a plain executemany, without the ORM's per-row bookkeeping.
+    keys = Key.__table__
+    statement = dialect_insert(session)(keys).on_conflict_do_nothing(
+        index_elements=[keys.c.product_id, keys.c.digest]
     )
-    fresh = [
+    connection = await session.connection()
+    await connection.execute(statement, [
         {"product_id": product_id, "batch_id": batch_id, "ciphertext": ciphertext, "digest": digest,
-         "status": KeyStatus.AVAILABLE, "imported_at": now}
+         "status": KeyStatus.AVAILABLE}
         for digest, ciphertext in rows
-        if digest not in known
-    ]
-    if fresh:
-        # ON CONFLICT DO NOTHING: a concurrent import of the same key loses quietly here and
-        # is counted as a duplicate, instead of failing the whole batch. Through the
-        # connection: a plain executemany, without the ORM's per-row bookkeeping.
-        keys = Key.__table__
-        statement = dialect_insert(session)(keys).on_conflict_do_nothing(
-            index_elements=[keys.c.product_id, keys.c.digest]
-        )
-        connection = await session.connection()
-        await connection.execute(statement, fresh)
+    ])
 
 
 async def stock_levels(db: Database) -> list[StockLevels]:

@@ -172,7 +172,6 @@ class Key(Base):
     status: Mapped[str] = mapped_column(String(10), default=KeyStatus.AVAILABLE)
     # A single column, so a unique key can belong to one order at most (I1).
     order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"), default=None)
-    imported_at: Mapped[datetime]
 
 
 class Order(Base):
