@@ -15,6 +15,7 @@ sent and `keyvend check` passes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -86,10 +87,8 @@ async def deliver(ctx: Context, plan: Plan) -> Row:
 
 async def _all_delivered(telegram: FakeTelegram, chats: range, timeout: float) -> None:
     """Wait for a key message in every chat; on timeout the row reports the lost ones."""
-    try:
+    with contextlib.suppress(TimeoutError):
         await telegram.wait_for_count(lambda m: m.method == "sendMessage" and m.chat_id in chats, len(chats), timeout)
-    except TimeoutError:
-        pass
 
 
 async def _all_recorded(url: str, count: int, timeout: float) -> None:

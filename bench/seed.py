@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bench.harness import SKU, Signed
 from bot.stripe_gateway import StripeGateway
 from store import catalogue, inventory
 from store.crypto import KeyVault
@@ -41,8 +42,6 @@ from store.models import (
 from store.orders import CHECK_GRACE
 from store.payments import CheckoutRequest
 from tests.fakes.stripe import FakeStripe
-
-from bench.harness import SKU, Signed
 
 PRICE = "9.99"
 PRICE_MINOR = 999

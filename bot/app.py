@@ -21,7 +21,6 @@ from aiohttp import web
 from telegram import Update
 from telegram.error import InvalidToken, NetworkError
 from telegram.ext import (
-    AIORateLimiter,
     Application,
     ApplicationBuilder,
     CallbackQueryHandler,
@@ -33,7 +32,8 @@ from telegram.ext import (
     filters,
 )
 
-from bot import jobs, web as web_routes
+from bot import jobs
+from bot import web as web_routes
 from bot.delivery import DeliveryWorker
 from bot.keyfile import ConfigError, encryption_key
 from bot.metrics import Metrics
@@ -42,7 +42,7 @@ from bot.notifier import AdminNotifier
 from bot.ratelimit import RateLimiter
 from bot.settings import OutOfStockPolicy, Settings, TelegramMode
 from bot.stripe_gateway import StripeGateway
-from bot.telegram_http import AiohttpRequest
+from bot.telegram_api import AiohttpRequest, SendPace
 from handlers import admin, buyer
 from handlers.context import KeyvendContext, Shop
 from handlers.i18n import language_of, t
@@ -73,26 +73,14 @@ def build_telegram(settings: Settings) -> Application:
         .base_url(f"{base}/bot")
         .base_file_url(f"{base}/file/bot")
         .context_types(ContextTypes(context=KeyvendContext))
-        .request(AiohttpRequest(connections=16))
+        .request(AiohttpRequest(connections=64))
         .get_updates_request(AiohttpRequest(connections=1))
-        .rate_limiter(_pace(settings.telegram_rate))
+        .rate_limiter(SendPace(settings.telegram_rate))
         .concurrent_updates(64)
     )
     if settings.telegram_mode is TelegramMode.WEBHOOK:
         builder = builder.updater(None)
     return builder.build()
-
-
-def _pace(rate: float) -> AIORateLimiter:
-    """The bot-wide send pace: never more than `rate` messages in any one second.
-
-    A leaky bucket holding `burst` messages and draining at `rate - burst` per second lets at
-    most `rate` through in any second (a burst of a full second's worth would earn 429s from
-    Telegram's per-second window), while its small slack absorbs timer latency that a
-    one-message bucket would lose. 429s that still come are waited out and retried twice.
-    """
-    burst = max(1.2, rate * 0.03)
-    return AIORateLimiter(overall_max_rate=burst, overall_time_period=burst / (rate - burst), max_retries=2)
 
 
 def add_handlers(application: Application) -> None:

@@ -1,8 +1,8 @@
 """The delivery worker: sends queued deliveries to buyers' chats and records how it went.
 
 It claims due deliveries with a lease, sends each one (one chat at a time per chat, at
-most one message a second to a chat; the bot-wide rate is PTB's `AIORateLimiter`, which
-also waits out 429s), and records outcomes in batches. A network error or a 5xx is retried
+most one message a second to a chat; the bot-wide pace is `bot.telegram_api.SendPace`,
+which also waits out 429s), and records outcomes in batches. A network error or a 5xx is retried
 with exponential backoff; a 429 after the limiter's own retries is rescheduled for when
 Telegram allows; a chat that blocked the bot, or a delivery out of retries, is marked
 undeliverable and the admins are told — the keys stay in the buyer's "my orders".
@@ -25,6 +25,7 @@ from telegram.constants import ParseMode
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 
 from bot.metrics import Metrics
+from bot.telegram_api import retry_after
 from bot.waiting import wait_any
 from handlers import render
 from handlers.context import Shop
@@ -68,6 +69,7 @@ class DeliveryWorker:
         self._chat_interval = chat_interval
         self._idle_poll = idle_poll
         self._wake = asyncio.Event()
+        self._slot_free = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         # Lease end of every delivery being sent, kept current by `_renew`.
         self._leases: dict[int, datetime] = {}
@@ -88,17 +90,20 @@ class DeliveryWorker:
         try:
             while not stop.is_set():
                 self._wake.clear()  # before claiming: a wake-up during the claim means "look again"
-                room = min(self._batch, self._max_in_flight - len(self._in_flight))
-                jobs: list[Job] = []
-                if room > 0:
-                    try:
-                        jobs = await deliveries.claim(
-                            self._shop.db, self._shop.vault, self.owner, limit=room, lease=self._lease
-                        )
-                    except Exception:  # noqa: BLE001 - the database may come back; keep the worker alive
-                        log.exception("claiming deliveries failed; retrying")
-                        await asyncio.sleep(1.0)
-                        continue
+                room = self._max_in_flight - len(self._in_flight)
+                if room < self._batch:
+                    # Refill in batches, not a claim per finished send: wait for sends to end.
+                    self._slot_free.clear()
+                    await wait_any(self._slot_free, stop, timeout=self._idle_poll)
+                    continue
+                try:
+                    jobs = await deliveries.claim(
+                        self._shop.db, self._shop.vault, self.owner, limit=self._batch, lease=self._lease
+                    )
+                except Exception:  # noqa: BLE001 - the database may come back; keep the worker alive
+                    log.exception("claiming deliveries failed; retrying")
+                    await asyncio.sleep(1.0)
+                    continue
                 for job in jobs:
                     if job.id in self._leases:
                         # Still sending it (a 429 or the rate queue held it past its lease):
@@ -108,8 +113,8 @@ class DeliveryWorker:
                     self._leases[job.id] = job.lease_expires_at
                     task = asyncio.create_task(self._deliver(job), name=f"delivery-{job.id}")
                     self._in_flight.add(task)
-                    task.add_done_callback(self._in_flight.discard)
-                if len(jobs) < room or room <= 0:
+                    task.add_done_callback(self._sent)
+                if len(jobs) < self._batch:
                     await wait_any(self._wake, stop, timeout=self._idle_poll)
         finally:
             if self._in_flight:
@@ -117,6 +122,10 @@ class DeliveryWorker:
             self._closing.set()
             await recorder
             renewer.cancel()
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._slot_free.set()
 
     async def _deliver(self, job: Job) -> None:
         lock, users = self._chats.get(job.chat_id, (asyncio.Lock(), 0))
@@ -155,9 +164,8 @@ class DeliveryWorker:
                 message_ids.append(message.message_id)
         except RetryAfter as exc:
             self._metrics.count("keyvend_telegram_retry_after_total")
-            wait = exc.retry_after
-            seconds = wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
-            return Done(job, Outcome.RETRY, retry_at=_after(seconds), error="429 Too Many Requests", count_attempt=False)
+            return Done(job, Outcome.RETRY, retry_at=_after(retry_after(exc)), error="429 Too Many Requests",
+                        count_attempt=False)
         except Forbidden as exc:
             return self._undeliverable(job, f"Forbidden: {exc.message}"[:200])
         except BadRequest as exc:

@@ -19,7 +19,7 @@ from telegram.ext import Application, CallbackContext, ExtBot
 
 from store.crypto import KeyVault
 from store.db import Database
-from store.orders import CheckoutPolicy, OutOfStockPolicy, Outcome, Result
+from store.orders import CheckoutPolicy, Outcome, OutOfStockPolicy, Result
 from store.payments import PaymentGateway
 
 log = logging.getLogger(__name__)

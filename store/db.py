@@ -28,7 +28,12 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import event, make_url, text
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from store import sqlite
 

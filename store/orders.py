@@ -40,8 +40,8 @@ from store.errors import (
 )
 from store.models import (
     Buyer,
-    DeliveryKind,
     Delivery,
+    DeliveryKind,
     DeliveryStatus,
     Key,
     KeyStatus,

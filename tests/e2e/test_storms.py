@@ -17,7 +17,15 @@ from collections import Counter
 
 from sqlalchemy import select
 
-from store.models import Delivery, DeliveryKind, DeliveryStatus, KeyStatus, Order, OrderStatus, PaymentEvent
+from store.models import (
+    Delivery,
+    DeliveryKind,
+    DeliveryStatus,
+    KeyStatus,
+    Order,
+    OrderStatus,
+    PaymentEvent,
+)
 from tests.e2e.conftest import Shop, running, shop_settings
 from tests.e2e.helpers import (
     Placed,

@@ -17,7 +17,17 @@ from sqlalchemy import select
 from bot.app import telegram_secret
 from store.models import Buyer, OrderStatus
 from tests.e2e.conftest import Shop, free_port, running, shop_settings
-from tests.e2e.helpers import checkout, key_message, order_status, pay, post, reply, scalar, stock, text
+from tests.e2e.helpers import (
+    checkout,
+    key_message,
+    order_status,
+    pay,
+    post,
+    reply,
+    scalar,
+    stock,
+    text,
+)
 
 BUYER = 8001
 INTRUDER = 8002

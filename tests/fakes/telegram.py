@@ -18,6 +18,7 @@ methods (``message`` etc.) must be called from that loop's thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import json
 import logging
@@ -346,7 +347,7 @@ class FakeTelegram:
         async with FakeTelegram() as tg:
             app = (ApplicationBuilder().token(tg.token).base_url(f"{tg.url}/bot")
                    .base_file_url(f"{tg.url}/file/bot").build())
-            ...  # start the app polling (or setWebhook)
+            # (start the app polling, or setWebhook)
             tg.message(1001, "/start buy_X")
             menu = await tg.wait_for(lambda m: m.chat_id == 1001)
             tg.press(1001, menu, menu.button("Buy")["callback_data"])
@@ -888,10 +889,8 @@ class FakeTelegram:
 
     async def _sleep(self, seconds: float) -> None:
         # Interruptible, so stop() never waits out a hanging request.
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._closed.wait(), seconds)
-        except TimeoutError:
-            pass
 
     def _check_blocked(self, params: dict[str, Any]) -> None:
         if self.blocked and params.get("chat_id") in self.blocked:

@@ -13,9 +13,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
-import aiohttp
 from aiohttp import web
 from telegram import (
     Bot,
@@ -84,8 +84,7 @@ async def test_get_me_and_bad_token(fake: FakeTelegram, bot: Bot) -> None:
     assert all(c.status == 200 for c in fake.calls)
 
     with pytest.raises(InvalidToken):
-        async with _bot(fake, token="999:wrong-token"):  # initialize() calls getMe
-            pass
+        await _bot(fake, token="999:wrong-token").initialize()  # initialize() calls getMe
     assert fake.calls[-1].status == 401
 
     with pytest.raises(EndPointNotFound):
