@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import datetime as dt
 import os
 import platform
@@ -230,6 +231,10 @@ async def invariants_hold(ctx: Context, url: str) -> bool:
 @contextlib.asynccontextmanager
 async def fakes(*, telegram_cap: float | None) -> AsyncIterator[tuple[FakeTelegram, FakeStripe]]:
     """The fake Bot API (capped at `telegram_cap` messages/s, with 429s) and fake Stripe."""
+    # Start each benchmark with what earlier ones left frozen out of the collector's way
+    # (see bench/__main__.py: a collection pass stalls the fakes hosted here).
+    gc.collect()
+    gc.freeze()
     async with FakeTelegram() as telegram, FakeStripe() as stripe:
         telegram.record_calls = False  # every getUpdates and send would pile up in memory
         telegram.rate_cap = telegram_cap
