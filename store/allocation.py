@@ -43,24 +43,12 @@ async def take_keys(
 
 async def sell_reserved(session: AsyncSession, order_id: int) -> int:
     """Turn an order's reservation into a sale; return how many keys it holds."""
-    result = await session.execute(
-        update(Key)
-        .where(Key.order_id == order_id, Key.status == KeyStatus.RESERVED)
-        .values(status=KeyStatus.SOLD)
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount
+    return await _move(session, order_id, KeyStatus.RESERVED, KeyStatus.SOLD)
 
 
 async def release(session: AsyncSession, order_id: int) -> int:
     """Put an order's reserved keys back on sale."""
-    result = await session.execute(
-        update(Key)
-        .where(Key.order_id == order_id, Key.status == KeyStatus.RESERVED)
-        .values(status=KeyStatus.AVAILABLE, order_id=None)
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount
+    return await _move(session, order_id, KeyStatus.RESERVED, KeyStatus.AVAILABLE, detach=True)
 
 
 async def unsell(session: AsyncSession, order_id: int) -> int:
@@ -69,21 +57,25 @@ async def unsell(session: AsyncSession, order_id: int) -> int:
     Only for keys that were never delivered: the caller's transaction sold them a moment
     ago, so nobody outside it has seen them.
     """
-    result = await session.execute(
-        update(Key)
-        .where(Key.order_id == order_id, Key.status == KeyStatus.SOLD)
-        .values(status=KeyStatus.AVAILABLE, order_id=None)
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount
+    return await _move(session, order_id, KeyStatus.SOLD, KeyStatus.AVAILABLE, detach=True)
 
 
 async def revoke(session: AsyncSession, order_id: int) -> int:
     """Mark an order's sold keys revoked: they are never sold again."""
+    return await _move(session, order_id, KeyStatus.SOLD, KeyStatus.REVOKED)
+
+
+async def _move(
+    session: AsyncSession, order_id: int, source: KeyStatus, target: KeyStatus, *, detach: bool = False
+) -> int:
+    """Move an order's keys from one status to another (and off the order, with `detach`)."""
+    values: dict[str, object] = {"status": target}
+    if detach:
+        values["order_id"] = None
     result = await session.execute(
         update(Key)
-        .where(Key.order_id == order_id, Key.status == KeyStatus.SOLD)
-        .values(status=KeyStatus.REVOKED)
+        .where(Key.order_id == order_id, Key.status == source)
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
     return result.rowcount
