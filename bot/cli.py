@@ -30,7 +30,7 @@ from store.money import to_major
 
 _SETUP_HINT = (
     "BOT_TOKEN is not set. Create a bot with @BotFather in Telegram and put its token in .env "
-    "as BOT_TOKEN=... ({env}); see README.md, 'Set up a shop'."
+    "as BOT_TOKEN=... ({env}); README.md, 'From zero to a first test sale', walks through it."
 )
 
 
