@@ -177,7 +177,6 @@ class Pending:
     status: OrderStatus
     payment_ref: str | None
     paid_amount_minor: int | None
-    reserved_until: datetime
 
 
 # ---------------------------------------------------------------- checkout
@@ -775,7 +774,6 @@ def _pending(order: Order) -> Pending:
         status=OrderStatus(order.status),
         payment_ref=order.payment_ref,
         paid_amount_minor=order.paid_amount_minor,
-        reserved_until=order.reserved_until,
     )
 
 
