@@ -2,9 +2,11 @@
 
 Workers claim deliveries with a lease (`FOR UPDATE SKIP LOCKED` on PostgreSQL), so several
 instances share the queue without sending one message twice; a claim held by a worker that
-died lapses with its lease and is taken over. The outcome of each send is written back in
-batches (one transaction for many messages), and only by the worker that still holds the
-lease.
+died lapses with its lease and is taken over; a live worker renews the leases of what it
+is still sending. The outcome of each send is written back in batches (one transaction for
+many messages), and only by the worker that still holds the lease. A reveal is recorded
+whenever a key message went out, lease or not: it is evidence, and the message has to be
+removed from the chat when its time is up.
 """
 
 from __future__ import annotations
