@@ -231,6 +231,7 @@ async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Future[Parts]
             )
         else:
             await application.updater.start_polling(allowed_updates=Update.ALL_TYPES)
+        # A refund owed (a payment that found no stock) wakes reconciliation, which makes it.
         refunds_due = asyncio.Event()
         shop.wake_refunds = refunds_due.set
         tasks = [
@@ -238,13 +239,8 @@ async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Future[Parts]
             asyncio.create_task(parts.notifier.run(stop), name="notifier"),
             asyncio.create_task(
                 jobs.every(settings.reconcile_interval.total_seconds(), lambda: jobs.reconcile(shop), stop,
-                           name="reconciliation"),
+                           wake=refunds_due, name="reconciliation"),
                 name="reconciliation",
-            ),
-            asyncio.create_task(
-                jobs.every(settings.reconcile_interval.total_seconds(), lambda: jobs.make_refunds(shop), stop,
-                           wake=refunds_due, name="refunds"),
-                name="refunds",
             ),
             asyncio.create_task(
                 jobs.every(_EXPIRY_INTERVAL, lambda: jobs.remove_expired_key_messages(shop, application.bot), stop,

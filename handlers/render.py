@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from babel.numbers import format_currency
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
@@ -299,7 +299,3 @@ def stats(s: Stats, levels: list[StockLevels], language: str) -> str:
 
 def _period_label(days: int, language: str) -> str:
     return t(language, "Today") if days == 1 else t(language, "Last {days} days", days=days)
-
-
-def when(moment: datetime) -> str:
-    return f"{moment:%Y-%m-%d %H:%M:%S} UTC"

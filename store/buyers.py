@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from store.audit import audit
 from store.db import Database
-from store.errors import NotFound
 from store.models import Buyer
 
 
@@ -38,16 +35,3 @@ async def touch(session: AsyncSession, buyer_id: int, language: str, now: dateti
 async def remember(db: Database, buyer_id: int, language: str) -> bool:
     """Record a buyer's visit and language; return whether they are blacklisted."""
     return await db.write(touch, buyer_id, language, datetime.now(UTC))
-
-
-async def set_blacklisted(db: Database, buyer_id: int, blacklisted: bool, *, admin_id: int | None) -> None:
-    """Ban a buyer from buying, or lift the ban."""
-    async def work(session: AsyncSession) -> None:
-        result = await session.execute(
-            update(Buyer).where(Buyer.id == buyer_id).values(blacklisted=blacklisted)
-        )
-        if result.rowcount == 0:
-            raise NotFound(f"no buyer {buyer_id}")
-        session.add(audit(admin_id, "buyer.ban" if blacklisted else "buyer.unban", str(buyer_id)))
-
-    await db.write(work)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from store import allocation
@@ -241,16 +241,6 @@ async def _executemany(session: AsyncSession, statement: Any, rows: list[dict[st
     # Through the connection: one statement, many parameter sets, no ORM bookkeeping.
     connection = await session.connection()
     await connection.execute(statement, rows)
-
-
-async def next_due(db: Database) -> datetime | None:
-    """When the earliest queued delivery becomes due (None if nothing is queued)."""
-    async def work(session: AsyncSession) -> datetime | None:
-        return await session.scalar(
-            select(func.min(Delivery.next_attempt_at)).where(Delivery.status == DeliveryStatus.QUEUED)
-        )
-
-    return await db.read(work)
 
 
 async def expiring(db: Database, *, now: datetime | None = None, limit: int = 100) -> list[Expiring]:
