@@ -16,6 +16,8 @@ run: $(STAMP)
 	$(BIN)/keyvend run
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

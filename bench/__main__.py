@@ -50,8 +50,13 @@ async def _run(args: argparse.Namespace) -> int:
     machine = Machine.now()
     chosen = args.only or list(BENCHMARKS)
     workdir = Path(tempfile.mkdtemp(prefix="keyvend-bench-"))
-    ctx = Context(quick=args.quick, workdir=workdir, cache=CACHE, key_secret=KeyVault.generate(),
-                  profile_dir=args.profile)
+    ctx = Context(
+        quick=args.quick,
+        workdir=workdir,
+        cache=CACHE,
+        key_secret=KeyVault.generate(),
+        profile_dir=args.profile,
+    )
     rows: list[Row] = []
     timings: list[str] = []
     began = time.monotonic()
@@ -65,7 +70,9 @@ async def _run(args: argparse.Namespace) -> int:
             except Exception as exc:  # noqa: BLE001 - report it in the table, run the rest
                 found = [failed_row(name, "-", exc)]
             for row in found:
-                print(f"  {row.benchmark}: {row.figure} -> {row.verdict}", file=sys.stderr, flush=True)
+                print(
+                    f"  {row.benchmark}: {row.figure} -> {row.verdict}", file=sys.stderr, flush=True
+                )
             rows += found
             timings.append(f"{name} {time.monotonic() - started:.0f} s")
     finally:
@@ -93,7 +100,15 @@ def _mode(args: argparse.Namespace) -> str:
     return mode
 
 
-def render(rows: list[Row], machine: Machine, after: Machine, *, mode: str, timings: list[str], total: float) -> str:
+def render(
+    rows: list[Row],
+    machine: Machine,
+    after: Machine,
+    *,
+    mode: str,
+    timings: list[str],
+    total: float,
+) -> str:
     """The table and its notes, as Markdown: readable on a terminal and in docs/."""
     lines = [
         "# keyvend benchmarks",
@@ -104,16 +119,20 @@ def render(rows: list[Row], machine: Machine, after: Machine, *, mode: str, timi
     busy = max(machine.load[0], after.load[0])
     if busy > 0.5 * machine.cores:
         lines += [
-            f"**The machine was busy** (1-minute load average {machine.load[0]:.2f} at start, "
-            f"{after.load[0]:.2f} at the end, on {machine.cores} cores): other work competed for the CPU, so "
-            "these figures are lower and noisier than on a quiet machine. Re-run `make bench` on a quiet one.",
+            (
+                f"**The machine was busy** (1-minute load average {machine.load[0]:.2f} at start, "
+                f"{after.load[0]:.2f} at the end, on {machine.cores} cores): other work competed for the CPU, so "
+                "these figures are lower and noisier than on a quiet machine. Re-run `make bench` on a quiet one."
+            ),
             "",
         ]
     lines += [
-        "Every ratio divides a figure by a baseline measured in the same run on the same machine "
-        "(the notes say which), so ratios compare across machines; absolute figures do not. "
-        "`python -m bench --help` lists the options (`--quick`, `--only NAME`, `--profile DIR`); "
-        "the code and what each benchmark does are in `bench/`.",
+        (
+            "Every ratio divides a figure by a baseline measured in the same run on the same machine "
+            "(the notes say which), so ratios compare across machines; absolute figures do not. "
+            "`python -m bench --help` lists the options (`--quick`, `--only NAME`, `--profile DIR`); "
+            "the code and what each benchmark does are in `bench/`."
+        ),
         "",
         "| benchmark | figure | p50 | p99 | ratio | goal | result |",
         "|---|---|---|---|---|---|---|",
@@ -122,8 +141,10 @@ def render(rows: list[Row], machine: Machine, after: Machine, *, mode: str, timi
         # Three decimals: a ratio of 0.947 against a goal of 0.95 must not print as 0.95.
         ratio = "" if row.ratio is None else f"{row.ratio:.3f}"
         mark = f" [{number}]" if row.notes else ""
-        lines.append(f"| {row.benchmark}{mark} | {row.figure} | {row.p50} | {row.p99} | {ratio} | {row.goal} "
-                     f"| {row.verdict} |")
+        lines.append(
+            f"| {row.benchmark}{mark} | {row.figure} | {row.p50} | {row.p99} | {ratio} | {row.goal} "
+            f"| {row.verdict} |"
+        )
     notes = [(number, row) for number, row in enumerate(rows, 1) if row.notes]
     if notes:
         lines += ["", "Notes:", ""]
@@ -133,14 +154,31 @@ def render(rows: list[Row], machine: Machine, after: Machine, *, mode: str, timi
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench", description="keyvend's benchmarks (issue 4).")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description="keyvend's benchmarks (issue 4)."
+    )
     parser.add_argument("--quick", action="store_true", help="a short smoke run of every benchmark")
-    parser.add_argument("--only", action="append", choices=list(BENCHMARKS), metavar="NAME",
-                        help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}")
-    parser.add_argument("--output", type=Path, help="write the table here (default: docs/benchmarks.md on a full run)")
-    parser.add_argument("--profile", type=Path, metavar="DIR",
-                        help="run each `keyvend run` under pyinstrument and write its report to DIR")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (databases, app logs)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=list(BENCHMARKS),
+        metavar="NAME",
+        help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="write the table here (default: docs/benchmarks.md on a full run)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="run each `keyvend run` under pyinstrument and write its report to DIR",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the work directory (databases, app logs)"
+    )
     return parser
 
 

@@ -31,8 +31,14 @@ def build() -> web.Application:
 
 
 def main() -> None:
-    web.run_app(build(), host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None,
-                loop=uvloop.new_event_loop())
+    web.run_app(
+        build(),
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        access_log=None,
+        print=None,
+        loop=uvloop.new_event_loop(),
+    )
 
 
 if __name__ == "__main__":

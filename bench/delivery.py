@@ -71,11 +71,16 @@ def _name(plan: Plan) -> str:
 
 async def deliver(ctx: Context, plan: Plan) -> Row:
     name = f"delivery-{plan.kind}-{plan.cap:.0f}"
-    async with fakes(telegram_cap=plan.cap) as (telegram, _), database(plan.kind, ctx.scratch(name)) as url:
+    async with (
+        fakes(telegram_cap=plan.cap) as (telegram, _),
+        database(plan.kind, ctx.scratch(name)) as url,
+    ):
         async with opened(url) as db:
             product = await seed.stocked_product(db, KeyVault(ctx.key_secret), keys=plan.count + 10)
             chats = await seed.queued_deliveries(db, product, plan.count, first_buyer=FIRST_BUYER)
-        async with keyvend_app(ctx, url, telegram=telegram, stripe=None, telegram_rate=plan.cap, name=name) as app:
+        async with keyvend_app(
+            ctx, url, telegram=telegram, stripe=None, telegram_rate=plan.cap, name=name
+        ) as app:
             cpu = app.process.cpu_seconds()
             await _all_delivered(telegram, chats, timeout=plan.count / plan.cap * 4 + 60)
             await _all_recorded(url, plan.count, timeout=30)
@@ -88,7 +93,9 @@ async def deliver(ctx: Context, plan: Plan) -> Row:
 async def _all_delivered(telegram: FakeTelegram, chats: range, timeout: float) -> None:
     """Wait for a key message in every chat; on timeout the row reports the lost ones."""
     with contextlib.suppress(TimeoutError):
-        await telegram.wait_for_count(lambda m: m.method == "sendMessage" and m.chat_id in chats, len(chats), timeout)
+        await telegram.wait_for_count(
+            lambda m: m.method == "sendMessage" and m.chat_id in chats, len(chats), timeout
+        )
 
 
 async def _all_recorded(url: str, count: int, timeout: float) -> None:
@@ -126,12 +133,18 @@ def _row(plan: Plan, messages: list, telegram: FakeTelegram, peak: int, cpu: flo
         goal=f"≥ {GOAL:.2f}, 0 lost, 0 twice",
         passed=ratio >= GOAL and lost == 0 and twice == 0 and malformed == 0 and shared == 0,
         notes=[
-            f"{len(messages)} key messages accepted over {times[-1] - times[0]:.1f} s "
-            f"({(len(times) - 1) / max(times[-1] - times[0], 1e-9):.1f}/s first to last, start-up burst included); "
-            f"the fake answered 429 {telegram.throttled} times; "
-            f"{malformed} messages without exactly one key spoiler, {shared} keys seen in two chats",
-            f"app = `keyvend run` subprocess with TELEGRAM_RATE={plan.cap:.0f} (peak RSS {mb(peak)}; "
-            f"its CPU time during the run ÷ messages: {cpu / max(len(messages), 1) * 1000:.2f} ms); "
-            "fake Bot API in the bench process; all deliveries recorded sent, `keyvend check` clean",
-        ] if times else ["no key message arrived"],
+            (
+                f"{len(messages)} key messages accepted over {times[-1] - times[0]:.1f} s "
+                f"({(len(times) - 1) / max(times[-1] - times[0], 1e-9):.1f}/s first to last, start-up burst included); "
+                f"the fake answered 429 {telegram.throttled} times; "
+                f"{malformed} messages without exactly one key spoiler, {shared} keys seen in two chats"
+            ),
+            (
+                f"app = `keyvend run` subprocess with TELEGRAM_RATE={plan.cap:.0f} (peak RSS {mb(peak)}; "
+                f"its CPU time during the run ÷ messages: {cpu / max(len(messages), 1) * 1000:.2f} ms); "
+                "fake Bot API in the bench process; all deliveries recorded sent, `keyvend check` clean"
+            ),
+        ]
+        if times
+        else ["no key message arrived"],
     )

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import datetime as dt
+import gc
 import os
 import platform
 import signal
@@ -108,8 +108,10 @@ class Machine:
 
     def describe(self) -> str:
         load = ", ".join(f"{x:.2f}" for x in self.load)
-        return (f"{self.cores} cores ({self.cpu}), {self.memory_gb:.1f} GiB memory, Python {self.python}, "
-                f"load average {load} at start, {self.date}")
+        return (
+            f"{self.cores} cores ({self.cpu}), {self.memory_gb:.1f} GiB memory, Python {self.python}, "
+            f"load average {load} at start, {self.date}"
+        )
 
 
 def _cpu_model() -> str:
@@ -211,7 +213,11 @@ async def tally(url: str) -> Tally:
             rows = await session.execute(select(column, func.count()).group_by(column))
             return {str(status): n for status, n in rows}
 
-        return Tally(await by_status(Order.status), await by_status(Key.status), await by_status(Delivery.status))
+        return Tally(
+            await by_status(Order.status),
+            await by_status(Key.status),
+            await by_status(Delivery.status),
+        )
 
     async with opened(url) as db:
         return await db.read(work)
@@ -297,11 +303,15 @@ class Process:
 def _spawn(argv: list[str], *, env: dict[str, str], cwd: Path, name: str) -> Process:
     log = cwd / f"{name}.log"
     with log.open("ab") as out:
-        popen = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        popen = subprocess.Popen(
+            argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+        )
     return Process(popen, name, log)
 
 
-async def wait_until_serving(process: Process, port: int, *, path: str = "/healthz", timeout: float = 60.0) -> None:
+async def wait_until_serving(
+    process: Process, port: int, *, path: str = "/healthz", timeout: float = 60.0
+) -> None:
     """Poll until the process answers HTTP on `port` (keyvend: migrated and fully started)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -315,7 +325,9 @@ async def wait_until_serving(process: Process, port: int, *, path: str = "/healt
             if status == 200:
                 return
         await asyncio.sleep(0.1)
-    raise TimeoutError(f"{process.name} did not serve on port {port} within {timeout:.0f}s: {process.tail()}")
+    raise TimeoutError(
+        f"{process.name} did not serve on port {port} within {timeout:.0f}s: {process.tail()}"
+    )
 
 
 def app_env(
@@ -329,7 +341,11 @@ def app_env(
 ) -> dict[str, str]:
     """The environment `keyvend run` reads: every contract variable set, nothing inherited
     that could point it elsewhere."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYVEND_", "STRIPE_", "TELEGRAM_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("KEYVEND_", "STRIPE_", "TELEGRAM_"))
+    }
     env.update(
         BOT_TOKEN=telegram.token,
         ADMIN_IDS=str(ADMIN),
@@ -369,8 +385,14 @@ async def keyvend_app(
     """`keyvend run` as its own process (cwd a scratch directory, so no .env is read),
     started and answering /healthz; stopped with SIGTERM on the way out."""
     port = free_port()
-    env = app_env(database_url, port=port, key_secret=key_secret or ctx.key_secret, telegram=telegram, stripe=stripe,
-                  telegram_rate=telegram_rate)
+    env = app_env(
+        database_url,
+        port=port,
+        key_secret=key_secret or ctx.key_secret,
+        telegram=telegram,
+        stripe=stripe,
+        telegram_rate=telegram_rate,
+    )
     cwd = ctx.scratch(name)
     argv = [str(KEYVEND), "run"]
     if ctx.profile_dir is not None:
@@ -390,7 +412,9 @@ async def bare_server(cwd: Path) -> AsyncIterator[tuple[Process, int]]:
     """The baseline: `python -m bench.bare`, a trivial aiohttp app on uvloop like keyvend's."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = _spawn([sys.executable, "-m", "bench.bare", str(port)], env=env, cwd=cwd, name="bare-aiohttp")
+    process = _spawn(
+        [sys.executable, "-m", "bench.bare", str(port)], env=env, cwd=cwd, name="bare-aiohttp"
+    )
     try:
         await wait_until_serving(process, port, path="/")
         yield process, port
@@ -398,13 +422,24 @@ async def bare_server(cwd: Path) -> AsyncIterator[tuple[Process, int]]:
         await process.stop()
 
 
-async def run_cli(ctx: Context, database_url: str, *args: str, timeout: float = 600.0) -> tuple[int, str, str, float]:
+async def run_cli(
+    ctx: Context, database_url: str, *args: str, timeout: float = 600.0
+) -> tuple[int, str, str, float]:
     """The real `keyvend` command as a subprocess: (exit code, stdout, stderr, wall seconds)."""
-    env = {**os.environ, "DATABASE_URL": database_url, "KEY_ENCRYPTION_KEY": ctx.key_secret, "LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "KEY_ENCRYPTION_KEY": ctx.key_secret,
+        "LOG_LEVEL": "WARNING",
+    }
     started = time.perf_counter()
     process = await asyncio.create_subprocess_exec(
-        str(KEYVEND), *args, env=env, cwd=ctx.workdir,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        str(KEYVEND),
+        *args,
+        env=env,
+        cwd=ctx.workdir,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(process.communicate(), timeout)
     return process.returncode, out.decode(), err.decode(), time.perf_counter() - started
@@ -422,7 +457,9 @@ class HttpConnection:
     baseline are driven by this same code.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int
+    ) -> None:
         self.reader, self.writer, self.port = reader, writer, port
 
     @classmethod
@@ -430,7 +467,9 @@ class HttpConnection:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         return cls(reader, writer, port)
 
-    async def request(self, method: bytes, path: bytes, body: bytes, headers: bytes = b"") -> tuple[int, bytes]:
+    async def request(
+        self, method: bytes, path: bytes, body: bytes, headers: bytes = b""
+    ) -> tuple[int, bytes]:
         self.writer.write(
             b"%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Length: %d\r\n%s\r\n%s"
             % (method, path, self.port, len(body), headers, body)
@@ -604,7 +643,9 @@ async def measure_bare(ctx: Context, sample: Signed, levels: Iterable[int]) -> B
     async with bare_server(ctx.scratch("bare")) as (process, port):
         await closed_loop(port, "/stripe/webhook", [sample] * 500, 8)  # warm up
         for level in levels:
-            result = await closed_loop(port, "/stripe/webhook", [sample] * count, level, server=process)
+            result = await closed_loop(
+                port, "/stripe/webhook", [sample] * count, level, server=process
+            )
             if result.ok != count:
                 raise RuntimeError(f"bare handler answered {result.statuses}")
             by_level[level] = result.rate

@@ -56,15 +56,19 @@ async def key_import(ctx: Context, count: int) -> Row:
     ratio = raw / seconds
     return Row(
         benchmark=f"key import {count:,} (sqlite)",
-        figure=(f"{count / seconds:,.0f} keys/s ({seconds:.2f} s); "
-                f"raw executemany {count / raw:,.0f} rows/s ({raw:.2f} s)"),
+        figure=(
+            f"{count / seconds:,.0f} keys/s ({seconds:.2f} s); "
+            f"raw executemany {count / raw:,.0f} rows/s ({raw:.2f} s)"
+        ),
         ratio=ratio,
         goal=f"≥ {GOAL:.2f}",
         passed=ratio >= GOAL,
         notes=[
-            f"`keyvend keys import` subprocess, wall time including {startup:.2f} s of process start "
-            f"(a `keyvend migrate` on the same database); {count:,} keys stored; "
-            f"raw rows: {token_bytes}-byte ciphertext + 32-byte digest, same indexes and pragmas",
+            (
+                f"`keyvend keys import` subprocess, wall time including {startup:.2f} s of process start "
+                f"(a `keyvend migrate` on the same database); {count:,} keys stored; "
+                f"raw rows: {token_bytes}-byte ciphertext + 32-byte digest, same indexes and pragmas"
+            ),
         ],
     )
 
@@ -85,7 +89,9 @@ def raw_executemany(path: Path, count: int, token_bytes: int) -> float:
             CREATE INDEX ix_keys_product_id_status_id ON keys (product_id, status, id);
             CREATE INDEX ix_keys_order_id ON keys (order_id);
         """)
-        rows = [(1, 1, os.urandom(token_bytes), os.urandom(32), "available", None) for _ in range(count)]
+        rows = [
+            (1, 1, os.urandom(token_bytes), os.urandom(32), "available", None) for _ in range(count)
+        ]
         started = time.perf_counter()
         connection.execute("BEGIN IMMEDIATE")
         connection.executemany(

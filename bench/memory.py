@@ -97,7 +97,9 @@ async def _build(path: Path, secret: str) -> None:
     url = f"sqlite+aiosqlite:///{path}"
     await migrated(url)
     async with opened(url) as db:
-        await catalogue.add_product(db, "BIG", "Big Game", "9.99", "usd", delivery_template=seed.TEMPLATE)
+        await catalogue.add_product(
+            db, "BIG", "Big Game", "9.99", "usd", delivery_template=seed.TEMPLATE
+        )
     # Bulk rows through a plain synchronous engine: no event-loop hop per statement.
     engine = create_engine(f"sqlite:///{path}")
     try:
@@ -114,10 +116,20 @@ def _fill(conn: Connection, vault: KeyVault) -> None:
     rng = random.Random(4)
     start = datetime.now(UTC) - timedelta(days=90)
     product = conn.scalar(select(Product.id).where(Product.sku == "BIG"))
-    batch = conn.execute(insert(ImportBatch).returning(ImportBatch.id), [{
-        "product_id": product, "source": "bench", "admin_id": None, "added": KEYS, "duplicates": 0,
-        "rejected": 0, "created_at": start,
-    }]).scalar_one()
+    batch = conn.execute(
+        insert(ImportBatch).returning(ImportBatch.id),
+        [
+            {
+                "product_id": product,
+                "source": "bench",
+                "admin_id": None,
+                "added": KEYS,
+                "duplicates": 0,
+                "rejected": 0,
+                "created_at": start,
+            }
+        ],
+    ).scalar_one()
     tokens = [vault.encrypt(f"BIG-{i:04d}-{rng.getrandbits(64):016X}") for i in range(16)]
 
     def when(i: int) -> datetime:
@@ -125,33 +137,98 @@ def _fill(conn: Connection, vault: KeyVault) -> None:
 
     def chunked(rows_for, total: int, table) -> None:
         for begin in range(0, total, _CHUNK):
-            conn.execute(insert(table), [rows_for(i) for i in range(begin, min(total, begin + _CHUNK))])
+            conn.execute(
+                insert(table), [rows_for(i) for i in range(begin, min(total, begin + _CHUNK))]
+            )
 
-    chunked(lambda i: {"id": FIRST_BUYER + i, "language": "en", "blacklisted": False,
-                       "first_seen": when(i), "last_seen": when(i)}, ORDERS, Buyer)
-    chunked(lambda i: {
-        "id": i + 1, "buyer_id": FIRST_BUYER + i, "product_id": product, "quantity": 1, "amount_minor": 999,
-        "currency": "usd", "provider": "stripe", "provider_ref": f"cs_big_{i}", "payment_ref": f"pi_big_{i}",
-        "status": OrderStatus.FULFILLED, "reserved_until": when(i) + seed.CHECKOUT_TTL,
-        "check_after": when(i) + seed.CHECKOUT_TTL, "created_at": when(i), "paid_at": when(i),
-        "paid_amount_minor": 999, "paid_currency": "usd", "fulfilled_at": when(i), "closed_at": when(i),
-    }, ORDERS, Order)
-    chunked(lambda i: {
-        "id": i + 1, "product_id": product, "batch_id": batch, "ciphertext": tokens[i % len(tokens)],
-        "digest": rng.randbytes(32), "status": KeyStatus.SOLD if i < ORDERS else KeyStatus.AVAILABLE,
-        "order_id": i + 1 if i < ORDERS else None,
-    }, KEYS, Key)
-    chunked(lambda i: {"provider": "stripe", "event_id": f"evt_big_{i}", "type": "checkout.session.completed",
-                       "order_id": i + 1, "received_at": when(i)}, ORDERS, PaymentEvent)
-    chunked(lambda i: {
-        "id": i + 1, "order_id": i + 1, "kind": DeliveryKind.KEYS, "chat_id": FIRST_BUYER + i,
-        "status": DeliveryStatus.SENT, "attempts": 1, "next_attempt_at": when(i), "message_id": 2,
-        "created_at": when(i), "sent_at": when(i),
-    }, ORDERS, Delivery)
-    chunked(lambda i: {
-        "order_id": i + 1, "delivery_id": i + 1, "how": DeliveryKind.KEYS, "chat_id": FIRST_BUYER + i,
-        "message_id": 2, "revealed_at": when(i), "delete_after": None,
-    }, ORDERS, Reveal)
+    chunked(
+        lambda i: {
+            "id": FIRST_BUYER + i,
+            "language": "en",
+            "blacklisted": False,
+            "first_seen": when(i),
+            "last_seen": when(i),
+        },
+        ORDERS,
+        Buyer,
+    )
+    chunked(
+        lambda i: {
+            "id": i + 1,
+            "buyer_id": FIRST_BUYER + i,
+            "product_id": product,
+            "quantity": 1,
+            "amount_minor": 999,
+            "currency": "usd",
+            "provider": "stripe",
+            "provider_ref": f"cs_big_{i}",
+            "payment_ref": f"pi_big_{i}",
+            "status": OrderStatus.FULFILLED,
+            "reserved_until": when(i) + seed.CHECKOUT_TTL,
+            "check_after": when(i) + seed.CHECKOUT_TTL,
+            "created_at": when(i),
+            "paid_at": when(i),
+            "paid_amount_minor": 999,
+            "paid_currency": "usd",
+            "fulfilled_at": when(i),
+            "closed_at": when(i),
+        },
+        ORDERS,
+        Order,
+    )
+    chunked(
+        lambda i: {
+            "id": i + 1,
+            "product_id": product,
+            "batch_id": batch,
+            "ciphertext": tokens[i % len(tokens)],
+            "digest": rng.randbytes(32),
+            "status": KeyStatus.SOLD if i < ORDERS else KeyStatus.AVAILABLE,
+            "order_id": i + 1 if i < ORDERS else None,
+        },
+        KEYS,
+        Key,
+    )
+    chunked(
+        lambda i: {
+            "provider": "stripe",
+            "event_id": f"evt_big_{i}",
+            "type": "checkout.session.completed",
+            "order_id": i + 1,
+            "received_at": when(i),
+        },
+        ORDERS,
+        PaymentEvent,
+    )
+    chunked(
+        lambda i: {
+            "id": i + 1,
+            "order_id": i + 1,
+            "kind": DeliveryKind.KEYS,
+            "chat_id": FIRST_BUYER + i,
+            "status": DeliveryStatus.SENT,
+            "attempts": 1,
+            "next_attempt_at": when(i),
+            "message_id": 2,
+            "created_at": when(i),
+            "sent_at": when(i),
+        },
+        ORDERS,
+        Delivery,
+    )
+    chunked(
+        lambda i: {
+            "order_id": i + 1,
+            "delivery_id": i + 1,
+            "how": DeliveryKind.KEYS,
+            "chat_id": FIRST_BUYER + i,
+            "message_id": 2,
+            "revealed_at": when(i),
+            "delete_after": None,
+        },
+        ORDERS,
+        Reveal,
+    )
 
 
 async def peak_memory(ctx: Context) -> list[Row]:
@@ -166,30 +243,55 @@ async def peak_memory(ctx: Context) -> list[Row]:
     concurrency = ctx.best_concurrency.get("sqlite", 16)
     async with fakes(telegram_cap=webhook.TELEGRAM_RATE) as (telegram, stripe):
         async with opened(url) as db:
-            product = await db.read(lambda s: s.scalar(select(Product.id).where(Product.sku == "BIG")))
-            orders = await seed.pending_orders(db, stripe, product, load + 1, first_buyer=FIRST_BUYER + ORDERS)
-        bare = await measure_bare(ctx, seed.paid_events(stripe, [orders.pop()[1]])[0], (concurrency,))
-        async with keyvend_app(ctx, url, telegram=telegram, stripe=stripe, telegram_rate=webhook.TELEGRAM_RATE,
-                               name="memory", key_secret=secret) as app:
+            product = await db.read(
+                lambda s: s.scalar(select(Product.id).where(Product.sku == "BIG"))
+            )
+            orders = await seed.pending_orders(
+                db, stripe, product, load + 1, first_buyer=FIRST_BUYER + ORDERS
+            )
+        bare = await measure_bare(
+            ctx, seed.paid_events(stripe, [orders.pop()[1]])[0], (concurrency,)
+        )
+        async with keyvend_app(
+            ctx,
+            url,
+            telegram=telegram,
+            stripe=stripe,
+            telegram_rate=webhook.TELEGRAM_RATE,
+            name="memory",
+            key_secret=secret,
+        ) as app:
             await asyncio.sleep(idle_seconds)
             idle = app.process.peak_rss()
-            result = await webhook.post_paid(app.port, stripe, [session for _, session in orders], concurrency,
-                                             server=app.process)
+            result = await webhook.post_paid(
+                app.port,
+                stripe,
+                [session for _, session in orders],
+                concurrency,
+                server=app.process,
+            )
             loaded = app.process.peak_rss()
     base = bare.peak_rss
     cache_note = f"built in {built:.0f} s" if built > 5 else "reused from the cache"
-    common = (f"`keyvend run` subprocess on a copy of the cached shop ({cache_note}: {cached.parent}); "
-              f"ratio = keyvend's peak ÷ the bare aiohttp process's ({mb(base)})")
+    common = (
+        f"`keyvend run` subprocess on a copy of the cached shop ({cache_note}: {cached.parent}); "
+        f"ratio = keyvend's peak ÷ the bare aiohttp process's ({mb(base)})"
+    )
     return [
         Row(
             benchmark="memory, 1M keys / 100k orders, idle (sqlite)",
             figure=f"peak RSS {mb(idle)} after start and {idle_seconds} s idle",
-            ratio=idle / base, goal=f"≤ {GOAL_MB} MB", passed=idle <= GOAL_MB * 10**6, notes=[common],
+            ratio=idle / base,
+            goal=f"≤ {GOAL_MB} MB",
+            passed=idle <= GOAL_MB * 10**6,
+            notes=[common],
         ),
         Row(
             benchmark="memory, 1M keys / 100k orders, webhook load (sqlite)",
             figure=f"peak RSS {mb(loaded)} after {load} events at concurrency {concurrency} "
-                   f"({result.rate:.0f} events/s)",
-            ratio=loaded / base, goal=f"≤ {GOAL_MB} MB", passed=loaded <= GOAL_MB * 10**6,
+            f"({result.rate:.0f} events/s)",
+            ratio=loaded / base,
+            goal=f"≤ {GOAL_MB} MB",
+            passed=loaded <= GOAL_MB * 10**6,
         ),
     ]

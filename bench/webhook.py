@@ -73,21 +73,38 @@ async def run(ctx: Context) -> list[Row]:
 async def fulfilment(ctx: Context, kind: str) -> Row:
     levels = QUICK_LEVELS if ctx.quick else LEVELS
     per_level = events_per_level(ctx)
-    async with fakes(telegram_cap=TELEGRAM_RATE) as (telegram, stripe), \
-            database(kind, ctx.scratch(f"webhook-{kind}")) as url:
+    async with (
+        fakes(telegram_cap=TELEGRAM_RATE) as (telegram, stripe),
+        database(kind, ctx.scratch(f"webhook-{kind}")) as url,
+    ):
         async with opened(url) as db:
-            product = await seed.stocked_product(db, KeyVault(ctx.key_secret), keys=per_level * len(levels) + 200)
+            product = await seed.stocked_product(
+                db, KeyVault(ctx.key_secret), keys=per_level * len(levels) + 200
+            )
             # One order more than is sent: its event is the body the bare baseline receives.
-            orders = await seed.pending_orders(db, stripe, product, per_level * len(levels) + 1,
-                                               first_buyer=FIRST_BUYER)
+            orders = await seed.pending_orders(
+                db, stripe, product, per_level * len(levels) + 1, first_buyer=FIRST_BUYER
+            )
         bare = await measure_bare(ctx, seed.paid_events(stripe, [orders.pop()[1]])[0], levels)
-        async with keyvend_app(ctx, url, telegram=telegram, stripe=stripe, telegram_rate=TELEGRAM_RATE,
-                               name=f"webhook-{kind}") as app:
+        async with keyvend_app(
+            ctx,
+            url,
+            telegram=telegram,
+            stripe=stripe,
+            telegram_rate=TELEGRAM_RATE,
+            name=f"webhook-{kind}",
+        ) as app:
             results = {}
             for index, level in enumerate(levels):
                 batch = orders[index * per_level : (index + 1) * per_level]
-                results[level] = await post_paid(app.port, stripe, [session for _, session in batch], level,
-                                                 time_limit=LEVEL_SECONDS, server=app.process)
+                results[level] = await post_paid(
+                    app.port,
+                    stripe,
+                    [session for _, session in batch],
+                    level,
+                    time_limit=LEVEL_SECONDS,
+                    server=app.process,
+                )
             peak = app.process.peak_rss()
         total = sum(result.sent for result in results.values())
         after = await tally(url)
@@ -112,10 +129,14 @@ async def post_paid(
 ) -> LoadResult:
     """Pay the sessions, post their signed events, and insist every one sent was fulfilled."""
     events = seed.paid_events(stripe, session_ids)
-    result = await closed_loop(port, "/stripe/webhook", events, concurrency, time_limit=time_limit, server=server)
+    result = await closed_loop(
+        port, "/stripe/webhook", events, concurrency, time_limit=time_limit, server=server
+    )
     fulfilled = sum(b'"fulfilled"' in body for body in result.bodies)
     if fulfilled != result.sent:
-        raise RuntimeError(f"{fulfilled} of {result.sent} events fulfilled; statuses {result.statuses}")
+        raise RuntimeError(
+            f"{fulfilled} of {result.sent} events fulfilled; statuses {result.statuses}"
+        )
     return result
 
 
@@ -125,17 +146,26 @@ async def in_process(ctx: Context) -> Row:
     the same way. Only at the best SQLite concurrency found above."""
     level = ctx.best_concurrency.get("sqlite", 16)
     count = events_per_level(ctx)
-    async with fakes(telegram_cap=TELEGRAM_RATE) as (telegram, stripe), \
-            database("sqlite", ctx.scratch("webhook-in-process")) as url:
+    async with (
+        fakes(telegram_cap=TELEGRAM_RATE) as (telegram, stripe),
+        database("sqlite", ctx.scratch("webhook-in-process")) as url,
+    ):
         async with opened(url) as db:
             product = await seed.stocked_product(db, KeyVault(ctx.key_secret), keys=count + 200)
-            orders = await seed.pending_orders(db, stripe, product, count + 1, first_buyer=FIRST_BUYER)
+            orders = await seed.pending_orders(
+                db, stripe, product, count + 1, first_buyer=FIRST_BUYER
+            )
         sample = seed.paid_events(stripe, [orders.pop()[1]])[0]
         bare = await _bare_in_process(sample, level, count * 4)
         settings = shop_settings(url, telegram, stripe, ctx.key_secret, telegram_rate=TELEGRAM_RATE)
         async with running(settings, telegram, stripe):
-            result = await post_paid(settings.http_port, stripe, [session for _, session in orders], level,
-                                     time_limit=LEVEL_SECONDS)
+            result = await post_paid(
+                settings.http_port,
+                stripe,
+                [session for _, session in orders],
+                level,
+                time_limit=LEVEL_SECONDS,
+            )
         await invariants_hold(ctx, url)
     ratio = result.rate / bare
     return Row(
@@ -146,9 +176,13 @@ async def in_process(ctx: Context) -> Row:
         passed=ratio >= GOAL,
         p50=ms(percentile(result.latencies, 50)),
         p99=ms(percentile(result.latencies, 99)),
-        notes=[f"`bot.app.serve` in the bench's event loop, sharing one thread with the load generator and "
-               f"the fakes, as is the bare handler it is divided by; {result.sent} events, all fulfilled, "
-               "`keyvend check` clean"],
+        notes=[
+            (
+                f"`bot.app.serve` in the bench's event loop, sharing one thread with the load generator and "
+                f"the fakes, as is the bare handler it is divided by; {result.sent} events, all fulfilled, "
+                "`keyvend check` clean"
+            )
+        ],
     )
 
 
@@ -164,7 +198,9 @@ async def _bare_in_process(sample: Signed, concurrency: int, count: int) -> floa
     return result.rate
 
 
-def _row(kind: str, results: dict[int, LoadResult], best: int, bare: BareBaseline, total: int, peak: int) -> Row:
+def _row(
+    kind: str, results: dict[int, LoadResult], best: int, bare: BareBaseline, total: int, peak: int
+) -> Row:
     top = results[best]
     ratio = top.rate / bare.best
     per_level = ", ".join(f"c={c}: {r.rate:.0f}/s" for c, r in results.items())
@@ -182,10 +218,16 @@ def _row(kind: str, results: dict[int, LoadResult], best: int, bare: BareBaselin
         notes=[
             f"keyvend per level: {per_level}; bare per level: {bare_levels} ({bare.body_bytes}-byte body)",
             f"server CPU per request: keyvend {cpu * 1000:.2f} ms, bare {bare_cpu * 1000:.3f} ms "
-            f"(CPU ratio {bare_cpu / cpu:.3f}, which a busy machine hardly moves)" if cpu else "no CPU figure",
-            f"{total} events, every one answered 200 'fulfilled'; afterwards {total} orders fulfilled, "
-            f"{total} keys sold, {total} deliveries queued or sent, `keyvend check` clean",
-            f"app = `keyvend run` subprocess (peak RSS {mb(peak)}); load generator, fake Stripe "
-            f"and fake Bot API in the bench process; delivery worker sending at {TELEGRAM_RATE:.0f}/s meanwhile",
+            f"(CPU ratio {bare_cpu / cpu:.3f}, which a busy machine hardly moves)"
+            if cpu
+            else "no CPU figure",
+            (
+                f"{total} events, every one answered 200 'fulfilled'; afterwards {total} orders fulfilled, "
+                f"{total} keys sold, {total} deliveries queued or sent, `keyvend check` clean"
+            ),
+            (
+                f"app = `keyvend run` subprocess (peak RSS {mb(peak)}); load generator, fake Stripe "
+                f"and fake Bot API in the bench process; delivery worker sending at {TELEGRAM_RATE:.0f}/s meanwhile"
+            ),
         ],
     )

@@ -99,23 +99,25 @@ def add_handlers(application: Application) -> None:
             conversation_timeout=600,
         )
     )
-    application.add_handlers([
-        CommandHandler("start", buyer.start),
-        CommandHandler("buy", buyer.buy),
-        CommandHandler("orders", buyer.my_orders),
-        CommandHandler("help", buyer.help_command),
-        CommandHandler("stats", admin.stats),
-        CommandHandler("confirm", admin.confirm),
-        CallbackQueryHandler(buyer.show_catalogue, pattern=r"^cat$"),
-        CallbackQueryHandler(buyer.show_product, pattern=r"^p:\d{1,9}:\d{1,3}$"),
-        CallbackQueryHandler(buyer.pay, pattern=r"^pay:\d{1,9}:\d{1,3}$"),
-        CallbackQueryHandler(buyer.my_orders, pattern=r"^ords$"),
-        CallbackQueryHandler(buyer.show_order, pattern=r"^o:\d{1,9}$"),
-        CallbackQueryHandler(buyer.show_keys, pattern=r"^k:\d{1,9}$"),
-        CallbackQueryHandler(buyer.stale_button),
-        MessageHandler(filters.COMMAND, buyer.unknown),
-        MessageHandler(filters.TEXT, buyer.chatter),
-    ])
+    application.add_handlers(
+        [
+            CommandHandler("start", buyer.start),
+            CommandHandler("buy", buyer.buy),
+            CommandHandler("orders", buyer.my_orders),
+            CommandHandler("help", buyer.help_command),
+            CommandHandler("stats", admin.stats),
+            CommandHandler("confirm", admin.confirm),
+            CallbackQueryHandler(buyer.show_catalogue, pattern=r"^cat$"),
+            CallbackQueryHandler(buyer.show_product, pattern=r"^p:\d{1,9}:\d{1,3}$"),
+            CallbackQueryHandler(buyer.pay, pattern=r"^pay:\d{1,9}:\d{1,3}$"),
+            CallbackQueryHandler(buyer.my_orders, pattern=r"^ords$"),
+            CallbackQueryHandler(buyer.show_order, pattern=r"^o:\d{1,9}$"),
+            CallbackQueryHandler(buyer.show_keys, pattern=r"^k:\d{1,9}$"),
+            CallbackQueryHandler(buyer.stale_button),
+            MessageHandler(filters.COMMAND, buyer.unknown),
+            MessageHandler(filters.TEXT, buyer.chatter),
+        ]
+    )
     application.add_error_handler(_on_error)
 
 
@@ -127,7 +129,9 @@ async def _on_error(update: object, context: KeyvendContext) -> None:
         user = update.effective_user
         language = language_of(user.language_code if user else None)
         try:
-            await update.effective_chat.send_message(t(language, "Sorry, something went wrong on our side. Please try again."))
+            await update.effective_chat.send_message(
+                t(language, "Sorry, something went wrong on our side. Please try again.")
+            )
         except Exception:  # noqa: BLE001 - the apology is best-effort
             log.warning("could not tell the user about the failure")
 
@@ -153,12 +157,18 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
         raise ConfigError("BOT_TOKEN is not set")
     metrics = Metrics()
     limiter = RateLimiter(
-        {"updates": settings.rate_limit_updates, "checkouts": settings.rate_limit_checkouts, "notices": "1/minute"},
+        {
+            "updates": settings.rate_limit_updates,
+            "checkouts": settings.rate_limit_checkouts,
+            "notices": "1/minute",
+        },
         redis_url=settings.redis_url,
         metrics=metrics,
     )
     application = build_telegram(settings)
-    notifier = AdminNotifier(lambda chat, text: application.bot.send_message(chat, text), settings.admin_ids, metrics)
+    notifier = AdminNotifier(
+        lambda chat, text: application.bot.send_message(chat, text), settings.admin_ids, metrics
+    )
     stripe = None
     if settings.stripe_enabled:
         stripe = StripeGateway(
@@ -170,8 +180,12 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
         db=db,
         vault=vault,
         admin_ids=settings.admin_ids,
-        checkout_policy=CheckoutPolicy(max_unpaid=settings.max_unpaid_orders, ttl=settings.checkout_ttl),
-        stock_policy=StockPolicy(backorder=settings.out_of_stock_policy is OutOfStockPolicy.BACKORDER),
+        checkout_policy=CheckoutPolicy(
+            max_unpaid=settings.max_unpaid_orders, ttl=settings.checkout_ttl
+        ),
+        stock_policy=StockPolicy(
+            backorder=settings.out_of_stock_policy is OutOfStockPolicy.BACKORDER
+        ),
         limiter=limiter,
         notifier=notifier,
         counters=metrics,
@@ -183,7 +197,9 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
     application.bot_data["shop"] = shop
     add_handlers(application)
     worker = DeliveryWorker(
-        shop, application.bot, metrics,
+        shop,
+        application.bot,
+        metrics,
         owner=f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:6]}",
         max_attempts=settings.delivery_max_attempts,
         lease=settings.delivery_lease,
@@ -215,7 +231,9 @@ async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Future[Parts]
     except InvalidToken:
         raise ConfigError("Telegram rejected BOT_TOKEN: copy it again from @BotFather") from None
     except NetworkError as exc:
-        raise ConfigError(f"cannot reach the Telegram Bot API at {settings.telegram_api_url}: {exc}") from None
+        raise ConfigError(
+            f"cannot reach the Telegram Bot API at {settings.telegram_api_url}: {exc}"
+        ) from None
     runner = web.AppRunner(parts.web, access_log=None)
     await runner.setup()
     tasks: list[asyncio.Task[None]] = []
@@ -238,19 +256,31 @@ async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Future[Parts]
             asyncio.create_task(parts.worker.run(stop), name="delivery"),
             asyncio.create_task(parts.notifier.run(stop), name="notifier"),
             asyncio.create_task(
-                jobs.every(settings.reconcile_interval.total_seconds(), lambda: jobs.reconcile(shop), stop,
-                           wake=refunds_due, name="reconciliation"),
+                jobs.every(
+                    settings.reconcile_interval.total_seconds(),
+                    lambda: jobs.reconcile(shop),
+                    stop,
+                    wake=refunds_due,
+                    name="reconciliation",
+                ),
                 name="reconciliation",
             ),
             asyncio.create_task(
-                jobs.every(_EXPIRY_INTERVAL, lambda: jobs.remove_expired_key_messages(shop, application.bot), stop,
-                           name="key expiry"),
+                jobs.every(
+                    _EXPIRY_INTERVAL,
+                    lambda: jobs.remove_expired_key_messages(shop, application.bot),
+                    stop,
+                    name="key expiry",
+                ),
                 name="key-expiry",
             ),
         ]
         log.info(
             "keyvend is running as @%s: HTTP on %s:%s, Telegram %s, card payments %s",
-            application.bot.username, settings.http_host, settings.http_port, settings.telegram_mode.value,
+            application.bot.username,
+            settings.http_host,
+            settings.http_port,
+            settings.telegram_mode.value,
             "on" if shop.stripe else "off (set STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET)",
         )
         if started is not None:

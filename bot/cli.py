@@ -70,7 +70,9 @@ def _run(work: Awaitable[int | None]) -> int:
         return runner.run(work) or 0
 
 
-async def _with_db(settings: Settings, work: Callable[[Database], Awaitable[int | None]]) -> int | None:
+async def _with_db(
+    settings: Settings, work: Callable[[Database], Awaitable[int | None]]
+) -> int | None:
     db = Database(settings.database_url)
     try:
         await migrate(db)
@@ -109,10 +111,17 @@ async def _done(message: str) -> int:
 async def cmd_product_add(settings: Settings, args: argparse.Namespace) -> int:
     async def work(db: Database) -> int:
         product = await catalogue.add_product(
-            db, args.sku, args.name, args.price, args.currency,
-            description=args.description or "", kind=ProductKind(args.kind),
-            max_per_order=args.max_per_order, max_per_buyer=args.max_per_buyer,
-            low_stock_threshold=args.low_stock, delivery_template=args.template or "",
+            db,
+            args.sku,
+            args.name,
+            args.price,
+            args.currency,
+            description=args.description or "",
+            kind=ProductKind(args.kind),
+            max_per_order=args.max_per_order,
+            max_per_buyer=args.max_per_buyer,
+            low_stock_threshold=args.low_stock,
+            delivery_template=args.template or "",
         )
         print(f"added {product.sku}: {product.name}, {_price(product)}")
         return 0
@@ -122,17 +131,27 @@ async def cmd_product_add(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_product_edit(settings: Settings, args: argparse.Namespace) -> int:
     changes = ProductChanges(
-        name=args.name, description=args.description, price=args.price, currency=args.currency,
-        max_per_order=args.max_per_order, max_per_buyer=args.max_per_buyer,
-        low_stock_threshold=args.low_stock, delivery_template=args.template, active=args.active,
+        name=args.name,
+        description=args.description,
+        price=args.price,
+        currency=args.currency,
+        max_per_order=args.max_per_order,
+        max_per_buyer=args.max_per_buyer,
+        low_stock_threshold=args.low_stock,
+        delivery_template=args.template,
+        active=args.active,
         language=args.lang,
     )
     if changes == ProductChanges(language=args.lang):
-        raise Failure("nothing to change: give at least one option, see `keyvend product edit --help`")
+        raise Failure(
+            "nothing to change: give at least one option, see `keyvend product edit --help`"
+        )
 
     async def work(db: Database) -> int:
         product = await catalogue.edit_product(db, args.sku, changes)
-        print(f"updated {product.sku}: {product.name}, {_price(product)}, {'on sale' if product.active else 'off sale'}")
+        print(
+            f"updated {product.sku}: {product.name}, {_price(product)}, {'on sale' if product.active else 'off sale'}"
+        )
         return 0
 
     return await _with_db(settings, work)
@@ -143,12 +162,16 @@ async def cmd_product_list(settings: Settings, args: argparse.Namespace) -> int:
         products = {p.sku: p for p in await catalogue.list_products(db, active_only=False)}
         levels = await inventory.stock_levels(db)
         if not levels:
-            print("no products yet: keyvend product add SKU --name NAME --price 9.99 --currency usd")
+            print(
+                "no products yet: keyvend product add SKU --name NAME --price 9.99 --currency usd"
+            )
         for level in levels:
             p = products[level.sku]
             state = "" if p.active else "  (off sale)"
-            print(f"{p.sku:<20} {_price(p):>12}  available {level.available:>7}  reserved {level.reserved:>5}  "
-                  f"sold {level.sold:>7}  {p.name}{state}")
+            print(
+                f"{p.sku:<20} {_price(p):>12}  available {level.available:>7}  reserved {level.reserved:>5}  "
+                f"sold {level.sold:>7}  {p.name}{state}"
+            )
         return 0
 
     return await _with_db(settings, work)
@@ -165,11 +188,15 @@ async def cmd_keys_import(settings: Settings, args: argparse.Namespace) -> int:
     async def work(db: Database) -> int:
         parsed = inventory.parse_keys(data, is_csv=path.suffix.lower() == ".csv")
         report = await inventory.restock(db, vault, args.sku, parsed, source="cli")
-        print(f"{report.sku}: added {report.added}, skipped {report.duplicates} duplicates, "
-              f"rejected {report.rejected} lines ({report.empty} empty, {report.too_long} too long, "
-              f"{report.binary} binary); available now {report.available}")
+        print(
+            f"{report.sku}: added {report.added}, skipped {report.duplicates} duplicates, "
+            f"rejected {report.rejected} lines ({report.empty} empty, {report.too_long} too long, "
+            f"{report.binary} binary); available now {report.available}"
+        )
         if report.backorders_fulfilled:
-            print(f"filled {len(report.backorders_fulfilled)} backordered orders: the running bot delivers them")
+            print(
+                f"filled {len(report.backorders_fulfilled)} backordered orders: the running bot delivers them"
+            )
         return 0
 
     return await _with_db(settings, work)
@@ -180,14 +207,23 @@ async def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
         stats = await reports.sales(db)
         for period in stats.periods:
             label = "today" if period.days == 1 else f"last {period.days} days"
-            revenue = ", ".join(f"{to_major(m, c)} {c.upper()}" for c, m in sorted(period.revenue.items())) or "-"
+            revenue = (
+                ", ".join(
+                    f"{to_major(m, c)} {c.upper()}" for c, m in sorted(period.revenue.items())
+                )
+                or "-"
+            )
             print(f"{label:<13} {period.orders:>6} orders  {revenue}")
         for level in await inventory.stock_levels(db):
             low = "  LOW" if level.low and level.active else ""
-            print(f"{level.sku:<20} available {level.available:>7}  reserved {level.reserved:>5}  "
-                  f"sold {level.sold:>7}  revoked {level.revoked:>5}{low}")
+            print(
+                f"{level.sku:<20} available {level.available:>7}  reserved {level.reserved:>5}  "
+                f"sold {level.sold:>7}  revoked {level.revoked:>5}{low}"
+            )
         if stats.attention:
-            print(f"needs attention: {stats.attention} (orders in review or owed a refund, undelivered messages)")
+            print(
+                f"needs attention: {stats.attention} (orders in review or owed a refund, undelivered messages)"
+            )
         return 0
 
     return await _with_db(settings, work)
@@ -220,23 +256,37 @@ def _price(product: catalogue.ProductView) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="keyvend", description="A Telegram shop for digital keys.")
+    parser = argparse.ArgumentParser(
+        prog="keyvend", description="A Telegram shop for digital keys."
+    )
     commands = parser.add_subparsers(title="commands")
 
-    commands.add_parser("run", help="migrate the database and start the bot").set_defaults(command=cmd_run)
-    commands.add_parser("migrate", help="bring the database schema up to date").set_defaults(command=cmd_migrate)
+    commands.add_parser("run", help="migrate the database and start the bot").set_defaults(
+        command=cmd_run
+    )
+    commands.add_parser("migrate", help="bring the database schema up to date").set_defaults(
+        command=cmd_migrate
+    )
     commands.add_parser("stats", help="orders, revenue and stock").set_defaults(command=cmd_stats)
-    commands.add_parser("check", help="verify the invariants on the database").set_defaults(command=cmd_check)
-    commands.add_parser("keygen", help="print a new KEY_ENCRYPTION_KEY").set_defaults(command=cmd_keygen)
+    commands.add_parser("check", help="verify the invariants on the database").set_defaults(
+        command=cmd_check
+    )
+    commands.add_parser("keygen", help="print a new KEY_ENCRYPTION_KEY").set_defaults(
+        command=cmd_keygen
+    )
 
-    product = commands.add_parser("product", help="manage the catalogue").add_subparsers(title="product commands")
+    product = commands.add_parser("product", help="manage the catalogue").add_subparsers(
+        title="product commands"
+    )
     add = product.add_parser("add", help="add a product")
     add.add_argument("sku")
     add.add_argument("--name", required=True)
     add.add_argument("--price", required=True, help="e.g. 9.99")
     add.add_argument("--currency", required=True, help="three-letter code, e.g. usd")
     add.add_argument("--description")
-    add.add_argument("--kind", choices=[k.value for k in ProductKind], default=ProductKind.UNIQUE.value)
+    add.add_argument(
+        "--kind", choices=[k.value for k in ProductKind], default=ProductKind.UNIQUE.value
+    )
     add.add_argument("--max-per-order", type=int, default=10)
     add.add_argument("--max-per-buyer", type=int)
     add.add_argument("--low-stock", type=int, default=5, help="alert when stock falls to this")
@@ -245,7 +295,9 @@ def _parser() -> argparse.ArgumentParser:
 
     edit = product.add_parser("edit", help="change a product")
     edit.add_argument("sku")
-    edit.add_argument("--lang", choices=["en", "zh"], help="--name/--description set this language's text")
+    edit.add_argument(
+        "--lang", choices=["en", "zh"], help="--name/--description set this language's text"
+    )
     edit.add_argument("--name")
     edit.add_argument("--description")
     edit.add_argument("--price")
@@ -255,11 +307,15 @@ def _parser() -> argparse.ArgumentParser:
     edit.add_argument("--low-stock", type=int)
     edit.add_argument("--template")
     sale = edit.add_mutually_exclusive_group()
-    sale.add_argument("--active", dest="active", action="store_true", default=None, help="put on sale")
+    sale.add_argument(
+        "--active", dest="active", action="store_true", default=None, help="put on sale"
+    )
     sale.add_argument("--inactive", dest="active", action="store_false", help="take off sale")
     edit.set_defaults(command=cmd_product_edit)
 
-    product.add_parser("list", help="list products with stock").set_defaults(command=cmd_product_list)
+    product.add_parser("list", help="list products with stock").set_defaults(
+        command=cmd_product_list
+    )
 
     keys = commands.add_parser("keys", help="manage keys").add_subparsers(title="keys commands")
     load = keys.add_parser("import", help="import keys, one per line (.txt, .csv or - for stdin)")

@@ -98,9 +98,13 @@ class DeliveryWorker:
                     continue
                 try:
                     jobs = await deliveries.claim(
-                        self._shop.db, self._shop.vault, self.owner, limit=self._batch, lease=self._lease
+                        self._shop.db,
+                        self._shop.vault,
+                        self.owner,
+                        limit=self._batch,
+                        lease=self._lease,
                     )
-                except Exception:  # noqa: BLE001 - the database may come back; keep the worker alive
+                except Exception:  # the database may come back; keep the worker alive
                     log.exception("claiming deliveries failed; retrying")
                     await asyncio.sleep(1.0)
                     continue
@@ -152,7 +156,10 @@ class DeliveryWorker:
         try:
             for text in texts:
                 await self._pace(job.chat_id)
-                if datetime.now(UTC) > self._leases.get(job.id, job.lease_expires_at) - self._margin:
+                if (
+                    datetime.now(UTC)
+                    > self._leases.get(job.id, job.lease_expires_at) - self._margin
+                ):
                     return None  # lease nearly over: let whoever claims it next send it
                 message = await self._bot.send_message(
                     job.chat_id,
@@ -164,8 +171,13 @@ class DeliveryWorker:
                 message_ids.append(message.message_id)
         except RetryAfter as exc:
             self._metrics.count("keyvend_telegram_retry_after_total")
-            return Done(job, Outcome.RETRY, retry_at=_after(retry_after(exc)), error="429 Too Many Requests",
-                        count_attempt=False)
+            return Done(
+                job,
+                Outcome.RETRY,
+                retry_at=_after(retry_after(exc)),
+                error="429 Too Many Requests",
+                count_attempt=False,
+            )
         except Forbidden as exc:
             return self._undeliverable(job, f"Forbidden: {exc.message}"[:200])
         except BadRequest as exc:
@@ -173,7 +185,7 @@ class DeliveryWorker:
             return self._undeliverable(job, f"Bad Request: {exc.message}"[:200])
         except (NetworkError, TelegramError, OSError) as exc:
             return self._retry(job, f"{type(exc).__name__}: {exc}"[:200])
-        except Exception as exc:  # noqa: BLE001 - never lose a delivery to an unexpected error
+        except Exception as exc:  # never lose a delivery to an unexpected error
             log.exception("delivery %s failed unexpectedly", job.id)
             return self._retry(job, type(exc).__name__)
         return Done(job, Outcome.SENT, message_ids=tuple(message_ids))
@@ -181,7 +193,7 @@ class DeliveryWorker:
     def _retry(self, job: Job, error: str) -> Done:
         if job.attempts + 1 >= self._max_attempts:
             return self._undeliverable(job, error)
-        backoff = min(_MAX_BACKOFF, 2.0 ** job.attempts) * (0.5 + random.random())
+        backoff = min(_MAX_BACKOFF, 2.0**job.attempts) * (0.5 + random.random())
         log.info("delivery %s failed (%s); retrying in %.1fs", job.id, error, backoff)
         return Done(job, Outcome.RETRY, retry_at=_after(backoff), error=error)
 
@@ -194,7 +206,10 @@ class DeliveryWorker:
                 "They remain in the buyer's /orders.",
             )
         else:
-            self._shop.notifier.alert("undeliverable", f"Order #{job.order_id}: a {job.kind} notice could not be delivered ({error}).")
+            self._shop.notifier.alert(
+                "undeliverable",
+                f"Order #{job.order_id}: a {job.kind} notice could not be delivered ({error}).",
+            )
         return Done(job, Outcome.UNDELIVERABLE, error=error)
 
     async def _pace(self, chat_id: int) -> None:
@@ -213,14 +228,18 @@ class DeliveryWorker:
             await asyncio.sleep(self._lease.total_seconds() / 3)
             ids, now = list(self._leases), datetime.now(UTC)
             try:
-                held = await deliveries.renew(self._shop.db, self.owner, ids, lease=self._lease, now=now)
-            except Exception:  # noqa: BLE001 - the lease may lapse; a taker-over sends it then
+                held = await deliveries.renew(
+                    self._shop.db, self.owner, ids, lease=self._lease, now=now
+                )
+            except Exception:  # the lease may lapse; a taker-over sends it then
                 log.exception("renewing delivery leases failed")
                 continue
             lease_end = now + self._lease
             for delivery_id in ids:
                 if delivery_id in self._leases:
-                    self._leases[delivery_id] = lease_end if delivery_id in held else datetime.min.replace(tzinfo=UTC)
+                    self._leases[delivery_id] = (
+                        lease_end if delivery_id in held else datetime.min.replace(tzinfo=UTC)
+                    )
 
     async def _record(self) -> None:
         """Write outcomes back in batches: one transaction for everything finished meanwhile."""
@@ -238,7 +257,7 @@ class DeliveryWorker:
                 await deliveries.finish(
                     self._shop.db, self.owner, batch, key_message_ttl=self._shop.key_message_ttl
                 )
-            except Exception:  # noqa: BLE001 - keep the outcomes and try again
+            except Exception:  # keep the outcomes and try again
                 log.exception("recording %d delivery outcomes failed; retrying", len(batch))
                 self._done = batch + self._done
                 await asyncio.sleep(0.5)
@@ -246,7 +265,9 @@ class DeliveryWorker:
             now = datetime.now(UTC)
             for done in batch:
                 if done.outcome is Outcome.SENT:
-                    self._metrics.delivery_lag_seconds.observe((now - done.job.queued_at).total_seconds())
+                    self._metrics.delivery_lag_seconds.observe(
+                        (now - done.job.queued_at).total_seconds()
+                    )
 
 
 def _after(seconds: float) -> datetime:

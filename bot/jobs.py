@@ -39,7 +39,12 @@ async def reconcile(shop: Shop, *, now: datetime | None = None) -> list[orders.R
         moment = now or datetime.now(UTC)
         try:
             result = await orders.confirm(
-                shop.db, shop.gateways, pending.order_id, shop.stock_policy, close_if_open=True, now=now
+                shop.db,
+                shop.gateways,
+                pending.order_id,
+                shop.stock_policy,
+                close_if_open=True,
+                now=now,
             )
         except PaymentUnavailable:
             await orders.postpone_check(shop.db, pending.order_id, moment + _RETRY_UNREACHABLE)
@@ -47,7 +52,9 @@ async def reconcile(shop: Shop, *, now: datetime | None = None) -> list[orders.R
         except (NotFound, OrderNotPayable):
             continue  # settled by a webhook meanwhile
         if result.outcome is Outcome.AWAITING:
-            await orders.postpone_check(shop.db, pending.order_id, moment + shop.checkout_policy.ttl * 12)
+            await orders.postpone_check(
+                shop.db, pending.order_id, moment + shop.checkout_policy.ttl * 12
+            )
         elif result.outcome is Outcome.UNCHANGED:
             await orders.postpone_check(shop.db, pending.order_id, moment + _RECHECK_OPEN)
         else:
@@ -93,7 +100,9 @@ async def remove_expired_key_messages(shop: Shop, bot: Bot) -> int:
     return len(handled)
 
 
-async def every(interval: float, job, stop: asyncio.Event, *, wake: asyncio.Event | None = None, name: str) -> None:
+async def every(
+    interval: float, job, stop: asyncio.Event, *, wake: asyncio.Event | None = None, name: str
+) -> None:
     """Run `job()` now and then every `interval` seconds (sooner when woken) until `stop`."""
     events = (stop,) if wake is None else (stop, wake)
     while not stop.is_set():
@@ -101,6 +110,6 @@ async def every(interval: float, job, stop: asyncio.Event, *, wake: asyncio.Even
             wake.clear()  # before the pass: a wake-up during it means "run again"
         try:
             await job()
-        except Exception:  # noqa: BLE001 - a failing pass must not end the job
+        except Exception:  # a failing pass must not end the job
             log.exception("%s failed; will run again", name)
         await wait_any(*events, timeout=interval)

@@ -38,6 +38,7 @@ def encryption_key(settings: Settings) -> str:
         file.write(key + "\n")
     log.warning(
         "generated a key encryption key in %s: back it up together with the database; "
-        "without it the stored keys cannot be read", path,
+        "without it the stored keys cannot be read",
+        path,
     )
     return key

@@ -12,7 +12,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 _COUNTERS = {
     "keyvend_transitions_total": ("Order transitions applied, by outcome", ("outcome",)),
     "keyvend_checkouts_total": ("Checkout attempts, by outcome", ("outcome",)),
-    "keyvend_webhook_events_total": ("Stripe events handled, by type and outcome", ("type", "outcome")),
+    "keyvend_webhook_events_total": (
+        "Stripe events handled, by type and outcome",
+        ("type", "outcome"),
+    ),
     "keyvend_webhook_rejected_total": ("Stripe webhook requests rejected, by reason", ("reason",)),
     "keyvend_deliveries_total": ("Delivery attempts, by outcome", ("outcome",)),
     "keyvend_telegram_retry_after_total": ("Telegram 429 answers seen by the delivery worker", ()),
@@ -27,15 +30,20 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._counters = {
-            name: Counter(name, doc, labels, registry=self.registry) for name, (doc, labels) in _COUNTERS.items()
+            name: Counter(name, doc, labels, registry=self.registry)
+            for name, (doc, labels) in _COUNTERS.items()
         }
         self.webhook_seconds = Histogram(
-            "keyvend_webhook_seconds", "Time to verify and apply a Stripe event", registry=self.registry,
+            "keyvend_webhook_seconds",
+            "Time to verify and apply a Stripe event",
+            registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
         self.delivery_lag_seconds = Histogram(
-            "keyvend_delivery_lag_seconds", "From delivery queued to Telegram accepting the message",
-            registry=self.registry, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            "keyvend_delivery_lag_seconds",
+            "From delivery queued to Telegram accepting the message",
+            registry=self.registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
         )
 
     def count(self, name: str, **labels: str) -> None:

@@ -26,7 +26,13 @@ Send = Callable[[int, str], Awaitable[object]]
 
 class AdminNotifier:
     def __init__(
-        self, send: Send, admin_ids: Iterable[int], metrics: Metrics, *, window: float = 60.0, burst: int = 5
+        self,
+        send: Send,
+        admin_ids: Iterable[int],
+        metrics: Metrics,
+        *,
+        window: float = 60.0,
+        burst: int = 5,
     ) -> None:
         self._send = send
         self._admins = tuple(admin_ids)
@@ -58,7 +64,7 @@ class AdminNotifier:
             for admin in self._admins:
                 try:
                     await self._send(admin, text)
-                except Exception:  # noqa: BLE001 - an alert that cannot be sent must not stop the rest
+                except Exception:  # an alert that cannot be sent must not stop the rest
                     log.warning("could not send an alert to admin %s", admin, exc_info=True)
 
     def _take(self, now: float) -> list[str]:

@@ -72,4 +72,7 @@ class RateLimiter:
         now = time.monotonic()
         if now - self._last_warning >= _WARN_EVERY:
             self._last_warning = now
-            log.warning("rate limiter storage unreachable (%s); allowing requests unlimited", type(exc).__name__)
+            log.warning(
+                "rate limiter storage unreachable (%s); allowing requests unlimited",
+                type(exc).__name__,
+            )

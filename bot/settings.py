@@ -32,7 +32,9 @@ class OutOfStockPolicy(StrEnum):
 def _refuse_placeholder(name: str, value: SecretStr | str | None) -> None:
     raw = value.get_secret_value() if isinstance(value, SecretStr) else value
     if raw and _PLACEHOLDER.search(raw):
-        raise ValueError(f"{name} still holds the placeholder from .env.example; set the real value")
+        raise ValueError(
+            f"{name} still holds the placeholder from .env.example; set the real value"
+        )
 
 
 class Settings(BaseSettings):
@@ -85,7 +87,9 @@ class Settings(BaseSettings):
             try:
                 return frozenset(int(p) for p in parts)
             except ValueError:
-                raise ValueError("ADMIN_IDS must be Telegram user ids separated by commas") from None
+                raise ValueError(
+                    "ADMIN_IDS must be Telegram user ids separated by commas"
+                ) from None
         return value
 
     @field_validator("checkout_ttl")
@@ -101,7 +105,9 @@ class Settings(BaseSettings):
     def _check_bot_token(cls, value: SecretStr | None) -> SecretStr | None:
         _refuse_placeholder("BOT_TOKEN", value)
         if value is not None and not _BOT_TOKEN.match(value.get_secret_value()):
-            raise ValueError("BOT_TOKEN does not look like a token from @BotFather (digits:letters)")
+            raise ValueError(
+                "BOT_TOKEN does not look like a token from @BotFather (digits:letters)"
+            )
         return value
 
     @field_validator("stripe_secret_key")
@@ -126,9 +132,17 @@ class Settings(BaseSettings):
         _refuse_placeholder("a secret setting", value)
         return value
 
-    @field_validator("bot_token", "stripe_secret_key", "stripe_webhook_secret",
-                     "key_encryption_key", "telegram_webhook_secret", "redis_url",
-                     "stripe_api_base", "public_url", mode="before")
+    @field_validator(
+        "bot_token",
+        "stripe_secret_key",
+        "stripe_webhook_secret",
+        "key_encryption_key",
+        "telegram_webhook_secret",
+        "redis_url",
+        "stripe_api_base",
+        "public_url",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -138,7 +152,9 @@ class Settings(BaseSettings):
         if (self.stripe_secret_key is None) != (self.stripe_webhook_secret is None):
             raise ValueError("set both STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET, or neither")
         if self.telegram_mode is TelegramMode.WEBHOOK and not self.public_url:
-            raise ValueError("TELEGRAM_MODE=webhook needs PUBLIC_URL (the https address of this server)")
+            raise ValueError(
+                "TELEGRAM_MODE=webhook needs PUBLIC_URL (the https address of this server)"
+            )
         return self
 
     @property
@@ -151,6 +167,11 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Every secret value, for the log filter that scrubs them."""
-        values = [self.bot_token, self.stripe_secret_key, self.stripe_webhook_secret,
-                  self.key_encryption_key, self.telegram_webhook_secret]
+        values = [
+            self.bot_token,
+            self.stripe_secret_key,
+            self.stripe_webhook_secret,
+            self.key_encryption_key,
+            self.telegram_webhook_secret,
+        ]
         return [v.get_secret_value() for v in values if v is not None]

@@ -48,14 +48,16 @@ class StripeGateway:
         order = str(request.order_id)
         params: dict[str, Any] = {
             "mode": "payment",
-            "line_items": [{
-                "quantity": request.quantity,
-                "price_data": {
-                    "currency": request.currency,
-                    "unit_amount": request.unit_amount_minor,
-                    "product_data": {"name": request.product_name[:250]},
-                },
-            }],
+            "line_items": [
+                {
+                    "quantity": request.quantity,
+                    "price_data": {
+                        "currency": request.currency,
+                        "unit_amount": request.unit_amount_minor,
+                        "product_data": {"name": request.product_name[:250]},
+                    },
+                }
+            ],
             "client_reference_id": order,
             "metadata": {"order_id": order},
             "payment_intent_data": {"metadata": {"order_id": order}},
@@ -66,13 +68,17 @@ class StripeGateway:
             "cancel_url": self._success_url(request.order_id),
         }
         session = await self._call(
-            "open a checkout", self._client.v1.checkout.sessions.create_async,
-            params=params, options={"idempotency_key": f"checkout-order-{order}"},
+            "open a checkout",
+            self._client.v1.checkout.sessions.create_async,
+            params=params,
+            options={"idempotency_key": f"checkout-order-{order}"},
         )
         return CheckoutStarted(ref=session["id"], url=session["url"])
 
     async def checkout_status(self, order_id: int, checkout_ref: str | None) -> Payment:
-        session = await self._call("check a checkout", self._client.v1.checkout.sessions.retrieve_async, checkout_ref)
+        session = await self._call(
+            "check a checkout", self._client.v1.checkout.sessions.retrieve_async, checkout_ref
+        )
         return self._payment(order_id, session)
 
     async def cancel_checkout(self, order_id: int, checkout_ref: str | None) -> Payment:
@@ -88,8 +94,11 @@ class StripeGateway:
     async def refund(self, order_id: int, payment_ref: str, amount_minor: int) -> str:
         try:
             refund = await self._client.v1.refunds.create_async(
-                params={"payment_intent": payment_ref, "amount": amount_minor,
-                        "metadata": {"order_id": str(order_id)}},
+                params={
+                    "payment_intent": payment_ref,
+                    "amount": amount_minor,
+                    "metadata": {"order_id": str(order_id)},
+                },
                 options={"idempotency_key": f"refund-order-{order_id}"},
             )
         except stripe.InvalidRequestError as exc:
@@ -125,7 +134,11 @@ class StripeGateway:
     @staticmethod
     def _unavailable(what: str, exc: stripe.StripeError) -> PaymentUnavailable:
         # The SDK's message never holds the API key; keep only its class and code.
-        log.warning("Stripe could not %s: %s (%s)", what, type(exc).__name__, exc.code or exc.http_status)
+        log.warning(
+            "Stripe could not %s: %s (%s)", what, type(exc).__name__, exc.code or exc.http_status
+        )
         if isinstance(exc, stripe.AuthenticationError):
-            log.error("Stripe rejected STRIPE_SECRET_KEY: check it in the dashboard (Developers → API keys)")
+            log.error(
+                "Stripe rejected STRIPE_SECRET_KEY: check it in the dashboard (Developers → API keys)"
+            )
         return PaymentUnavailable(f"Stripe could not {what}")

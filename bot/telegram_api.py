@@ -76,9 +76,14 @@ class AiohttpRequest(BaseRequest):
             raise RuntimeError("AiohttpRequest is not initialized")
         files = request_data.multipart_data if request_data else None
         read = self._read_timeout if isinstance(read_timeout, DefaultValue) else read_timeout
-        write = (self._media_write_timeout if files else self._write_timeout) if isinstance(
-            write_timeout, DefaultValue) else write_timeout
-        connect = self._connect_timeout if isinstance(connect_timeout, DefaultValue) else connect_timeout
+        write = (
+            (self._media_write_timeout if files else self._write_timeout)
+            if isinstance(write_timeout, DefaultValue)
+            else write_timeout
+        )
+        connect = (
+            self._connect_timeout if isinstance(connect_timeout, DefaultValue) else connect_timeout
+        )
         # aiohttp has no separate write timeout: the request may take until both have passed.
         timeout = aiohttp.ClientTimeout(
             total=None if read is None or write is None else read + write,
@@ -90,7 +95,7 @@ class AiohttpRequest(BaseRequest):
                 method, url, data=self._body(request_data), timeout=timeout
             ) as response:
                 return response.status, await response.read()
-        except (TimeoutError, asyncio.TimeoutError) as exc:
+        except TimeoutError as exc:
             raise TimedOut from exc
         except aiohttp.ClientError as exc:
             raise NetworkError(f"aiohttp.{type(exc).__name__}: {exc}") from exc

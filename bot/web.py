@@ -55,7 +55,8 @@ async def healthz(request: web.Request) -> web.Response:
     redis = await limiter.ping() if limiter.shared else None
     status = "down" if not database else "degraded" if redis is False else "ok"
     return web.json_response(
-        {"status": status, "database": database, "redis": redis}, status=503 if status == "down" else 200
+        {"status": status, "database": database, "redis": redis},
+        status=503 if status == "down" else 200,
     )
 
 

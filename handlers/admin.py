@@ -35,6 +35,7 @@ Handler = Callable[[Update, KeyvendContext], Awaitable[object]]
 
 def admin_only(handler: Handler) -> Handler:
     """Let admins through; answer anyone else as if the command did not exist."""
+
     @functools.wraps(handler)
     async def guarded(update: Update, context: KeyvendContext) -> object:
         user = update.effective_user
@@ -66,14 +67,28 @@ async def restock(update: Update, context: KeyvendContext) -> int:
     try:
         await catalogue.get_product(context.shop.db, sku=sku)
     except NotFound:
-        await _reply(update, t(language, "There is no product {sku}. Add it with: keyvend product add", sku=render.html.escape(sku)))
+        await _reply(
+            update,
+            t(
+                language,
+                "There is no product {sku}. Add it with: keyvend product add",
+                sku=render.html.escape(sku),
+            ),
+        )
         return ConversationHandler.END
     _, _, pasted = update.effective_message.text.partition("\n")
     if pasted.strip():
         await _import(update, context, sku, inventory.parse_keys(pasted), source="chat")
         return ConversationHandler.END
     context.user_data["restock_sku"] = sku
-    await _reply(update, t(language, "Send the keys for {sku}: paste them one per line, or upload a .txt or .csv file. /cancel to stop.", sku=render.html.escape(sku)))
+    await _reply(
+        update,
+        t(
+            language,
+            "Send the keys for {sku}: paste them one per line, or upload a .txt or .csv file. /cancel to stop.",
+            sku=render.html.escape(sku),
+        ),
+    )
     return AWAITING_KEYS
 
 
@@ -81,7 +96,9 @@ async def restock(update: Update, context: KeyvendContext) -> int:
 async def receive_pasted_keys(update: Update, context: KeyvendContext) -> int:
     """Import keys pasted as a message."""
     sku = context.user_data.pop("restock_sku")
-    await _import(update, context, sku, inventory.parse_keys(update.effective_message.text), source="chat")
+    await _import(
+        update, context, sku, inventory.parse_keys(update.effective_message.text), source="chat"
+    )
     return ConversationHandler.END
 
 
@@ -100,15 +117,25 @@ async def receive_key_file(update: Update, context: KeyvendContext) -> int:
     sku = context.user_data.pop("restock_sku")
     file = await document.get_file()
     data = bytes(await file.download_as_bytearray())
-    await _import(update, context, sku, inventory.parse_keys(data, is_csv=_UPLOAD_TYPES[suffix]), source="file")
+    await _import(
+        update,
+        context,
+        sku,
+        inventory.parse_keys(data, is_csv=_UPLOAD_TYPES[suffix]),
+        source="file",
+    )
     return ConversationHandler.END
 
 
-async def _import(update: Update, context: KeyvendContext, sku: str, parsed: inventory.ParsedKeys, *, source: str) -> None:
+async def _import(
+    update: Update, context: KeyvendContext, sku: str, parsed: inventory.ParsedKeys, *, source: str
+) -> None:
     shop = context.shop
     language = _language(update)
     try:
-        report = await inventory.restock(shop.db, shop.vault, sku, parsed, source=source, admin_id=update.effective_user.id)
+        report = await inventory.restock(
+            shop.db, shop.vault, sku, parsed, source=source, admin_id=update.effective_user.id
+        )
     except (NotFound, inventory.InvalidInput) as exc:
         await _reply(update, render.html.escape(str(exc)))
         return
@@ -138,7 +165,10 @@ async def cancel(update: Update, context: KeyvendContext) -> int:
 async def stats(update: Update, context: KeyvendContext) -> None:
     """Orders and revenue for today, 7 and 30 days; stock per product with low stock marked."""
     db = context.shop.db
-    await _reply(update, render.stats(await reports.sales(db), await inventory.stock_levels(db), _language(update)))
+    await _reply(
+        update,
+        render.stats(await reports.sales(db), await inventory.stock_levels(db), _language(update)),
+    )
 
 
 @admin_only
@@ -153,8 +183,19 @@ async def confirm(update: Update, context: KeyvendContext) -> None:
     try:
         result = await orders.confirm(shop.db, shop.gateways, order_id, shop.stock_policy)
     except (NotFound, OrderNotPayable, PaymentUnavailable) as exc:
-        await _reply(update, t(language, "Order #{order}: {reason}", order=order_id, reason=render.html.escape(str(exc))))
+        await _reply(
+            update,
+            t(
+                language,
+                "Order #{order}: {reason}",
+                order=order_id,
+                reason=render.html.escape(str(exc)),
+            ),
+        )
         return
     shop.settled(result)
     log.info("admin %s confirmed order %s: %s", update.effective_user.id, order_id, result.outcome)
-    await _reply(update, t(language, "Order #{order}: {outcome}", order=order_id, outcome=result.outcome.value))
+    await _reply(
+        update,
+        t(language, "Order #{order}: {outcome}", order=order_id, outcome=result.outcome.value),
+    )

@@ -47,12 +47,16 @@ async def _show(update: Update, screen: render.Screen, *, edit: bool = False) ->
     query = update.callback_query
     if edit and query is not None and query.message is not None:
         try:
-            await query.edit_message_text(screen.text, parse_mode=ParseMode.HTML, reply_markup=screen.keyboard)
+            await query.edit_message_text(
+                screen.text, parse_mode=ParseMode.HTML, reply_markup=screen.keyboard
+            )
         except BadRequest as exc:
             if "not modified" not in str(exc).lower():
                 raise
         return
-    await update.effective_chat.send_message(screen.text, parse_mode=ParseMode.HTML, reply_markup=screen.keyboard)
+    await update.effective_chat.send_message(
+        screen.text, parse_mode=ParseMode.HTML, reply_markup=screen.keyboard
+    )
 
 
 async def _tell(update: Update, text: str) -> None:
@@ -95,14 +99,20 @@ async def start(update: Update, context: KeyvendContext) -> None:
     elif payload.startswith("paid_") and payload.removeprefix("paid_").isdigit():
         await _returned_from_payment(update, context, int(payload.removeprefix("paid_")))
     else:
-        await _show(update, render.catalogue(await catalogue.list_products(context.shop.db), language))
+        await _show(
+            update, render.catalogue(await catalogue.list_products(context.shop.db), language)
+        )
 
 
 async def show_catalogue(update: Update, context: KeyvendContext) -> None:
     """Replace the pressed message with the catalogue."""
     await update.callback_query.answer()
     language = _language(update)
-    await _show(update, render.catalogue(await catalogue.list_products(context.shop.db), language), edit=True)
+    await _show(
+        update,
+        render.catalogue(await catalogue.list_products(context.shop.db), language),
+        edit=True,
+    )
 
 
 async def buy(update: Update, context: KeyvendContext) -> None:
@@ -112,15 +122,26 @@ async def buy(update: Update, context: KeyvendContext) -> None:
     if not args or len(args) > 2 or (len(args) == 2 and not args[1].isdigit()):
         await _tell(update, t(language, "Usage: /buy SKU [quantity], for example /buy GAME-KEY 2"))
         return
-    await _open_product(update, context, sku=args[0], quantity=int(args[1]) if len(args) == 2 else 1)
+    await _open_product(
+        update, context, sku=args[0], quantity=int(args[1]) if len(args) == 2 else 1
+    )
 
 
-async def _open_product(update: Update, context: KeyvendContext, *, sku: str, quantity: int) -> None:
+async def _open_product(
+    update: Update, context: KeyvendContext, *, sku: str, quantity: int
+) -> None:
     language = _language(update)
     try:
         product = await catalogue.get_product(context.shop.db, sku=sku)
     except NotFound:
-        await _tell(update, t(language, "There is no product {sku}. /start shows the catalogue.", sku=render.html.escape(sku)))
+        await _tell(
+            update,
+            t(
+                language,
+                "There is no product {sku}. /start shows the catalogue.",
+                sku=render.html.escape(sku),
+            ),
+        )
         return
     if not product.active:
         await _tell(update, t(language, "This product is no longer on sale."))
@@ -128,9 +149,13 @@ async def _open_product(update: Update, context: KeyvendContext, *, sku: str, qu
     await _show(update, _card(context, product, quantity, language))
 
 
-def _card(context: KeyvendContext, product: catalogue.ProductView, quantity: int, language: str) -> render.Screen:
+def _card(
+    context: KeyvendContext, product: catalogue.ProductView, quantity: int, language: str
+) -> render.Screen:
     quantity = max(1, min(quantity, product.max_quantity() or 1))
-    return render.product_card(product, quantity, language, card_payments=context.shop.stripe is not None)
+    return render.product_card(
+        product, quantity, language, card_payments=context.shop.stripe is not None
+    )
 
 
 async def show_product(update: Update, context: KeyvendContext) -> None:
@@ -166,8 +191,13 @@ async def pay(update: Update, context: KeyvendContext) -> None:
     await query.answer(t(language, "Preparing your checkout…"))
     try:
         sale = await orders.checkout(
-            shop.db, shop.stripe, buyer_id=user_id, language=language, product_id=int(product_id),
-            quantity=int(quantity), policy=shop.checkout_policy,
+            shop.db,
+            shop.stripe,
+            buyer_id=user_id,
+            language=language,
+            product_id=int(product_id),
+            quantity=int(quantity),
+            policy=shop.checkout_policy,
         )
     except StoreError as exc:
         shop.counters.count("keyvend_checkouts_total", outcome=type(exc).__name__)
@@ -176,9 +206,12 @@ async def pay(update: Update, context: KeyvendContext) -> None:
     shop.counters.count("keyvend_checkouts_total", outcome="started")
     amount = render.money(sale.amount_minor, sale.currency, language)
     minutes = int((sale.expires_at - datetime.now(UTC)).total_seconds() // 60)
-    await _show(update, render.checkout_started(
-        sale.order_id, sale.quantity, sale.product_name, amount, sale.url, minutes, language
-    ))
+    await _show(
+        update,
+        render.checkout_started(
+            sale.order_id, sale.quantity, sale.product_name, amount, sale.url, minutes, language
+        ),
+    )
 
 
 def _checkout_refusal(exc: StoreError, language: str) -> str:
@@ -189,17 +222,26 @@ def _checkout_refusal(exc: StoreError, language: str) -> str:
         case OutOfStock(available=n):
             return t(language, "Sorry, only {n} left — please choose a smaller quantity.", n=n)
         case OverLimit(allowed=0):
-            return t(language, "You have already bought as many of this product as the shop allows.")
+            return t(
+                language, "You have already bought as many of this product as the shop allows."
+            )
         case OverLimit(allowed=n):
             return t(language, "You can buy at most {n} of this product now.", n=n)
         case TooManyUnpaid(limit=n):
-            return t(language, "You already have {n} unpaid orders. Pay or let one expire first (see /orders).", n=n)
+            return t(
+                language,
+                "You already have {n} unpaid orders. Pay or let one expire first (see /orders).",
+                n=n,
+            )
         case Blacklisted():
             return t(language, "Sorry, you can't buy in this shop.")
         case ProductInactive() | NotFound():
             return t(language, "This product is no longer on sale.")
         case PaymentUnavailable():
-            return t(language, "Card payment is unavailable right now — nothing was charged. Please try again in a minute.")
+            return t(
+                language,
+                "Card payment is unavailable right now — nothing was charged. Please try again in a minute.",
+            )
         case InvalidInput():
             return t(language, "That quantity can't be bought.")
     return t(language, "Sorry, that didn't work. Please try again.")
@@ -226,7 +268,9 @@ async def _returned_from_payment(update: Update, context: KeyvendContext, order_
 async def my_orders(update: Update, context: KeyvendContext) -> None:
     """List the buyer's latest orders (`/orders`, or the button back to them)."""
     language = _language(update)
-    listing = render.orders_list(await orders.buyer_orders(context.shop.db, update.effective_user.id, language), language)
+    listing = render.orders_list(
+        await orders.buyer_orders(context.shop.db, update.effective_user.id, language), language
+    )
     if update.callback_query is not None:
         await update.callback_query.answer()
         await _show(update, listing, edit=True)
@@ -239,7 +283,9 @@ async def show_order(update: Update, context: KeyvendContext) -> None:
     query = update.callback_query
     language = _language(update)
     try:
-        order = await orders.buyer_order(context.shop.db, int(query.data.split(":")[1]), update.effective_user.id, language)
+        order = await orders.buyer_order(
+            context.shop.db, int(query.data.split(":")[1]), update.effective_user.id, language
+        )
     except NotFound:
         await query.answer(t(language, "Order not found."), show_alert=True)
         return
@@ -252,7 +298,9 @@ async def show_keys(update: Update, context: KeyvendContext) -> None:
     query = update.callback_query
     language = _language(update)
     try:
-        await orders.show_keys_again(context.shop.db, int(query.data.split(":")[1]), update.effective_user.id)
+        await orders.show_keys_again(
+            context.shop.db, int(query.data.split(":")[1]), update.effective_user.id
+        )
     except NotFound:
         await query.answer(t(language, "Order not found."), show_alert=True)
         return
@@ -287,4 +335,6 @@ async def chatter(update: Update, context: KeyvendContext) -> None:
 
 async def stale_button(update: Update, context: KeyvendContext) -> None:
     """Answer a button whose data this bot does not understand (old or forged)."""
-    await update.callback_query.answer(t(_language(update), "This button has expired. Send /start."), show_alert=True)
+    await update.callback_query.answer(
+        t(_language(update), "This button has expired. Send /start."), show_alert=True
+    )

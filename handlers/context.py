@@ -89,13 +89,20 @@ class Shop:
                 "than ordered: held for review, no keys sent.",
             )
         elif o is Outcome.PARTIAL_REFUND:
-            self.notifier.alert("refund", f"Order #{result.order_id} was partially refunded in Stripe; keys left as they are.")
+            self.notifier.alert(
+                "refund",
+                f"Order #{result.order_id} was partially refunded in Stripe; keys left as they are.",
+            )
         elif o is Outcome.REFUNDED:
-            self.notifier.alert("refund", f"Order #{result.order_id} was refunded; its keys are revoked.")
+            self.notifier.alert(
+                "refund", f"Order #{result.order_id} was refunded; its keys are revoked."
+            )
         elif o is Outcome.UNKNOWN_ORDER:
             log.warning("payment event for unknown order %s ignored", result.order_id)
         if result.low_stock:
-            self.notifier.alert("low_stock", f"Low stock: {result.sku} has {result.stock_left} left.")
+            self.notifier.alert(
+                "low_stock", f"Low stock: {result.sku} has {result.stock_left} left."
+            )
         self.counters.count("keyvend_transitions_total", outcome=o.value)
 
 
@@ -105,7 +112,9 @@ SHOP: web.AppKey[Shop] = web.AppKey("shop", Shop)
 class KeyvendContext(CallbackContext[ExtBot, dict, dict, dict]):
     """PTB's context with the shop's services one attribute away."""
 
-    def __init__(self, application: Application, chat_id: int | None = None, user_id: int | None = None) -> None:
+    def __init__(
+        self, application: Application, chat_id: int | None = None, user_id: int | None = None
+    ) -> None:
         super().__init__(application=application, chat_id=chat_id, user_id=user_id)
 
     @property

@@ -54,7 +54,9 @@ def keys_data(order_id: int) -> str:
 
 
 def money(minor: int, currency: str, language: str) -> str:
-    return format_currency(to_major(minor, currency), currency.upper(), locale=_LOCALE.get(language, "en_US"))
+    return format_currency(
+        to_major(minor, currency), currency.upper(), locale=_LOCALE.get(language, "en_US")
+    )
 
 
 def status_name(status: OrderStatus, language: str) -> str:
@@ -93,8 +95,16 @@ def catalogue(products: list[ProductView], language: str) -> Screen:
     rows = []
     for p in products:
         price = money(p.price_minor, p.currency, language)
-        stock = t(language, "sold out") if p.stock == 0 else t(language, "{n} left", n=_stock(p.stock))
-        rows.append([InlineKeyboardButton(f"{p.name_in(language)} · {price} · {stock}", callback_data=product_data(p.id))])
+        stock = (
+            t(language, "sold out") if p.stock == 0 else t(language, "{n} left", n=_stock(p.stock))
+        )
+        rows.append(
+            [
+                InlineKeyboardButton(
+                    f"{p.name_in(language)} · {price} · {stock}", callback_data=product_data(p.id)
+                )
+            ]
+        )
     return Screen(t(language, "Pick a product:"), InlineKeyboardMarkup(rows))
 
 
@@ -108,13 +118,17 @@ def product_card(p: ProductView, quantity: int, language: str, *, card_payments:
     if description:
         lines.append(_e(description))
     lines.append("")
-    lines.append(t(language, "Price: {price} each", price=money(p.price_minor, p.currency, language)))
+    lines.append(
+        t(language, "Price: {price} each", price=money(p.price_minor, p.currency, language))
+    )
     if p.stock == 0:
         lines.append(t(language, "Sold out — please check back later."))
         return Screen("\n".join(lines), InlineKeyboardMarkup([[_back_to_catalogue(language)]]))
     total = money(p.price_minor * quantity, p.currency, language)
     lines.append(t(language, "In stock: {n}", n=_stock(p.stock)))
-    lines.append(t(language, "Quantity: {quantity} — total {total}", quantity=quantity, total=total))
+    lines.append(
+        t(language, "Quantity: {quantity} — total {total}", quantity=quantity, total=total)
+    )
     top = p.max_quantity()
     stepper = [
         InlineKeyboardButton("−", callback_data=product_data(p.id, max(1, quantity - 1))),
@@ -123,7 +137,14 @@ def product_card(p: ProductView, quantity: int, language: str, *, card_payments:
     ]
     rows = [stepper]
     if card_payments:
-        rows.append([InlineKeyboardButton(t(language, "💳 Pay {total} by card", total=total), callback_data=pay_data(p.id, quantity))])
+        rows.append(
+            [
+                InlineKeyboardButton(
+                    t(language, "💳 Pay {total} by card", total=total),
+                    callback_data=pay_data(p.id, quantity),
+                )
+            ]
+        )
     else:
         lines.append("")
         lines.append(t(language, "Payments are not set up yet in this shop."))
@@ -135,12 +156,24 @@ def _back_to_catalogue(language: str) -> InlineKeyboardButton:
     return InlineKeyboardButton(t(language, "« Catalogue"), callback_data=CATALOGUE)
 
 
-def checkout_started(order_id: int, quantity: int, product_name: str, amount: str, url: str, minutes: int, language: str) -> Screen:
+def checkout_started(
+    order_id: int,
+    quantity: int,
+    product_name: str,
+    amount: str,
+    url: str,
+    minutes: int,
+    language: str,
+) -> Screen:
     text = t(
         language,
         "Order #{order}: {quantity} × {product}, {amount}.\n"
         "Pay within {minutes} minutes — your keys arrive in this chat right after payment.",
-        order=order_id, quantity=quantity, product=_e(product_name), amount=amount, minutes=minutes,
+        order=order_id,
+        quantity=quantity,
+        product=_e(product_name),
+        amount=amount,
+        minutes=minutes,
     )
     button = InlineKeyboardButton(t(language, "💳 Pay {amount}", amount=amount), url=url)
     return Screen(text, InlineKeyboardMarkup([[button]]))
@@ -150,10 +183,12 @@ def orders_list(orders: list[OrderView], language: str) -> Screen:
     if not orders:
         return Screen(t(language, "You have no orders yet. /start shows the catalogue."))
     rows = [
-        [InlineKeyboardButton(
-            f"#{o.id} · {o.product_name} × {o.quantity} · {status_name(o.status, language)}",
-            callback_data=order_data(o.id),
-        )]
+        [
+            InlineKeyboardButton(
+                f"#{o.id} · {o.product_name} × {o.quantity} · {status_name(o.status, language)}",
+                callback_data=order_data(o.id),
+            )
+        ]
         for o in orders
     ]
     return Screen(t(language, "Your orders (newest first):"), InlineKeyboardMarkup(rows))
@@ -168,7 +203,9 @@ def order_detail(o: OrderView, language: str) -> Screen:
     ]
     rows = []
     if o.status in (OrderStatus.FULFILLED, OrderStatus.DISPUTED):
-        rows.append([InlineKeyboardButton(t(language, "🔑 Show my keys"), callback_data=keys_data(o.id))])
+        rows.append(
+            [InlineKeyboardButton(t(language, "🔑 Show my keys"), callback_data=keys_data(o.id))]
+        )
     if o.checkout_url:
         rows.append([InlineKeyboardButton(t(language, "💳 Pay"), url=o.checkout_url)])
     rows.append([InlineKeyboardButton(t(language, "« My orders"), callback_data=ORDERS)])
@@ -202,26 +239,36 @@ def delivery(job: Job, ttl: timedelta, language: str) -> list[str]:
     if job.kind in (DeliveryKind.KEYS, DeliveryKind.RESHOW):
         return _key_messages(job, ttl, language)
     if job.kind is DeliveryKind.BACKORDERED:
-        return [t(
-            language,
-            "✅ Payment received for order #{order} ({product} × {quantity}).\n"
-            "It has just sold out: your keys are reserved for you and will arrive here as soon "
-            "as the seller restocks.",
-            order=job.order_id, product=_e(job.product_name), quantity=job.quantity,
-        )]
+        return [
+            t(
+                language,
+                "✅ Payment received for order #{order} ({product} × {quantity}).\n"
+                "It has just sold out: your keys are reserved for you and will arrive here as soon "
+                "as the seller restocks.",
+                order=job.order_id,
+                product=_e(job.product_name),
+                quantity=job.quantity,
+            )
+        ]
     if job.kind is DeliveryKind.REFUNDED:
-        return [t(
+        return [
+            t(
+                language,
+                "↩️ Order #{order} ({product} × {quantity}) was refunded. The money is on its way "
+                "back to you; it can take a few days to show.",
+                order=job.order_id,
+                product=_e(job.product_name),
+                quantity=job.quantity,
+            )
+        ]
+    return [
+        t(
             language,
-            "↩️ Order #{order} ({product} × {quantity}) was refunded. The money is on its way "
-            "back to you; it can take a few days to show.",
-            order=job.order_id, product=_e(job.product_name), quantity=job.quantity,
-        )]
-    return [t(
-        language,
-        "✅ Payment received for order #{order}. The amount paid differs from the order, so "
-        "the seller will check it and get back to you.",
-        order=job.order_id,
-    )]
+            "✅ Payment received for order #{order}. The amount paid differs from the order, so "
+            "the seller will check it and get back to you.",
+            order=job.order_id,
+        )
+    ]
 
 
 def _key_messages(job: Job, ttl: timedelta, language: str) -> list[str]:
@@ -264,15 +311,34 @@ def _key_block(job: Job, key: str) -> str:
 
 def restock_report(r: RestockReport, language: str) -> str:
     lines = [
-        t(language, "<b>{sku}</b>: added {added}, skipped {duplicates} duplicates, rejected {rejected} lines.",
-          sku=_e(r.sku), added=r.added, duplicates=r.duplicates, rejected=r.rejected),
+        t(
+            language,
+            "<b>{sku}</b>: added {added}, skipped {duplicates} duplicates, rejected {rejected} lines.",
+            sku=_e(r.sku),
+            added=r.added,
+            duplicates=r.duplicates,
+            rejected=r.rejected,
+        ),
     ]
     if r.rejected:
-        lines.append(t(language, "Rejected: {empty} empty, {too_long} over 1,000 characters, {binary} binary.",
-                       empty=r.empty, too_long=r.too_long, binary=r.binary))
+        lines.append(
+            t(
+                language,
+                "Rejected: {empty} empty, {too_long} over 1,000 characters, {binary} binary.",
+                empty=r.empty,
+                too_long=r.too_long,
+                binary=r.binary,
+            )
+        )
     if r.backorders_fulfilled:
-        lines.append(tn(language, "Filled {n} backordered order.", "Filled {n} backordered orders.",
-                        len(r.backorders_fulfilled)))
+        lines.append(
+            tn(
+                language,
+                "Filled {n} backordered order.",
+                "Filled {n} backordered orders.",
+                len(r.backorders_fulfilled),
+            )
+        )
     lines.append(t(language, "Available now: {n}.", n=r.available))
     return "\n".join(lines)
 
@@ -281,19 +347,34 @@ def stats(s: Stats, levels: list[StockLevels], language: str) -> str:
     lines = [t(language, "<b>Sales</b>")]
     for period in s.periods:
         revenue = ", ".join(money(m, c, language) for c, m in sorted(period.revenue.items())) or "—"
-        lines.append(t(language, "{label}: {orders} orders, {revenue}",
-                       label=_period_label(period.days, language), orders=period.orders, revenue=revenue))
+        lines.append(
+            t(
+                language,
+                "{label}: {orders} orders, {revenue}",
+                label=_period_label(period.days, language),
+                orders=period.orders,
+                revenue=revenue,
+            )
+        )
     lines.append("")
     lines.append(t(language, "<b>Stock</b> (available / reserved / sold)"))
     for level in levels:
         mark = " ⚠️ " + t(language, "low") if level.low and level.active else ""
         off = " " + t(language, "(off sale)") if not level.active else ""
-        lines.append(f"{_e(level.sku)}: {level.available} / {level.reserved} / {level.sold}{mark}{off}")
+        lines.append(
+            f"{_e(level.sku)}: {level.available} / {level.reserved} / {level.sold}{mark}{off}"
+        )
     if not levels:
         lines.append(t(language, "No products yet."))
     if s.attention:
         lines.append("")
-        lines.append(t(language, "Needs attention: {n} orders (review, refund pending or undelivered).", n=s.attention))
+        lines.append(
+            t(
+                language,
+                "Needs attention: {n} orders (review, refund pending or undelivered).",
+                n=s.attention,
+            )
+        )
     return "\n".join(lines)
 
 

@@ -39,10 +39,15 @@ class BadEvent(ValueError):
 
 def payment_from_session(session: dict[str, Any]) -> Payment | None:
     """What a Checkout Session says about its order's money; None if it is not keyvend's."""
-    if not isinstance(session, dict) or session.get("object", "checkout.session") != "checkout.session":
+    if (
+        not isinstance(session, dict)
+        or session.get("object", "checkout.session") != "checkout.session"
+    ):
         raise BadEvent("data.object is not a checkout session")
     order_id = _order_id(session.get("client_reference_id")) or _order_id(
-        (session.get("metadata") or {}).get("order_id") if isinstance(session.get("metadata"), dict) else None
+        (session.get("metadata") or {}).get("order_id")
+        if isinstance(session.get("metadata"), dict)
+        else None
     )
     if order_id is None:
         return None
@@ -56,10 +61,14 @@ def payment_from_session(session: dict[str, Any]) -> Payment | None:
     else:
         state = CheckoutState.OPEN
     amount = session.get("amount_total")
-    if amount is not None and (not isinstance(amount, int) or isinstance(amount, bool) or not 0 <= amount <= MAX_AMOUNT):
+    if amount is not None and (
+        not isinstance(amount, int) or isinstance(amount, bool) or not 0 <= amount <= MAX_AMOUNT
+    ):
         raise BadEvent("amount_total is not an amount Stripe can charge")
     currency = session.get("currency")
-    if currency is not None and not (isinstance(currency, str) and len(currency) == 3 and currency.isalpha()):
+    if currency is not None and not (
+        isinstance(currency, str) and len(currency) == 3 and currency.isalpha()
+    ):
         raise BadEvent("currency is not a three-letter code")
     return Payment(
         order_id=order_id,
@@ -112,7 +121,9 @@ async def stripe_webhook(request: web.Request) -> web.Response:
         return _reply(400, "invalid signature")
     try:
         payload = body.decode("utf-8")
-        stripe.WebhookSignature.verify_header(payload, header, shop.stripe_webhook_secret, TOLERANCE)
+        stripe.WebhookSignature.verify_header(
+            payload, header, shop.stripe_webhook_secret, TOLERANCE
+        )
     except (UnicodeDecodeError, stripe.SignatureVerificationError):
         shop.counters.count("keyvend_webhook_rejected_total", reason="signature")
         return _reply(400, "invalid signature")
@@ -121,7 +132,11 @@ async def stripe_webhook(request: web.Request) -> web.Response:
         if not isinstance(event, dict):
             raise BadEvent("event is not a JSON object")
         result = await _apply(shop, event)
-    except (ValueError, RecursionError, BadEvent) as exc:  # JSONDecodeError is a ValueError; deep nesting recurses
+    except (
+        ValueError,
+        RecursionError,
+        BadEvent,
+    ) as exc:  # JSONDecodeError is a ValueError; deep nesting recurses
         shop.counters.count("keyvend_webhook_rejected_total", reason="content")
         return _reply(400, f"unreadable event: {exc}"[:200])
     except PaymentUnavailable:
@@ -130,7 +145,9 @@ async def stripe_webhook(request: web.Request) -> web.Response:
     if result is not None:
         shop.settled(result)
     outcome = result.outcome.value if result else "ignored"
-    shop.counters.count("keyvend_webhook_events_total", type=str(event.get("type"))[:64], outcome=outcome)
+    shop.counters.count(
+        "keyvend_webhook_events_total", type=str(event.get("type"))[:64], outcome=outcome
+    )
     return web.json_response({"received": True, "outcome": outcome})
 
 
@@ -152,7 +169,10 @@ async def _apply(shop: Shop, event: dict[str, Any]) -> Result | None:
                 return None
             if payment.state is CheckoutState.AWAITING:
                 return await orders.awaiting_payment(
-                    shop.db, payment.order_id, checkout_ref=payment.checkout_ref, event=ledger,
+                    shop.db,
+                    payment.order_id,
+                    checkout_ref=payment.checkout_ref,
+                    event=ledger,
                     recheck_after=shop.checkout_policy.ttl * 12,
                 )
             if payment.state is not CheckoutState.PAID:
@@ -173,13 +193,20 @@ async def _apply(shop: Shop, event: dict[str, Any]) -> Result | None:
             )
             metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
             return await orders.record_refund(
-                shop.db, _order_id(metadata.get("order_id")), payment_ref=_ref(obj.get("payment_intent")),
-                full=full, event=ledger,
+                shop.db,
+                _order_id(metadata.get("order_id")),
+                payment_ref=_ref(obj.get("payment_intent")),
+                full=full,
+                event=ledger,
             )
         case "charge.dispute.created":
             payment_ref = _ref(obj.get("payment_intent"))
             dispute = await orders.record_dispute(
-                shop.db, None, payment_ref=payment_ref, blacklist=shop.blacklist_on_dispute, event=ledger,
+                shop.db,
+                None,
+                payment_ref=payment_ref,
+                blacklist=shop.blacklist_on_dispute,
+                event=ledger,
             )
             if dispute.result.outcome is Outcome.UNKNOWN_ORDER and payment_ref:
                 dispute = await _dispute_before_payment(shop, payment_ref, ledger)
@@ -189,24 +216,34 @@ async def _apply(shop: Shop, event: dict[str, Any]) -> Result | None:
     return None
 
 
-async def _dispute_before_payment(shop: Shop, payment_ref: str, ledger: Event) -> orders.DisputeResult:
+async def _dispute_before_payment(
+    shop: Shop, payment_ref: str, ledger: Event
+) -> orders.DisputeResult:
     """A dispute for a payment not applied yet (its event is late or lost): settle the order
     from what Stripe says, then record the dispute against it."""
     order_id = await shop.stripe.order_of_payment(payment_ref)
     if order_id is None:
-        return await orders.record_dispute(shop.db, None, payment_ref=None, blacklist=False, event=ledger)
+        return await orders.record_dispute(
+            shop.db, None, payment_ref=None, blacklist=False, event=ledger
+        )
     with contextlib.suppress(NotFound, OrderNotPayable):
         shop.settled(await orders.confirm(shop.db, shop.gateways, order_id, shop.stock_policy))
     return await orders.record_dispute(
-        shop.db, order_id, payment_ref=payment_ref, blacklist=shop.blacklist_on_dispute, event=ledger
+        shop.db,
+        order_id,
+        payment_ref=payment_ref,
+        blacklist=shop.blacklist_on_dispute,
+        event=ledger,
     )
 
 
 def _dispute_alert(dispute: orders.DisputeResult, obj: dict[str, Any]) -> str:
     result = dispute.result
     lines = [
-        f"Dispute on order #{result.order_id} by buyer {result.buyer_id}: "
-        f"reason {str(obj.get('reason'))[:40]}.",
+        (
+            f"Dispute on order #{result.order_id} by buyer {result.buyer_id}: "
+            f"reason {str(obj.get('reason'))[:40]}."
+        ),
         "Key reveals (evidence):" if dispute.reveals else "The keys were never shown to the buyer.",
     ]
     lines += [f"- {r.at:%Y-%m-%d %H:%M:%S} UTC, {r.how}" for r in dispute.reveals]

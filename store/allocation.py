@@ -66,7 +66,12 @@ async def revoke(session: AsyncSession, order_id: int) -> int:
 
 
 async def _move(
-    session: AsyncSession, order_id: int, source: KeyStatus, target: KeyStatus, *, detach: bool = False
+    session: AsyncSession,
+    order_id: int,
+    source: KeyStatus,
+    target: KeyStatus,
+    *,
+    detach: bool = False,
 ) -> int:
     """Move an order's keys from one status to another (and off the order, with `detach`)."""
     values: dict[str, object] = {"status": target}

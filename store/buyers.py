@@ -11,7 +11,7 @@ from store.db import Database
 from store.models import Buyer
 
 
-def dialect_insert(session: AsyncSession):  # noqa: ANN201 - returns the dialect's insert()
+def dialect_insert(session: AsyncSession):  # returns the dialect's insert()
     """`insert` with ON CONFLICT support for whichever database the session talks to."""
     return postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
 
@@ -26,7 +26,9 @@ async def touch(session: AsyncSession, buyer_id: int, language: str, now: dateti
     statement = (
         insert(Buyer)
         .values(id=buyer_id, language=language, blacklisted=False, first_seen=now, last_seen=now)
-        .on_conflict_do_update(index_elements=[Buyer.id], set_={"last_seen": now, "language": language})
+        .on_conflict_do_update(
+            index_elements=[Buyer.id], set_={"last_seen": now, "language": language}
+        )
         .returning(Buyer.blacklisted)
     )
     return bool(await session.scalar(statement))

@@ -70,7 +70,9 @@ class ProductChanges:
 
 def check_sku(sku: str) -> str:
     if not _SKU.match(sku):
-        raise InvalidInput("SKU must be 1-64 letters, digits, '-' or '_', starting with a letter or digit")
+        raise InvalidInput(
+            "SKU must be 1-64 letters, digits, '-' or '_', starting with a letter or digit"
+        )
     return sku
 
 
@@ -78,7 +80,7 @@ def check_template(template: str) -> str:
     unknown = set(_PLACEHOLDERS.findall(template)) - TEMPLATE_FIELDS
     if unknown:
         raise InvalidInput(
-            f"unknown placeholder {{{sorted(unknown)[0]}}} in the delivery template; "
+            f"unknown placeholder {{{min(unknown)}}} in the delivery template; "
             "use {key}, {order} or {product}"
         )
     return template
@@ -136,6 +138,7 @@ async def edit_product(
     db: Database, sku: str, changes: ProductChanges, *, admin_id: int | None = None
 ) -> ProductView:
     """Change a product's name, price, limits, template or whether it is on sale."""
+
     async def work(session: AsyncSession) -> ProductView:
         product = await _by_sku(session, sku)
         currency = check_currency(changes.currency) if changes.currency else product.currency
@@ -181,6 +184,7 @@ async def edit_product(
 
 async def list_products(db: Database, *, active_only: bool = True) -> list[ProductView]:
     """The catalogue in SKU order, with what is in stock of each."""
+
     async def work(session: AsyncSession) -> list[ProductView]:
         query = select(Product).order_by(Product.sku)
         if active_only:
@@ -191,8 +195,11 @@ async def list_products(db: Database, *, active_only: bool = True) -> list[Produ
     return await db.read(work)
 
 
-async def get_product(db: Database, *, sku: str | None = None, product_id: int | None = None) -> ProductView:
+async def get_product(
+    db: Database, *, sku: str | None = None, product_id: int | None = None
+) -> ProductView:
     """One product, by SKU or id, with its stock; NotFound if there is none."""
+
     async def work(session: AsyncSession) -> ProductView:
         if sku is not None:
             product = await _by_sku(session, sku)

@@ -79,7 +79,10 @@ async def _keys_match_orders(session: AsyncSession) -> Finding:
             or_(
                 and_(Key.status == KeyStatus.AVAILABLE, Key.order_id.is_not(None)),
                 and_(Key.status != KeyStatus.AVAILABLE, Key.order_id.is_(None)),
-                and_(Key.status == KeyStatus.RESERVED, Order.status.not_in((OrderStatus.PENDING, OrderStatus.REVIEW))),
+                and_(
+                    Key.status == KeyStatus.RESERVED,
+                    Order.status.not_in((OrderStatus.PENDING, OrderStatus.REVIEW)),
+                ),
                 and_(Key.status == KeyStatus.SOLD, Order.status.not_in(_HOLDS_SOLD)),
                 and_(Key.status == KeyStatus.REVOKED, Order.status != OrderStatus.REFUNDED),
             )
@@ -87,8 +90,11 @@ async def _keys_match_orders(session: AsyncSession) -> Finding:
         .order_by(Key.id)
     )
     keys = await _ids(session, query)
-    return Finding("I1", "each key belongs to at most one order, in a state that agrees with it",
-                   tuple(f"key id {k}" for k in keys))
+    return Finding(
+        "I1",
+        "each key belongs to at most one order, in a state that agrees with it",
+        tuple(f"key id {k}" for k in keys),
+    )
 
 
 async def _fulfilled_orders_hold_their_keys(session: AsyncSession) -> Finding:
@@ -111,8 +117,11 @@ async def _fulfilled_orders_hold_their_keys(session: AsyncSession) -> Finding:
         .order_by(Order.id)
     )
     orders = await _ids(session, query)
-    return Finding("I1", "every fulfilled order holds exactly as many keys as it bought",
-                   tuple(f"order #{o}" for o in orders))
+    return Finding(
+        "I1",
+        "every fulfilled order holds exactly as many keys as it bought",
+        tuple(f"order #{o}" for o in orders),
+    )
 
 
 async def _imported_equals_states(session: AsyncSession) -> Finding:
@@ -130,8 +139,11 @@ async def _imported_equals_states(session: AsyncSession) -> Finding:
         .where(func.coalesce(imported.c.n, 0) != func.coalesce(stored.c.n, 0))
         .limit(20)
     )
-    return Finding("I6", "per product, imported = available + reserved + sold + revoked",
-                   tuple(f"{sku}: imported {i}, in stock records {s}" for sku, i, s in rows))
+    return Finding(
+        "I6",
+        "per product, imported = available + reserved + sold + revoked",
+        tuple(f"{sku}: imported {i}, in stock records {s}" for sku, i, s in rows),
+    )
 
 
 async def _paid_orders_are_settled(session: AsyncSession, now: datetime) -> Finding:
@@ -142,7 +154,9 @@ async def _paid_orders_are_settled(session: AsyncSession, now: datetime) -> Find
             Order.paid_at.is_not(None),
             or_(
                 Order.status.not_in(_PAID_ENDS),
-                and_(Order.status == OrderStatus.REFUND_PENDING, Order.paid_at < now - REFUND_GRACE),
+                and_(
+                    Order.status == OrderStatus.REFUND_PENDING, Order.paid_at < now - REFUND_GRACE
+                ),
             ),
         )
         .order_by(Order.id)
@@ -151,12 +165,18 @@ async def _paid_orders_are_settled(session: AsyncSession, now: datetime) -> Find
     unqueued = await _ids(
         session,
         select(Order.id)
-        .outerjoin(Delivery, and_(Delivery.order_id == Order.id, Delivery.kind == DeliveryKind.KEYS))
+        .outerjoin(
+            Delivery, and_(Delivery.order_id == Order.id, Delivery.kind == DeliveryKind.KEYS)
+        )
         .where(Order.status == OrderStatus.FULFILLED, Delivery.id.is_(None))
         .order_by(Order.id),
     )
-    return Finding("I2", "every paid order is fulfilled (with a delivery), backordered, refunded or flagged",
-                   tuple(f"order #{o} is stuck" for o in stuck) + tuple(f"order #{o} has no delivery" for o in unqueued))
+    return Finding(
+        "I2",
+        "every paid order is fulfilled (with a delivery), backordered, refunded or flagged",
+        tuple(f"order #{o} is stuck" for o in stuck)
+        + tuple(f"order #{o} has no delivery" for o in unqueued),
+    )
 
 
 async def _deliveries_within_budget(session: AsyncSession, max_attempts: int) -> Finding:
@@ -167,4 +187,6 @@ async def _deliveries_within_budget(session: AsyncSession, max_attempts: int) ->
         .order_by(Delivery.id)
     )
     stuck = await _ids(session, query)
-    return Finding("I4", "no delivery is stuck past its retry budget", tuple(f"delivery {d}" for d in stuck))
+    return Finding(
+        "I4", "no delivery is stuck past its retry budget", tuple(f"delivery {d}" for d in stuck)
+    )

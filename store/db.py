@@ -65,18 +65,24 @@ class _Unit:
     work: Callable[..., Awaitable[Any]]
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
-    done: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    done: asyncio.Future[Any] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class Database:
     """The engine and the unit-of-work boundary shared by every store function."""
 
-    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10, busy_timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str, *, echo: bool = False, pool_size: int = 10, busy_timeout: float = 10.0
+    ) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
         if self.is_sqlite:
-            kwargs.update(async_creator=partial(sqlite.connect, make_url(url).database or ":memory:"))
+            kwargs.update(
+                async_creator=partial(sqlite.connect, make_url(url).database or ":memory:")
+            )
         else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
@@ -90,7 +96,9 @@ class Database:
         self._committer: asyncio.Task[None] | None = None
 
     async def write(
-        self, work: Callable[Concatenate[AsyncSession, P], Awaitable[T]], *args: P.args,
+        self,
+        work: Callable[Concatenate[AsyncSession, P], Awaitable[T]],
+        *args: P.args,
         **kwargs: P.kwargs,
     ) -> T:
         """Run `work(session, ...)` in a write transaction, retried if it could not commit."""
@@ -103,7 +111,9 @@ class Database:
         return await asyncio.shield(unit.done)
 
     async def read(
-        self, work: Callable[Concatenate[AsyncSession, P], Awaitable[T]], *args: P.args,
+        self,
+        work: Callable[Concatenate[AsyncSession, P], Awaitable[T]],
+        *args: P.args,
         **kwargs: P.kwargs,
     ) -> T:
         """Run `work(session, ...)` in a read-only transaction (never takes the write lock)."""
@@ -127,7 +137,7 @@ class Database:
         while self._queue:
             group, self._queue = self._queue[:_GROUP_LIMIT], self._queue[_GROUP_LIMIT:]
             try:
-                outcomes = await self._retrying(lambda session: _run_group(session, group))
+                outcomes = await self._retrying(partial(_run_group, group=group))
             except Exception as exc:  # noqa: BLE001 - the commit itself failed: every unit failed
                 for unit in group:
                     if not unit.done.done():
@@ -146,7 +156,7 @@ class Database:
             async with self.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
             return True
-        except Exception:  # noqa: BLE001 - health check: any failure means "not reachable"
+        except Exception:  # health check: any failure means "not reachable"
             log.warning("database ping failed", exc_info=True)
             return False
 

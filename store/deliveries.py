@@ -51,7 +51,9 @@ class Job:
     queued_at: datetime
 
     def __repr__(self) -> str:  # keep keys out of any accidental log line or traceback
-        return f"Job(id={self.id}, kind={self.kind}, order_id={self.order_id}, chat_id={self.chat_id})"
+        return (
+            f"Job(id={self.id}, kind={self.kind}, order_id={self.order_id}, chat_id={self.chat_id})"
+        )
 
 
 class Outcome(StrEnum):
@@ -83,13 +85,21 @@ _KEY_KINDS = (DeliveryKind.KEYS, DeliveryKind.RESHOW)
 
 
 async def claim(
-    db: Database, vault: KeyVault, owner: str, *, limit: int, lease: timedelta, now: datetime | None = None
+    db: Database,
+    vault: KeyVault,
+    owner: str,
+    *,
+    limit: int,
+    lease: timedelta,
+    now: datetime | None = None,
 ) -> list[Job]:
     """Take up to `limit` due deliveries for this worker until the lease runs out."""
     now = now or datetime.now(UTC)
     lease_end = now + lease
 
-    async def work(session: AsyncSession) -> list[tuple[Delivery, Order, Product, str, list[bytes]]]:
+    async def work(
+        session: AsyncSession,
+    ) -> list[tuple[Delivery, Order, Product, str, list[bytes]]]:
         due = (
             select(Delivery.id)
             .where(
@@ -123,8 +133,10 @@ async def claim(
         context = {order.id: (order, product, language) for order, product, language in rows}
         with_keys = {d.order_id for d in claimed if d.kind in _KEY_KINDS}
         secrets = await allocation.ciphertexts(session, [context[o][0] for o in with_keys])
-        return [(d, *context[d.order_id], secrets.get(d.order_id, []) if d.kind in _KEY_KINDS else [])
-                for d in claimed]
+        return [
+            (d, *context[d.order_id], secrets.get(d.order_id, []) if d.kind in _KEY_KINDS else [])
+            for d in claimed
+        ]
 
     claimed = await db.write(work)
     # Decrypt outside the transaction: the write lock is for database work only.
@@ -158,7 +170,11 @@ async def renew(
     async def work(session: AsyncSession) -> set[int]:
         held = await session.scalars(
             update(Delivery)
-            .where(Delivery.id.in_(ids), Delivery.lease_owner == owner, Delivery.status == DeliveryStatus.QUEUED)
+            .where(
+                Delivery.id.in_(ids),
+                Delivery.lease_owner == owner,
+                Delivery.status == DeliveryStatus.QUEUED,
+            )
             .values(lease_expires_at=lease_end)
             .returning(Delivery.id)
             .execution_options(synchronize_session=False)
@@ -169,7 +185,12 @@ async def renew(
 
 
 async def finish(
-    db: Database, owner: str, done: list[Done], *, key_message_ttl: timedelta | None, now: datetime | None = None
+    db: Database,
+    owner: str,
+    done: list[Done],
+    *,
+    key_message_ttl: timedelta | None,
+    now: datetime | None = None,
 ) -> None:
     """Record the outcome of many sends in one transaction (group commit)."""
     if not done:
@@ -186,9 +207,15 @@ async def finish(
         if sent:
             await _executemany(
                 session,
-                update(Delivery).where(ours).values(
-                    status=DeliveryStatus.SENT, message_id=bindparam("b_message"), sent_at=now,
-                    attempts=Delivery.attempts + 1, lease_owner=None, lease_expires_at=None,
+                update(Delivery)
+                .where(ours)
+                .values(
+                    status=DeliveryStatus.SENT,
+                    message_id=bindparam("b_message"),
+                    sent_at=now,
+                    attempts=Delivery.attempts + 1,
+                    lease_owner=None,
+                    lease_expires_at=None,
                 ),
                 [{"b_id": d.job.id, "b_message": d.message_ids[0]} for d in sent],
             )
@@ -212,14 +239,22 @@ async def finish(
         if retry:
             await _executemany(
                 session,
-                update(Delivery).where(ours).values(
-                    next_attempt_at=bindparam("b_at"), last_error=bindparam("b_error"),
+                update(Delivery)
+                .where(ours)
+                .values(
+                    next_attempt_at=bindparam("b_at"),
+                    last_error=bindparam("b_error"),
                     attempts=Delivery.attempts + bindparam("b_count"),
-                    lease_owner=None, lease_expires_at=None,
+                    lease_owner=None,
+                    lease_expires_at=None,
                 ),
                 [
-                    {"b_id": d.job.id, "b_at": d.retry_at or now, "b_error": (d.error or "")[:200],
-                     "b_count": int(d.count_attempt)}
+                    {
+                        "b_id": d.job.id,
+                        "b_at": d.retry_at or now,
+                        "b_error": (d.error or "")[:200],
+                        "b_count": int(d.count_attempt),
+                    }
                     for d in retry
                 ],
             )
@@ -227,9 +262,14 @@ async def finish(
         if failed:
             await _executemany(
                 session,
-                update(Delivery).where(ours).values(
-                    status=DeliveryStatus.UNDELIVERABLE, last_error=bindparam("b_error"),
-                    attempts=Delivery.attempts + 1, lease_owner=None, lease_expires_at=None,
+                update(Delivery)
+                .where(ours)
+                .values(
+                    status=DeliveryStatus.UNDELIVERABLE,
+                    last_error=bindparam("b_error"),
+                    attempts=Delivery.attempts + 1,
+                    lease_owner=None,
+                    lease_expires_at=None,
                 ),
                 [{"b_id": d.job.id, "b_error": (d.error or "")[:200]} for d in failed],
             )
@@ -243,12 +283,17 @@ async def _executemany(session: AsyncSession, statement: Any, rows: list[dict[st
     await connection.execute(statement, rows)
 
 
-async def expiring(db: Database, *, now: datetime | None = None, limit: int = 100) -> list[Expiring]:
+async def expiring(
+    db: Database, *, now: datetime | None = None, limit: int = 100
+) -> list[Expiring]:
     """Key messages whose time in the chat is up."""
+
     async def work(session: AsyncSession) -> list[Expiring]:
         rows = await session.execute(
             select(Reveal.id, Reveal.chat_id, Reveal.message_id)
-            .where(Reveal.delete_after.is_not(None), Reveal.delete_after <= (now or datetime.now(UTC)))
+            .where(
+                Reveal.delete_after.is_not(None), Reveal.delete_after <= (now or datetime.now(UTC))
+            )
             .order_by(Reveal.delete_after)
             .limit(limit)
         )
@@ -264,7 +309,9 @@ async def mark_removed(db: Database, reveal_ids: list[int]) -> None:
 
     async def work(session: AsyncSession) -> None:
         await session.execute(
-            update(Reveal).where(Reveal.id.in_(reveal_ids)).values(delete_after=None)
+            update(Reveal)
+            .where(Reveal.id.in_(reveal_ids))
+            .values(delete_after=None)
             .execution_options(synchronize_session=False)
         )
 

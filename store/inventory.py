@@ -30,10 +30,28 @@ MAX_KEY_LENGTH = 1000
 _CHUNK = 2000
 # Unicode's control characters (category Cc) except tab.
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
-_HEADERS = frozenset({
-    "key", "keys", "code", "codes", "license", "licence", "serial", "licensekey", "licencekey", "productkey",
-    "serialnumber", "serialkey", "activationcode", "activationkey", "cdkey", "giftcard", "pin", "redeemcode",
-})
+_HEADERS = frozenset(
+    {
+        "key",
+        "keys",
+        "code",
+        "codes",
+        "license",
+        "licence",
+        "serial",
+        "licensekey",
+        "licencekey",
+        "productkey",
+        "serialnumber",
+        "serialkey",
+        "activationcode",
+        "activationkey",
+        "cdkey",
+        "giftcard",
+        "pin",
+        "redeemcode",
+    }
+)
 
 
 @dataclass(slots=True)
@@ -94,8 +112,13 @@ def parse_keys(data: bytes | str, *, is_csv: bool = False) -> ParsedKeys:
     # Only CR/LF end a line: str.splitlines() would also split on \x0b, \x0c, \x1c-\x1e, \x85,
     # turning a line with a control character into two half-keys instead of rejecting it.
     lines: Iterable[bytes | str] = (
-        (data.splitlines() if isinstance(data, bytes) else re.split(r"\r\n|\r|\n", re.sub(r"(?:\r\n|\r|\n)\Z", "", data)))
-        if data else []
+        (
+            data.splitlines()
+            if isinstance(data, bytes)
+            else re.split(r"\r\n|\r|\n", re.sub(r"(?:\r\n|\r|\n)\Z", "", data))
+        )
+        if data
+        else []
     )
     for number, raw in enumerate(lines):
         if isinstance(raw, bytes):
@@ -163,7 +186,9 @@ async def restock(
         fulfilled = await fulfil_backorders(session, product.id, now)
         session.add(audit(admin_id, "keys.import", f"{sku}: {added} added via {source}"))
         available = await session.scalar(
-            select(func.count()).where(Key.product_id == product.id, Key.status == KeyStatus.AVAILABLE)
+            select(func.count()).where(
+                Key.product_id == product.id, Key.status == KeyStatus.AVAILABLE
+            )
         )
         return RestockReport(
             sku=sku,
@@ -192,15 +217,24 @@ async def _insert_new(
         index_elements=[keys.c.product_id, keys.c.digest]
     )
     connection = await session.connection()
-    await connection.execute(statement, [
-        {"product_id": product_id, "batch_id": batch_id, "ciphertext": ciphertext, "digest": digest,
-         "status": KeyStatus.AVAILABLE}
-        for digest, ciphertext in rows
-    ])
+    await connection.execute(
+        statement,
+        [
+            {
+                "product_id": product_id,
+                "batch_id": batch_id,
+                "ciphertext": ciphertext,
+                "digest": digest,
+                "status": KeyStatus.AVAILABLE,
+            }
+            for digest, ciphertext in rows
+        ],
+    )
 
 
 async def stock_levels(db: Database) -> list[StockLevels]:
     """Exact key counts per product and status (a full count: for admins, not buyers)."""
+
     async def work(session: AsyncSession) -> list[StockLevels]:
         counts: dict[int, dict[str, int]] = {}
         rows = await session.execute(

@@ -8,10 +8,27 @@ from store.errors import InvalidInput
 
 # Stripe's zero-decimal currencies: amounts are whole units (1000 JPY is 1000, not 100000).
 ZERO_DECIMAL = frozenset(
-    "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()
+    [
+        "bif",
+        "clp",
+        "djf",
+        "gnf",
+        "jpy",
+        "kmf",
+        "krw",
+        "mga",
+        "pyg",
+        "rwf",
+        "ugx",
+        "vnd",
+        "vuv",
+        "xaf",
+        "xof",
+        "xpf",
+    ]
 )
 # Three-decimal currencies need amounts rounded to tens in Stripe; not supported here.
-THREE_DECIMAL = frozenset("bhd jod kwd omr tnd".split())
+THREE_DECIMAL = frozenset(["bhd", "jod", "kwd", "omr", "tnd"])
 STARS = "xtr"  # Telegram Stars: whole stars
 
 

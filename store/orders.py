@@ -133,7 +133,11 @@ class Result:
 
         Only the sale that crosses the line raises the alert, not every sale below it.
         """
-        if self.outcome is not Outcome.FULFILLED or self.stock_left is None or self.low_stock_threshold is None:
+        if (
+            self.outcome is not Outcome.FULFILLED
+            or self.stock_left is None
+            or self.low_stock_threshold is None
+        ):
             return False
         crossed = self.stock_left <= self.low_stock_threshold < self.stock_left + self.sold
         return crossed or self.stock_left == 0
@@ -216,7 +220,9 @@ async def checkout(
     except Exception:
         # Whatever went wrong, the buyer has no link to pay: give the keys back now. (If the
         # task is cancelled instead, the orphaned order is cancelled by reconciliation.)
-        await db.write(_close_unpaid, opened.order_id, OrderStatus.CANCELLED, None, None, datetime.now(UTC))
+        await db.write(
+            _close_unpaid, opened.order_id, OrderStatus.CANCELLED, None, None, datetime.now(UTC)
+        )
         raise
     await db.write(_attach_checkout, opened.order_id, started.ref, started.url)
     return CheckoutResult(
@@ -293,7 +299,9 @@ async def _open_order(
         if await allocation.newest_shared_key(session, product.id) is None:
             raise OutOfStock(0)
     else:
-        got = await allocation.take_keys(session, product.id, order.id, quantity, status=KeyStatus.RESERVED)
+        got = await allocation.take_keys(
+            session, product.id, order.id, quantity, status=KeyStatus.RESERVED
+        )
         if got < quantity:
             raise OutOfStock(got)
     return _Opened(order.id, product.name_in(language), product.price_minor, product.currency)
@@ -328,7 +336,11 @@ async def fulfil(
 
 
 async def _fulfil(
-    session: AsyncSession, payment: Payment, policy: OutOfStockPolicy, event: Event | None, now: datetime
+    session: AsyncSession,
+    payment: Payment,
+    policy: OutOfStockPolicy,
+    event: Event | None,
+    now: datetime,
 ) -> Result:
     # The order's new state is written once, at the end, not flushed before every query.
     with session.no_autoflush:
@@ -336,7 +348,11 @@ async def _fulfil(
 
 
 async def _apply_payment(
-    session: AsyncSession, payment: Payment, policy: OutOfStockPolicy, event: Event | None, now: datetime
+    session: AsyncSession,
+    payment: Payment,
+    policy: OutOfStockPolicy,
+    event: Event | None,
+    now: datetime,
 ) -> Result:
     if event is not None and not await _record_event(session, event, payment.order_id, now):
         return Result(Outcome.DUPLICATE, payment.order_id)
@@ -344,7 +360,7 @@ async def _apply_payment(
     if order is None or not _same_checkout(order, payment.checkout_ref):
         return Result(Outcome.UNKNOWN_ORDER, payment.order_id)
     product = await _product_for_payment(session, order.product_id)
-    base = dict(order_id=order.id, buyer_id=order.buyer_id, sku=product.sku)
+    base = {"order_id": order.id, "buyer_id": order.buyer_id, "sku": product.sku}
     if order.paid_at is not None:
         return Result(Outcome.UNCHANGED, **base)
     order.paid_at = now
@@ -352,7 +368,10 @@ async def _apply_payment(
     order.paid_currency = payment.currency
     order.payment_ref = payment.payment_ref
     order.provider_ref = order.provider_ref or payment.checkout_ref
-    if payment.amount_minor != order.amount_minor or (payment.currency or "").lower() != order.currency:
+    if (
+        payment.amount_minor != order.amount_minor
+        or (payment.currency or "").lower() != order.currency
+    ):
         # Keys stay reserved for the admin's decision.
         order.status = OrderStatus.REVIEW
         session.add(allocation.delivery(order, DeliveryKind.REVIEW, now))
@@ -403,7 +422,9 @@ async def _product_for_payment(session: AsyncSession, product_id: int) -> Produc
     """
     if session.bind.dialect.name == "sqlite":
         return await session.get(Product, product_id)
-    return await session.scalar(select(Product).where(Product.id == product_id).with_for_update(read=True))
+    return await session.scalar(
+        select(Product).where(Product.id == product_id).with_for_update(read=True)
+    )
 
 
 async def _stock_left(session: AsyncSession, product: Product) -> int | None:
@@ -446,10 +467,16 @@ async def fulfil_backorders(session: AsyncSession, product_id: int, now: datetim
 
 
 async def awaiting_payment(
-    db: Database, order_id: int, *, checkout_ref: str | None = None, event: Event | None = None,
-    recheck_after: timedelta, now: datetime | None = None,
+    db: Database,
+    order_id: int,
+    *,
+    checkout_ref: str | None = None,
+    event: Event | None = None,
+    recheck_after: timedelta,
+    now: datetime | None = None,
 ) -> Result:
     """A delayed payment method was chosen: keep the reservation until it settles."""
+
     async def work(session: AsyncSession) -> Result:
         moment = now or datetime.now(UTC)
         if event is not None and not await _record_event(session, event, order_id, moment):
@@ -466,17 +493,28 @@ async def awaiting_payment(
 
 
 async def close_unpaid(
-    db: Database, order_id: int, state: CheckoutState, *, checkout_ref: str | None = None,
-    event: Event | None = None, now: datetime | None = None,
+    db: Database,
+    order_id: int,
+    state: CheckoutState,
+    *,
+    checkout_ref: str | None = None,
+    event: Event | None = None,
+    now: datetime | None = None,
 ) -> Result:
     """The checkout closed without payment (expired, or a delayed payment failed)."""
     status = OrderStatus.EXPIRED if state == CheckoutState.EXPIRED else OrderStatus.CANCELLED
-    return await db.write(_close_unpaid, order_id, status, checkout_ref, event, now or datetime.now(UTC))
+    return await db.write(
+        _close_unpaid, order_id, status, checkout_ref, event, now or datetime.now(UTC)
+    )
 
 
 async def _close_unpaid(
-    session: AsyncSession, order_id: int, status: OrderStatus, checkout_ref: str | None,
-    event: Event | None, now: datetime,
+    session: AsyncSession,
+    order_id: int,
+    status: OrderStatus,
+    checkout_ref: str | None,
+    event: Event | None,
+    now: datetime,
 ) -> Result:
     if event is not None and not await _record_event(session, event, order_id, now):
         return Result(Outcome.DUPLICATE, order_id)
@@ -497,6 +535,7 @@ async def _close_unpaid(
 
 async def refunds_due(db: Database) -> list[Pending]:
     """Orders whose money must go back because there was nothing to give."""
+
     async def work(session: AsyncSession) -> list[Pending]:
         orders = await session.scalars(
             select(Order).where(Order.status == OrderStatus.REFUND_PENDING).order_by(Order.id)
@@ -507,14 +546,21 @@ async def refunds_due(db: Database) -> list[Pending]:
 
 
 async def record_refund(
-    db: Database, order_id: int | None, *, payment_ref: str | None = None, full: bool = True,
-    event: Event | None = None, admin_id: int | None = None, now: datetime | None = None,
+    db: Database,
+    order_id: int | None,
+    *,
+    payment_ref: str | None = None,
+    full: bool = True,
+    event: Event | None = None,
+    admin_id: int | None = None,
+    now: datetime | None = None,
 ) -> Result:
     """Money went back to the buyer: the order is refunded and its keys revoked for good.
 
     Called after keyvend's own refund and for `charge.refunded` events (refunds made in the
     Stripe dashboard). A partial refund changes nothing but is reported.
     """
+
     async def work(session: AsyncSession) -> Result:
         moment = now or datetime.now(UTC)
         if event is not None and not await _record_event(session, event, order_id, moment):
@@ -544,14 +590,20 @@ async def record_refund(
 
 
 async def record_dispute(
-    db: Database, order_id: int | None, *, payment_ref: str | None, blacklist: bool,
-    event: Event | None = None, now: datetime | None = None,
+    db: Database,
+    order_id: int | None,
+    *,
+    payment_ref: str | None,
+    blacklist: bool,
+    event: Event | None = None,
+    now: datetime | None = None,
 ) -> DisputeResult:
     """The buyer disputed the charge: flag the order and gather the reveal log as evidence.
 
     A dispute for a payment this shop does not know (yet) is not recorded in the event
     ledger, so the caller can find the order at the provider and apply the event then.
     """
+
     async def work(session: AsyncSession) -> DisputeResult:
         moment = now or datetime.now(UTC)
         order = await _find_paid_order(session, order_id, payment_ref)
@@ -560,7 +612,9 @@ async def record_dispute(
         if event is not None and not await _record_event(session, event, order.id, moment):
             return DisputeResult(Result(Outcome.DUPLICATE, order.id))
         reveals = await session.execute(
-            select(Reveal.revealed_at, Reveal.how).where(Reveal.order_id == order.id).order_by(Reveal.id)
+            select(Reveal.revealed_at, Reveal.how)
+            .where(Reveal.order_id == order.id)
+            .order_by(Reveal.id)
         )
         log = tuple(RevealView(at, how) for at, how in reveals)
         if order.status == OrderStatus.DISPUTED:
@@ -581,8 +635,13 @@ async def record_dispute(
 
 
 async def confirm(
-    db: Database, gateways: Mapping[str, PaymentGateway], order_id: int, policy: OutOfStockPolicy,
-    *, close_if_open: bool = False, now: datetime | None = None,
+    db: Database,
+    gateways: Mapping[str, PaymentGateway],
+    order_id: int,
+    policy: OutOfStockPolicy,
+    *,
+    close_if_open: bool = False,
+    now: datetime | None = None,
 ) -> Result:
     """Ask the provider what became of an order's checkout and apply the answer.
 
@@ -608,18 +667,25 @@ async def confirm(
     if payment.state == CheckoutState.PAID:
         return await fulfil(db, payment, policy, now=now)
     if payment.state in (CheckoutState.EXPIRED, CheckoutState.FAILED):
-        return await close_unpaid(db, order_id, payment.state, checkout_ref=payment.checkout_ref, now=now)
+        return await close_unpaid(
+            db, order_id, payment.state, checkout_ref=payment.checkout_ref, now=now
+        )
     if payment.state == CheckoutState.AWAITING:
         return Result(Outcome.AWAITING, order_id)
     return Result(Outcome.UNCHANGED, order_id)
 
 
-async def due_for_check(db: Database, *, now: datetime | None = None, limit: int = 100) -> list[Pending]:
+async def due_for_check(
+    db: Database, *, now: datetime | None = None, limit: int = 100
+) -> list[Pending]:
     """Open orders whose checkout should have closed by now, oldest first."""
+
     async def work(session: AsyncSession) -> list[Pending]:
         orders = await session.scalars(
             select(Order)
-            .where(Order.status == OrderStatus.PENDING, Order.check_after <= (now or datetime.now(UTC)))
+            .where(
+                Order.status == OrderStatus.PENDING, Order.check_after <= (now or datetime.now(UTC))
+            )
             .order_by(Order.check_after)
             .limit(limit)
         )
@@ -639,6 +705,7 @@ async def postpone_check(db: Database, order_id: int, until: datetime) -> None:
 
 async def cancel_orphans(db: Database, *, now: datetime | None = None) -> list[int]:
     """Cancel orders whose checkout was never recorded (the process died in between)."""
+
     async def work(session: AsyncSession) -> list[int]:
         moment = now or datetime.now(UTC)
         orders = (
@@ -664,8 +731,11 @@ async def cancel_orphans(db: Database, *, now: datetime | None = None) -> list[i
 # ---------------------------------------------------------------- the buyer's view
 
 
-async def buyer_orders(db: Database, buyer_id: int, language: str, *, limit: int = 10) -> list[OrderView]:
+async def buyer_orders(
+    db: Database, buyer_id: int, language: str, *, limit: int = 10
+) -> list[OrderView]:
     """A buyer's latest orders, newest first."""
+
     async def work(session: AsyncSession) -> list[OrderView]:
         rows = await session.execute(
             select(Order, Product)
@@ -681,6 +751,7 @@ async def buyer_orders(db: Database, buyer_id: int, language: str, *, limit: int
 
 async def buyer_order(db: Database, order_id: int, buyer_id: int, language: str) -> OrderView:
     """One of the buyer's own orders; NotFound for anyone else's."""
+
     async def work(session: AsyncSession) -> OrderView:
         row = (
             await session.execute(
@@ -696,13 +767,18 @@ async def buyer_order(db: Database, order_id: int, buyer_id: int, language: str)
     return await db.read(work)
 
 
-async def show_keys_again(db: Database, order_id: int, buyer_id: int, *, now: datetime | None = None) -> int:
+async def show_keys_again(
+    db: Database, order_id: int, buyer_id: int, *, now: datetime | None = None
+) -> int:
     """Queue the order's keys to be shown to its buyer once more; return the delivery id.
 
     A request while one is already queued returns that one instead of queueing another.
     """
+
     async def work(session: AsyncSession) -> int:
-        order = await session.scalar(select(Order).where(Order.id == order_id, Order.buyer_id == buyer_id))
+        order = await session.scalar(
+            select(Order).where(Order.id == order_id, Order.buyer_id == buyer_id)
+        )
         if order is None:
             raise NotFound("no such order")
         if order.status not in (OrderStatus.FULFILLED, OrderStatus.DISPUTED):
@@ -727,12 +803,20 @@ async def show_keys_again(db: Database, order_id: int, buyer_id: int, *, now: da
 # ---------------------------------------------------------------- helpers
 
 
-async def _record_event(session: AsyncSession, event: Event, order_id: int | None, now: datetime) -> bool:
+async def _record_event(
+    session: AsyncSession, event: Event, order_id: int | None, now: datetime
+) -> bool:
     """Add the event to the ledger; False if it was there already."""
     insert = dialect_insert(session)
     inserted = await session.scalar(
         insert(PaymentEvent)
-        .values(provider=event.provider, event_id=event.id, type=event.type, order_id=order_id, received_at=now)
+        .values(
+            provider=event.provider,
+            event_id=event.id,
+            type=event.type,
+            order_id=order_id,
+            received_at=now,
+        )
         .on_conflict_do_nothing(index_elements=[PaymentEvent.event_id])
         .returning(PaymentEvent.id)
     )
@@ -748,11 +832,16 @@ async def _lock_order(session: AsyncSession, order_id: int | None) -> Order | No
     if order_id is None:
         return None
     return await session.scalar(
-        select(Order).where(Order.id == order_id).with_for_update().execution_options(populate_existing=True)
+        select(Order)
+        .where(Order.id == order_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
 
 
-async def _find_paid_order(session: AsyncSession, order_id: int | None, payment_ref: str | None) -> Order | None:
+async def _find_paid_order(
+    session: AsyncSession, order_id: int | None, payment_ref: str | None
+) -> Order | None:
     order = await _lock_order(session, order_id)
     if order is None and payment_ref:
         order = await session.scalar(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, Self
 
 import aiosqlite
 
@@ -34,7 +34,7 @@ class _BufferedCursor:
         self.rowcount = -1
         self.lastrowid: int | None = None
 
-    async def __aenter__(self) -> _BufferedCursor:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -58,7 +58,12 @@ class _BufferedCursor:
             finally:
                 cursor.close()
 
-        self._rows, self.description, self.rowcount, self.lastrowid = await self._connection._execute(work)
+        (
+            self._rows,
+            self.description,
+            self.rowcount,
+            self.lastrowid,
+        ) = await self._connection._execute(work)
         return self
 
     async def fetchone(self) -> Any:
@@ -86,6 +91,10 @@ async def connect(path: str) -> aiosqlite.Connection:
     """An aiosqlite connection to the database file at `path`, with buffered cursors."""
     # check_same_thread=False as SQLAlchemy's aiosqlite dialect sets it: the connection is
     # used from its worker thread only, but created and closed through it from the loop.
-    connection = _Connection(partial(sqlite3.connect, path, check_same_thread=False), iter_chunk_size=64)
-    connection._thread.daemon = True  # as SQLAlchemy does: a forgotten connection must not hang exit
+    connection = _Connection(
+        partial(sqlite3.connect, path, check_same_thread=False), iter_chunk_size=64
+    )
+    connection._thread.daemon = (
+        True  # as SQLAlchemy does: a forgotten connection must not hang exit
+    )
     return await connection

@@ -31,7 +31,9 @@ from tests.e2e.conftest import Shop, running, shop_settings
 from tests.fakes.stripe import FakeStripe
 from tests.fakes.telegram import FakeTelegram
 
-POSTGRES_ADMIN = os.environ.get("KEYVEND_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+POSTGRES_ADMIN = os.environ.get(
+    "KEYVEND_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+)
 
 
 async def _migrated(url: str) -> None:
@@ -130,11 +132,15 @@ def key_secret() -> str:
 
 
 @pytest.fixture
-def settings(sqlite_url: str, telegram: FakeTelegram, stripe_api: FakeStripe, key_secret: str) -> Settings:
+def settings(
+    sqlite_url: str, telegram: FakeTelegram, stripe_api: FakeStripe, key_secret: str
+) -> Settings:
     return shop_settings(sqlite_url, telegram, stripe_api, key_secret)
 
 
 @pytest.fixture
-async def shop(settings: Settings, telegram: FakeTelegram, stripe_api: FakeStripe) -> AsyncIterator[Shop]:
+async def shop(
+    settings: Settings, telegram: FakeTelegram, stripe_api: FakeStripe
+) -> AsyncIterator[Shop]:
     async with running(settings, telegram, stripe_api) as running_shop:
         yield running_shop

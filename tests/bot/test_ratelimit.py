@@ -34,7 +34,9 @@ def _user() -> int:
 
 def _limiter(redis_url: str | None = REDIS, **limits: str) -> tuple[RateLimiter, Metrics]:
     metrics = Metrics()
-    return RateLimiter(limits or {"checkouts": "3/minute"}, redis_url=redis_url, metrics=metrics), metrics
+    return RateLimiter(
+        limits or {"checkouts": "3/minute"}, redis_url=redis_url, metrics=metrics
+    ), metrics
 
 
 def _fail_opens(metrics: Metrics) -> float:
@@ -142,9 +144,14 @@ def _seconds(message: str) -> int:
 
 
 async def test_a_checkout_over_the_limit_is_refused_and_opens_no_order(
-    sqlite_url: str, telegram, stripe_api, key_secret: str,
+    sqlite_url: str,
+    telegram,
+    stripe_api,
+    key_secret: str,
 ) -> None:
-    settings = shop_settings(sqlite_url, telegram, stripe_api, key_secret, rate_limit_checkouts="2/minute")
+    settings = shop_settings(
+        sqlite_url, telegram, stripe_api, key_secret, rate_limit_checkouts="2/minute"
+    )
     async with running(settings, telegram, stripe_api) as shop:
         product = await stock(shop, "GAME", 5)
         await checkout(shop, BUYER, "GAME")
@@ -159,9 +166,14 @@ async def test_a_checkout_over_the_limit_is_refused_and_opens_no_order(
 
 
 async def test_updates_over_the_limit_get_the_try_again_answer(
-    sqlite_url: str, telegram, stripe_api, key_secret: str,
+    sqlite_url: str,
+    telegram,
+    stripe_api,
+    key_secret: str,
 ) -> None:
-    settings = shop_settings(sqlite_url, telegram, stripe_api, key_secret, rate_limit_updates="3/minute")
+    settings = shop_settings(
+        sqlite_url, telegram, stripe_api, key_secret, rate_limit_updates="3/minute"
+    )
     async with running(settings, telegram, stripe_api):
         since = time.monotonic()
         for _ in range(5):

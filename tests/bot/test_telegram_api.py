@@ -15,8 +15,12 @@ from tests.fakes.telegram import FakeTelegram
 
 
 def _bot(fake: FakeTelegram, rate: float) -> ExtBot:
-    return ExtBot(fake.token, base_url=f"{fake.url}/bot", request=AiohttpRequest(connections=32),
-                  rate_limiter=SendPace(rate))
+    return ExtBot(
+        fake.token,
+        base_url=f"{fake.url}/bot",
+        request=AiohttpRequest(connections=32),
+        rate_limiter=SendPace(rate),
+    )
 
 
 def _most_in_one_second(times: list[float]) -> int:
@@ -54,7 +58,9 @@ async def test_a_429_pauses_every_send_and_they_resume_at_pace(telegram: FakeTel
     assert _most_in_one_second(after) <= 50
 
 
-async def test_a_send_still_refused_after_its_retries_raises_retry_after(telegram: FakeTelegram) -> None:
+async def test_a_send_still_refused_after_its_retries_raises_retry_after(
+    telegram: FakeTelegram,
+) -> None:
     telegram.retry_after_seconds = 1
     telegram.fail_next(3, status=429)
     async with _bot(telegram, 50) as bot:

@@ -69,7 +69,9 @@ class Shop:
 
     async def post_event(self, event: dict) -> aiohttp.ClientResponse:
         body, headers = self.stripe.signed(event)
-        async with self.http.post(f"{self.url}/stripe/webhook", data=body, headers=headers) as response:
+        async with self.http.post(
+            f"{self.url}/stripe/webhook", data=body, headers=headers
+        ) as response:
             await response.read()
             return response
 
@@ -90,29 +92,35 @@ async def run_cli(settings: Settings, *args: str, stdin: bytes | None = None) ->
         "LOG_LEVEL": "WARNING",
     }
     process = await asyncio.create_subprocess_exec(
-        str(KEYVEND), *args, env=env, stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        str(KEYVEND),
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(process.communicate(stdin), timeout=60)
     return Completed(process.returncode, out.decode(), err.decode())
 
 
-def shop_settings(database_url: str, telegram: FakeTelegram, stripe_api: FakeStripe, key_secret: str, **overrides) -> Settings:
-    values = dict(
-        bot_token=telegram.token,
-        admin_ids=str(ADMIN),
-        telegram_api_url=telegram.url,
-        database_url=database_url,
-        stripe_secret_key=stripe_api.api_key,
-        stripe_webhook_secret=stripe_api.webhook_secret,
-        stripe_api_base=stripe_api.url,
-        http_host="127.0.0.1",
-        http_port=free_port(),
-        key_encryption_key=key_secret,
-        key_message_ttl=timedelta(minutes=15),
-        rate_limit_updates="1000/minute",
-        rate_limit_checkouts="100/minute",
-    )
+def shop_settings(
+    database_url: str, telegram: FakeTelegram, stripe_api: FakeStripe, key_secret: str, **overrides
+) -> Settings:
+    values = {
+        "bot_token": telegram.token,
+        "admin_ids": str(ADMIN),
+        "telegram_api_url": telegram.url,
+        "database_url": database_url,
+        "stripe_secret_key": stripe_api.api_key,
+        "stripe_webhook_secret": stripe_api.webhook_secret,
+        "stripe_api_base": stripe_api.url,
+        "http_host": "127.0.0.1",
+        "http_port": free_port(),
+        "key_encryption_key": key_secret,
+        "key_message_ttl": timedelta(minutes=15),
+        "rate_limit_updates": "1000/minute",
+        "rate_limit_checkouts": "100/minute",
+    }
     values.update(overrides)
     return Settings(_env_file=None, **values)
 
@@ -132,8 +140,15 @@ class running:
         assert started.done(), "keyvend did not start within 30 s"
         self.db = Database(self.settings.database_url)
         self.http = aiohttp.ClientSession()
-        return Shop(self.settings, f"http://127.0.0.1:{self.settings.http_port}", self.db,
-                    self.telegram, self.stripe, self.http, started.result())
+        return Shop(
+            self.settings,
+            f"http://127.0.0.1:{self.settings.http_port}",
+            self.db,
+            self.telegram,
+            self.stripe,
+            self.http,
+            started.result(),
+        )
 
     async def __aexit__(self, *exc: object) -> None:
         self.stop.set()
@@ -151,12 +166,19 @@ Launch = Callable[..., running]
 
 @pytest.fixture
 def launch(
-    sqlite_url: str, telegram: FakeTelegram, stripe_api: FakeStripe, key_secret: str, afterwards: Afterwards,
+    sqlite_url: str,
+    telegram: FakeTelegram,
+    stripe_api: FakeStripe,
+    key_secret: str,
+    afterwards: Afterwards,
 ) -> Launch:
     """`async with launch(**settings) as shop:` runs the real app on this test's database
     (or on `launch(database_url)`), and the audit after the test checks that database."""
+
     def run(database_url: str | None = None, **overrides: Any) -> running:
-        settings = shop_settings(database_url or sqlite_url, telegram, stripe_api, key_secret, **overrides)
+        settings = shop_settings(
+            database_url or sqlite_url, telegram, stripe_api, key_secret, **overrides
+        )
         afterwards.uses(settings)
         return running(settings, telegram, stripe_api)
 

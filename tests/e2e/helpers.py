@@ -41,7 +41,9 @@ from tests.fakes.telegram import FakeTelegram, SentMessage
 if TYPE_CHECKING:  # tests.e2e.conftest imports this module
     from tests.e2e.conftest import Shop
 
-WAIT = 30.0  # seconds any single wait may take: generous, the machine is shared with other test runs
+WAIT = (
+    30.0  # seconds any single wait may take: generous, the machine is shared with other test runs
+)
 UNKNOWN_COMMAND = "Sorry, I don't know that command. /help lists what I can do."
 SOLD_OUT = "Sorry, this product just sold out."
 
@@ -86,9 +88,14 @@ async def snapshot(shop: Shop) -> Snapshot:
             keys=await counted(session, Key.status),
             payment_events=await session.scalar(select(func.count()).select_from(PaymentEvent)),
             deliveries=Counter(
-                {f"{kind}:{status}": n for kind, status, n in await session.execute(
-                    select(Delivery.kind, Delivery.status, func.count()).group_by(Delivery.kind, Delivery.status)
-                )}
+                {
+                    f"{kind}:{status}": n
+                    for kind, status, n in await session.execute(
+                        select(Delivery.kind, Delivery.status, func.count()).group_by(
+                            Delivery.kind, Delivery.status
+                        )
+                    )
+                }
             ),
             reveals=await session.scalar(select(func.count()).select_from(Reveal)),
             products=await session.scalar(select(func.count()).select_from(Product)),
@@ -105,17 +112,22 @@ async def key_statuses(shop: Shop, sku: str) -> Counter:
     """How many of a product's keys are in each status."""
     result = await rows(
         shop,
-        select(Key.status, func.count()).join(Product, Product.id == Key.product_id)
-        .where(Product.sku == sku).group_by(Key.status),
+        select(Key.status, func.count())
+        .join(Product, Product.id == Key.product_id)
+        .where(Product.sku == sku)
+        .group_by(Key.status),
     )
     return Counter({status: n for status, n in result})
 
 
 async def order_key_statuses(shop: Shop, order_id: int) -> list[str]:
     """The status of each key an order holds, in key order."""
-    return [status for (status,) in await rows(
-        shop, select(Key.status).where(Key.order_id == order_id).order_by(Key.id)
-    )]
+    return [
+        status
+        for (status,) in await rows(
+            shop, select(Key.status).where(Key.order_id == order_id).order_by(Key.id)
+        )
+    ]
 
 
 async def order_count(shop: Shop) -> int:
@@ -134,8 +146,10 @@ def vault(shop: Shop) -> KeyVault:
 async def stored_keys(shop: Shop, sku: str) -> list[tuple[bytes, str]]:
     """Every key of a product as (ciphertext, decrypted text), in import order."""
     query = (
-        select(Key.ciphertext).join(Product, Product.id == Key.product_id)
-        .where(Product.sku == sku).order_by(Key.id)
+        select(Key.ciphertext)
+        .join(Product, Product.id == Key.product_id)
+        .where(Product.sku == sku)
+        .order_by(Key.id)
     )
     ciphertexts = await rows(shop, query)
     box = vault(shop)
@@ -146,7 +160,9 @@ async def keys_by_order(shop: Shop) -> dict[int, list[str]]:
     """Every order's sold keys, decrypted, in allocation order."""
     box = vault(shop)
     found: dict[int, list[str]] = defaultdict(list)
-    query = select(Key.order_id, Key.ciphertext).where(Key.status == KeyStatus.SOLD).order_by(Key.id)
+    query = (
+        select(Key.order_id, Key.ciphertext).where(Key.status == KeyStatus.SOLD).order_by(Key.id)
+    )
     for order_id, ciphertext in await rows(shop, query):
         found[order_id].append(box.decrypt(ciphertext))
     return dict(found)
@@ -155,8 +171,12 @@ async def keys_by_order(shop: Shop) -> dict[int, list[str]]:
 # ---------------------------------------------------------------- waiting
 
 
-async def wait_until(check: Callable[[], Any] | Callable[[], Awaitable[Any]], *, timeout: float = WAIT,
-                     what: str = "condition") -> Any:
+async def wait_until(
+    check: Callable[[], Any] | Callable[[], Awaitable[Any]],
+    *,
+    timeout: float = WAIT,
+    what: str = "condition",
+) -> Any:
     """Poll `check` (sync or async) until it returns something truthy; fail after `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
@@ -179,6 +199,7 @@ async def wait_for_status(shop: Shop, order_id: int, status: OrderStatus) -> Non
 
 async def outbox_empty(shop: Shop) -> Snapshot:
     """Wait until the delivery worker has recorded every queued message; the snapshot then."""
+
     async def done() -> Snapshot | None:
         state = await snapshot(shop)
         return None if any(k.endswith(":queued") for k in +state.deliveries) else state
@@ -188,6 +209,7 @@ async def outbox_empty(shop: Shop) -> Snapshot:
 
 async def deliveries_settled(shop: Shop, expected: int, *, timeout: float) -> Counter[str]:
     """Wait until at least `expected` deliveries exist and none is queued; their statuses then."""
+
     async def settled() -> Counter[str] | None:
         statuses = await delivery_statuses(shop)
         return statuses if statuses.total() >= expected and not statuses["queued"] else None
@@ -208,13 +230,25 @@ def new_keys(count: int, tag: str) -> list[str]:
     return [f"{tag}-{secrets.token_hex(_CORE // 2).upper()}" for _ in range(count)]
 
 
-async def stock(shop: Shop, sku: str, keys: int | list[str] = 3, *, name: str | None = None,
-                price: str = "9.99", currency: str = "usd", **options: Any) -> ProductView:
+async def stock(
+    shop: Shop,
+    sku: str,
+    keys: int | list[str] = 3,
+    *,
+    name: str | None = None,
+    price: str = "9.99",
+    currency: str = "usd",
+    **options: Any,
+) -> ProductView:
     """Add a product and import keys for it (GAME-KEY-000, GAME-KEY-001, ... when given a count)."""
-    product = await catalogue.add_product(shop.db, sku, name or f"{sku} key", price, currency, **options)
+    product = await catalogue.add_product(
+        shop.db, sku, name or f"{sku} key", price, currency, **options
+    )
     lines = [f"{sku}-KEY-{i:03d}" for i in range(keys)] if isinstance(keys, int) else keys
     if lines:
-        await inventory.restock(shop.db, vault(shop), sku, inventory.parse_keys("\n".join(lines)), source="test")
+        await inventory.restock(
+            shop.db, vault(shop), sku, inventory.parse_keys("\n".join(lines)), source="test"
+        )
     return product
 
 
@@ -230,8 +264,14 @@ def text(message: SentMessage) -> str:
     return message.plain_text if message.plain_text is not None else (message.text or "")
 
 
-async def reply(tg: FakeTelegram, user: int, command: str, *, document: tuple[str, bytes] | None = None,
-                contains: str = "") -> SentMessage:
+async def reply(
+    tg: FakeTelegram,
+    user: int,
+    command: str,
+    *,
+    document: tuple[str, bytes] | None = None,
+    contains: str = "",
+) -> SentMessage:
     """Send a message as `user` and wait for the bot's next message to them (holding `contains`)."""
     since = time.monotonic()
     tg.message(user, command, document=document)
@@ -241,15 +281,21 @@ async def reply(tg: FakeTelegram, user: int, command: str, *, document: tuple[st
 
 async def text_to(shop: Shop, chat: int, contains: str) -> SentMessage:
     """The first message to `chat` holding `contains`, sent already or still to come."""
-    return await shop.telegram.wait_for(lambda m: m.chat_id == chat and contains in text(m), timeout=WAIT)
+    return await shop.telegram.wait_for(
+        lambda m: m.chat_id == chat and contains in text(m), timeout=WAIT
+    )
 
 
-async def press(tg: FakeTelegram, user: int, message: SentMessage | int, data: str) -> dict[str, Any]:
+async def press(
+    tg: FakeTelegram, user: int, message: SentMessage | int, data: str
+) -> dict[str, Any]:
     """Press a button (real or forged) as `user` and wait for the bot to answer the query."""
     query_id = tg.press(user, message, data)["callback_query"]["id"]
 
     def answered() -> dict[str, Any] | None:
-        return next((a for a in tg.callback_answers if str(a.get("callback_query_id")) == query_id), None)
+        return next(
+            (a for a in tg.callback_answers if str(a.get("callback_query_id")) == query_id), None
+        )
 
     return await wait_until(answered, what=f"an answer to the button {data!r}")
 
@@ -295,7 +341,9 @@ async def key_message(shop: Shop, buyer: int, *, since: float = 0.0) -> SentMess
 
 def key_messages(telegram: FakeTelegram, chat_id: int) -> list[SentMessage]:
     """The messages to a chat that carry keys (a delivery hides each key in a spoiler)."""
-    return [m for m in telegram.messages_to(chat_id) if m.method == "sendMessage" and m.spoiler_texts()]
+    return [
+        m for m in telegram.messages_to(chat_id) if m.method == "sendMessage" and m.spoiler_texts()
+    ]
 
 
 async def cards_for(
@@ -306,7 +354,9 @@ async def cards_for(
     for buyer in buyers:
         telegram.message(buyer, f"/start buy_{sku}")
     cards = await telegram.wait_for_count(
-        lambda m: m.chat_id in crowd and m.time >= since and "Price:" in text(m), len(crowd), timeout=timeout
+        lambda m: m.chat_id in crowd and m.time >= since and "Price:" in text(m),
+        len(crowd),
+        timeout=timeout,
     )
     by_buyer = {card.chat_id: card for card in cards}
     assert len(by_buyer) == len(crowd), "some buyer got two cards and another none"
@@ -325,7 +375,9 @@ async def press_pay(
     for buyer, card in cards.items():
         telegram.press(buyer, card, card.button("by card")["callback_data"])
     answers = await telegram.wait_for_count(
-        lambda m: m.chat_id in cards and m.time >= since and m.method == "sendMessage", len(cards), timeout=timeout
+        lambda m: m.chat_id in cards and m.time >= since and m.method == "sendMessage",
+        len(cards),
+        timeout=timeout,
     )
     by_buyer = {answer.chat_id: answer for answer in answers}
     assert len(by_buyer) == len(cards), "some buyer got two answers to one press and another none"
@@ -341,7 +393,9 @@ def paid(stripe: FakeStripe, session_id: str, **pay_options: Any) -> dict[str, A
     return stripe.completed_event(session_id)
 
 
-async def pay(shop: Shop, sale: Checkout, *, post: bool = True, **pay_options: Any) -> dict[str, Any]:
+async def pay(
+    shop: Shop, sale: Checkout, *, post: bool = True, **pay_options: Any
+) -> dict[str, Any]:
     """The buyer pays on Stripe; Stripe's `completed` event is posted unless `post=False`."""
     event = paid(shop.stripe, sale.session_id, **pay_options)
     if post:
@@ -362,7 +416,12 @@ def expired(stripe: FakeStripe, session_id: str) -> dict[str, Any]:
     payment it lost to, or be applied before a payment that was still on its way when the
     reservation lapsed; this builds exactly that event.
     """
-    session = {**stripe.sessions[session_id], "status": "expired", "payment_status": "unpaid", "url": None}
+    session = {
+        **stripe.sessions[session_id],
+        "status": "expired",
+        "payment_status": "unpaid",
+        "url": None,
+    }
     return stripe.event("checkout.session.expired", session)
 
 
@@ -396,16 +455,25 @@ async def open_orders(
     few seconds; the chat path itself is what the flash-sale test drives.
     """
     gateway = stripe_gateway(shop)
-    policy = CheckoutPolicy(max_unpaid=shop.settings.max_unpaid_orders, ttl=shop.settings.checkout_ttl)
+    policy = CheckoutPolicy(
+        max_unpaid=shop.settings.max_unpaid_orders, ttl=shop.settings.checkout_ttl
+    )
     gate = asyncio.Semaphore(concurrency)
 
     async def one(buyer_id: int, quantity: int) -> Placed:
         async with gate:
             sale = await orders.checkout(
-                shop.db, gateway, buyer_id=buyer_id, language="en", product_id=product_id,
-                quantity=quantity, policy=policy,
+                shop.db,
+                gateway,
+                buyer_id=buyer_id,
+                language="en",
+                product_id=product_id,
+                quantity=quantity,
+                policy=policy,
             )
-        return Placed(sale.order_id, buyer_id, quantity, shop.stripe.session_for_order(sale.order_id)["id"])
+        return Placed(
+            sale.order_id, buyer_id, quantity, shop.stripe.session_for_order(sale.order_id)["id"]
+        )
 
     return list(await asyncio.gather(*(one(buyer, quantity) for buyer, quantity in wanted)))
 
@@ -458,7 +526,9 @@ class Answer:
         return reason
 
 
-async def post(shop: Shop, path: str, body: bytes | Any, headers: dict[str, str] | None = None) -> Answer:
+async def post(
+    shop: Shop, path: str, body: bytes | Any, headers: dict[str, str] | None = None
+) -> Answer:
     """POST raw bytes (or a streaming body) to the running shop."""
     async with shop.http.post(f"{shop.url}{path}", data=body, headers=headers or {}) as response:
         raw = await response.read()
@@ -468,8 +538,15 @@ async def post(shop: Shop, path: str, body: bytes | Any, headers: dict[str, str]
         return Answer(response.status, response.content_type, payload)
 
 
-async def post_in_pieces(shop: Shop, path: str, body: bytes, headers: dict[str, str], *,
-                         pieces: int = 3, pause: float = 0.05) -> int:
+async def post_in_pieces(
+    shop: Shop,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    pieces: int = 3,
+    pause: float = 0.05,
+) -> int:
     """POST with a Content-Length, the body written in `pieces` with pauses between them.
 
     That is how a body arrives over a real network (TCP segments, a proxy in between); on
@@ -479,12 +556,21 @@ async def post_in_pieces(shop: Shop, path: str, body: bytes, headers: dict[str, 
     host, port = shop.url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
-        head = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}", "Connection: close"]
-        head += [f"{name}: {value}" for name, value in headers.items() if name.lower() != "content-length"]
+        head = [
+            f"POST {path} HTTP/1.1",
+            f"Host: {host}",
+            f"Content-Length: {len(body)}",
+            "Connection: close",
+        ]
+        head += [
+            f"{name}: {value}"
+            for name, value in headers.items()
+            if name.lower() != "content-length"
+        ]
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
         size = -(-len(body) // pieces)
         for start in range(0, len(body), size):
-            writer.write(body[start:start + size])
+            writer.write(body[start : start + size])
             await writer.drain()
             await asyncio.sleep(pause)
         status_line = await asyncio.wait_for(reader.readline(), timeout=10)
@@ -527,7 +613,9 @@ async def metric(shop: Shop, name: str, **labels: str) -> float:
 # ---------------------------------------------------------------- final checks
 
 
-def assert_own_keys_only(telegram: FakeTelegram, keys: dict[int, list[str]], buyers: dict[int, int]) -> dict[int, int]:
+def assert_own_keys_only(
+    telegram: FakeTelegram, keys: dict[int, list[str]], buyers: dict[int, int]
+) -> dict[int, int]:
     """Every order's keys reached its buyer's chat in one message, and no key reached any other chat.
 
     `keys` are the orders' keys (order id -> keys), `buyers` their buyers (order id -> chat); a
@@ -545,10 +633,14 @@ def assert_own_keys_only(telegram: FakeTelegram, keys: dict[int, list[str]], buy
         assert order is not None and buyers[order] == message.chat_id, (
             f"chat {message.chat_id} received a key that is not from one of its orders"
         )
-        assert sorted(spoilers) == sorted(keys[order]), f"chat {message.chat_id} got other keys than its order's"
+        assert sorted(spoilers) == sorted(keys[order]), (
+            f"chat {message.chat_id} got other keys than its order's"
+        )
         received[order] += 1
     missing = [order for order in keys if not received[order]]
-    assert not missing, f"{len(missing)} orders' keys never reached their buyer, e.g. order {missing[0]}"
+    assert not missing, (
+        f"{len(missing)} orders' keys never reached their buyer, e.g. order {missing[0]}"
+    )
     return {order: copies - 1 for order, copies in received.items() if copies > 1}
 
 
@@ -562,7 +654,9 @@ async def assert_invariants_hold(shop: Shop) -> str:
 
 async def operator_view(shop: Shop) -> list[str]:
     """What the shop shows anyone but a buyer: `/metrics` and every admin alert sent."""
-    alerts = [text(m) for admin in shop.settings.admin_ids for m in shop.telegram.messages_to(admin)]
+    alerts = [
+        text(m) for admin in shop.settings.admin_ids for m in shop.telegram.messages_to(admin)
+    ]
     body, _ = await metrics(shop)
     return [body, *alerts]
 
@@ -588,7 +682,10 @@ class CapturedLogs:
         """
         by_core = {key[-_CORE:]: key for key in keys}
         assert all(_KEY_CORES.match(core) for core in by_core), "a key not made by new_keys()"
-        found = {match.group(1) for match in _KEY_CORES.finditer("\n".join([self.stream.getvalue(), *also]))}
+        found = {
+            match.group(1)
+            for match in _KEY_CORES.finditer("\n".join([self.stream.getvalue(), *also]))
+        }
         return {by_core[core] for core in found & by_core.keys()}
 
 
@@ -620,4 +717,8 @@ def captured_logs(settings: Settings) -> Iterator[CapturedLogs]:
 
 
 def _loggers() -> list[tuple[str, logging.Logger]]:
-    return [(n, lg) for n, lg in logging.root.manager.loggerDict.items() if isinstance(lg, logging.Logger)]
+    return [
+        (n, lg)
+        for n, lg in logging.root.manager.loggerDict.items()
+        if isinstance(lg, logging.Logger)
+    ]

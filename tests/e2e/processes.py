@@ -47,7 +47,11 @@ def app_env(settings: Settings) -> dict[str, str]:
     Built from scratch rather than from os.environ, so nothing of the test runner's own
     environment (or a developer's BOT_TOKEN) reaches the app.
     """
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+    }
     for name, value in settings.model_dump().items():
         if value is None:
             continue
@@ -91,7 +95,13 @@ class App:
     def running(self) -> bool:
         return self._process is not None and self._process.returncode is None
 
-    def shop(self, db: Database, telegram: FakeTelegram, stripe_api: FakeStripe, http: aiohttp.ClientSession) -> Shop:
+    def shop(
+        self,
+        db: Database,
+        telegram: FakeTelegram,
+        stripe_api: FakeStripe,
+        http: aiohttp.ClientSession,
+    ) -> Shop:
         """This instance as the `Shop` handle the shared e2e helpers take."""
         return Shop(self.settings, self.url, db, telegram, stripe_api, http)
 
@@ -102,17 +112,28 @@ class App:
         self._logs.append(path)
         with path.open("wb") as output:
             self._process = await asyncio.create_subprocess_exec(
-                str(KEYVEND), "run", cwd=self.workdir, env=self._env,
-                stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=asyncio.subprocess.STDOUT,
+                str(KEYVEND),
+                "run",
+                cwd=self.workdir,
+                env=self._env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=output,
+                stderr=asyncio.subprocess.STDOUT,
             )
         async with aiohttp.ClientSession() as http:
-            await wait_until(lambda: self._healthy(http), timeout=timeout, what=f"{self.name} answering /healthz")
+            await wait_until(
+                lambda: self._healthy(http), timeout=timeout, what=f"{self.name} answering /healthz"
+            )
 
     async def _healthy(self, http: aiohttp.ClientSession) -> bool:
         if not self.running:
-            raise AssertionError(f"{self.name} exited with {self._process.returncode}:\n{self._tail()}")
+            raise AssertionError(
+                f"{self.name} exited with {self._process.returncode}:\n{self._tail()}"
+            )
         try:
-            async with http.get(f"{self.url}/healthz", timeout=aiohttp.ClientTimeout(total=2)) as reply:
+            async with http.get(
+                f"{self.url}/healthz", timeout=aiohttp.ClientTimeout(total=2)
+            ) as reply:
                 return reply.status == 200
         except (aiohttp.ClientError, TimeoutError):
             return False
@@ -134,7 +155,9 @@ class App:
             code = await asyncio.wait_for(self._process.wait(), timeout)
         except TimeoutError:
             await self.kill()
-            raise AssertionError(f"{self.name} ignored SIGTERM for {timeout:.0f} s:\n{self._tail()}") from None
+            raise AssertionError(
+                f"{self.name} ignored SIGTERM for {timeout:.0f} s:\n{self._tail()}"
+            ) from None
         assert code == 0, f"{self.name} exited with {code} on SIGTERM:\n{self._tail()}"
 
     def logs(self) -> str:
@@ -159,11 +182,25 @@ class RedisServer:
     async def start(self, *, timeout: float = 20.0) -> None:
         """Start it (again, on the same port) and wait until it answers PING."""
         self._process = await asyncio.create_subprocess_exec(
-            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--daemonize", "no", cwd=self._workdir,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            cwd=self._workdir,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
-        await wait_until(self._answers, timeout=timeout, what=f"redis-server on port {self.port} answering")
+        await wait_until(
+            self._answers, timeout=timeout, what=f"redis-server on port {self.port} answering"
+        )
 
     async def _answers(self) -> bool:
         client = Redis.from_url(self.url, socket_timeout=1)
@@ -205,7 +242,9 @@ class StripeRetries:
     parallel: int = 8
     attempts: Counter[str] = field(default_factory=Counter)  # event id -> POSTs made
     outcomes: dict[str, str] = field(default_factory=dict)  # event id -> outcome its 200 reported
-    refusals: Counter[str] = field(default_factory=Counter)  # "HTTP 500", "ClientOSError"... -> times
+    refusals: Counter[str] = field(
+        default_factory=Counter
+    )  # "HTTP 500", "ClientOSError"... -> times
     in_flight: int = 0
     _turn: int = 0
 
@@ -227,7 +266,9 @@ class StripeRetries:
 
         await asyncio.gather(*(one(e) for e in events))
 
-    async def send(self, event: dict[str, Any], *, url: str | None = None, timeout: float = 90.0) -> str:
+    async def send(
+        self, event: dict[str, Any], *, url: str | None = None, timeout: float = 90.0
+    ) -> str:
         """Deliver one event until it is answered 200; returns the outcome the app reported."""
         deadline = time.monotonic() + timeout
         backoff = 0.05
@@ -237,7 +278,9 @@ class StripeRetries:
             if answer is not None:
                 self.outcomes[event["id"]] = answer["outcome"]
                 return answer["outcome"]
-            assert time.monotonic() < deadline, f"event {event['id']} never answered 200 within {timeout:.0f} s"
+            assert time.monotonic() < deadline, (
+                f"event {event['id']} never answered 200 within {timeout:.0f} s"
+            )
             await asyncio.sleep(backoff)
             backoff = min(1.0, backoff * 2)
 
@@ -246,7 +289,10 @@ class StripeRetries:
         self.in_flight += 1
         try:
             async with self.http.post(
-                f"{url}/stripe/webhook", data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=15)
+                f"{url}/stripe/webhook",
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=15),
             ) as reply:
                 if reply.status == 200:
                     return await reply.json()
@@ -270,17 +316,29 @@ async def leased_to(shop: Shop, pid: int) -> dict[int, datetime]:
 
     The lease owner is `host:pid:random`, so the pid names the process.
     """
-    return dict(await rows(shop, select(Delivery.order_id, Delivery.lease_expires_at).where(
-        Delivery.status == DeliveryStatus.QUEUED, Delivery.lease_owner.like(f"%:{pid}:%"),
-    )))
+    return dict(
+        await rows(
+            shop,
+            select(Delivery.order_id, Delivery.lease_expires_at).where(
+                Delivery.status == DeliveryStatus.QUEUED,
+                Delivery.lease_owner.like(f"%:{pid}:%"),
+            ),
+        )
+    )
 
 
 async def sent_times(shop: Shop, order_ids: Iterable[int]) -> dict[int, datetime]:
     """When each order's key delivery was recorded as sent."""
-    return dict(await rows(shop, select(Delivery.order_id, Delivery.sent_at).where(
-        Delivery.order_id.in_(list(order_ids)), Delivery.kind == DeliveryKind.KEYS,
-        Delivery.status == DeliveryStatus.SENT,
-    )))
+    return dict(
+        await rows(
+            shop,
+            select(Delivery.order_id, Delivery.sent_at).where(
+                Delivery.order_id.in_(list(order_ids)),
+                Delivery.kind == DeliveryKind.KEYS,
+                Delivery.status == DeliveryStatus.SENT,
+            ),
+        )
+    )
 
 
 async def sent_count(shop: Shop, order_ids: Iterable[int]) -> int:

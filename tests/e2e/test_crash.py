@@ -77,8 +77,11 @@ async def kill_repeatedly(
     the last such lease.
     """
     first_at = rng.randint(ORDERS // 5, ORDERS // 2)
-    await wait_until(lambda: stripe.answered >= first_at and stripe.in_flight > 0, timeout=60,
-                     what=f"{first_at} events answered")
+    await wait_until(
+        lambda: stripe.answered >= first_at and stripe.in_flight > 0,
+        timeout=60,
+        what=f"{first_at} events answered",
+    )
     kills, held = 0, {}
     while kills < KILLS:
         if kills:
@@ -97,8 +100,15 @@ async def test_killed_mid_run_every_paid_order_reaches_its_own_buyer_once(
 ) -> None:
     started = time.monotonic()
     # LOG_LEVEL=DEBUG: the key grep searches the most the app can log.
-    settings = shop_settings(database_url, telegram, stripe_api, key_secret,
-                             telegram_rate=30.0, delivery_lease=LEASE, log_level="DEBUG")
+    settings = shop_settings(
+        database_url,
+        telegram,
+        stripe_api,
+        key_secret,
+        telegram_rate=30.0,
+        delivery_lease=LEASE,
+        log_level="DEBUG",
+    )
     keys = new_keys(ORDERS, SKU)
     app, db = App(settings, tmp_path), Database(database_url)
     try:
@@ -108,7 +118,9 @@ async def test_killed_mid_run_every_paid_order_reaches_its_own_buyer_once(
                 product = await stock(shop, SKU, keys)
                 placed = await open_orders(shop, product.id, [(buyer, 1) for buyer in buyers()])
                 events = [paid(stripe_api, p.session_id) for p in placed]
-                telegram.latency = 0.02  # with the app's 30 messages/s: about ten seconds of delivery
+                telegram.latency = (
+                    0.02  # with the app's 30 messages/s: about ten seconds of delivery
+                )
                 await app.start()
                 stripe = StripeRetries(http, stripe_api, [app.url])
                 sending = asyncio.create_task(stripe.send_all(events))
@@ -124,14 +136,20 @@ async def test_killed_mid_run_every_paid_order_reaches_its_own_buyer_once(
 
                 # Stripe's retries: every event answered 200 in the end, each applied once.
                 assert stripe.answered == ORDERS
-                assert stripe.retried > 0, "no event was ever refused: the kills missed the webhooks"
+                assert stripe.retried > 0, (
+                    "no event was ever refused: the kills missed the webhooks"
+                )
                 ledger = await rows(shop, select(PaymentEvent.event_id))
                 assert sorted(e for (e,) in ledger) == sorted(e["id"] for e in events)
-                assert await rows(shop, select(Order.status, func.count()).group_by(Order.status)) == [
-                    (OrderStatus.FULFILLED, ORDERS)
-                ]
-                per_order = await rows(shop, select(func.count()).where(Delivery.kind == DeliveryKind.KEYS)
-                                       .group_by(Delivery.order_id))
+                assert await rows(
+                    shop, select(Order.status, func.count()).group_by(Order.status)
+                ) == [(OrderStatus.FULFILLED, ORDERS)]
+                per_order = await rows(
+                    shop,
+                    select(func.count())
+                    .where(Delivery.kind == DeliveryKind.KEYS)
+                    .group_by(Delivery.order_id),
+                )
                 assert per_order == [(1,)] * ORDERS
                 assert await delivery_statuses(shop) == {"sent": ORDERS}
                 sold = await keys_by_order(shop)
@@ -140,16 +158,22 @@ async def test_killed_mid_run_every_paid_order_reaches_its_own_buyer_once(
 
                 # Telegram: each buyer holds exactly their own keys; a second copy only of a
                 # message whose delivery a killed process held (sent, killed before the commit).
-                twice = assert_own_keys_only(telegram, sold, {p.order_id: p.buyer_id for p in placed})
+                twice = assert_own_keys_only(
+                    telegram, sold, {p.order_id: p.buyer_id for p in placed}
+                )
                 assert set(twice) <= set(held)
                 assert max(twice.values(), default=1) <= KILLS
                 # A killed process's claim was taken over only when its lease had run out.
                 finished = await sent_times(shop, held)
                 early = [o for o, lease_end in held.items() if finished[o] < lease_end]
-                assert not early, f"{len(early)} deliveries were taken over before the dead process's lease ended"
+                assert not early, (
+                    f"{len(early)} deliveries were taken over before the dead process's lease ended"
+                )
 
                 report = await assert_invariants_hold(shop)
-        assert not logs.leaked(keys, also=[app.logs(), report]), "an imported key appears in the logs"
+        assert not logs.leaked(keys, also=[app.logs(), report]), (
+            "an imported key appears in the logs"
+        )
         assert kills == KILLS
         print(
             f"\ncrash[{database_name(settings)}]: {ORDERS} orders, {kills} kills, "

@@ -58,7 +58,9 @@ async def available(shop: Shop) -> int:
 
 
 async def deliveries_of(shop: Shop, order_id: int, kind: DeliveryKind) -> int:
-    return await scalar(shop, select(func.count()).where(Delivery.order_id == order_id, Delivery.kind == kind))
+    return await scalar(
+        shop, select(func.count()).where(Delivery.order_id == order_id, Delivery.kind == kind)
+    )
 
 
 def refund_requests(stripe: FakeStripe) -> list:
@@ -100,9 +102,15 @@ async def test_payment_after_release_with_stock_gone_is_refunded_once(launch: La
         intent = shop.stripe.sessions[late.session_id]["payment_intent"]
         [refund] = refunds_of(shop.stripe, intent)
         assert refund["amount"] == 999
-        assert {r.idempotency_key for r in refund_requests(shop.stripe)} == {f"refund-order-{late.order_id}"}
+        assert {r.idempotency_key for r in refund_requests(shop.stripe)} == {
+            f"refund-order-{late.order_id}"
+        }
         await text_to(shop, late.buyer, f"Order #{late.order_id} (SOLO game × 1) was refunded")
-        await text_to(shop, ADMIN, f"Order #{late.order_id} (SOLO) was paid with nothing left to give: refunding")
+        await text_to(
+            shop,
+            ADMIN,
+            f"Order #{late.order_id} (SOLO) was paid with nothing left to give: refunding",
+        )
         await text_to(shop, ADMIN, f"Order #{late.order_id} was refunded")
 
         # The refund path again, every way it can recur: the job, a crashed pass that made the
@@ -120,7 +128,9 @@ async def test_payment_after_release_with_stock_gone_is_refunded_once(launch: La
         assert await order_key_statuses(shop, winner.order_id) == [KeyStatus.SOLD]
 
 
-async def test_stripe_500s_during_refund_leave_it_pending_until_reconciliation(launch: Launch) -> None:
+async def test_stripe_500s_during_refund_leave_it_pending_until_reconciliation(
+    launch: Launch,
+) -> None:
     async with launch() as shop:
         late, _ = await _paid_after_release(shop, "SOLO")
         # Every attempt the SDK makes (the first and its two retries) gets a 500.
@@ -129,6 +139,7 @@ async def test_stripe_500s_during_refund_leave_it_pending_until_reconciliation(l
 
         async def retries_spent() -> bool:
             return shop.stripe.failures_pending == 0 and len(refund_requests(shop.stripe)) == 3
+
         await wait_until(retries_spent, what="the refund's three failed attempts")
         assert await order_status(shop, late.order_id) == OrderStatus.REFUND_PENDING
         intent = shop.stripe.sessions[late.session_id]["payment_intent"]
@@ -139,7 +150,9 @@ async def test_stripe_500s_during_refund_leave_it_pending_until_reconciliation(l
         assert await order_status(shop, late.order_id) == OrderStatus.REFUNDED
         assert len(refunds_of(shop.stripe, intent)) == 1
         assert [r.status for r in refund_requests(shop.stripe)] == [500, 500, 500, 200]
-        assert {r.idempotency_key for r in refund_requests(shop.stripe)} == {f"refund-order-{late.order_id}"}
+        assert {r.idempotency_key for r in refund_requests(shop.stripe)} == {
+            f"refund-order-{late.order_id}"
+        }
         await text_to(shop, late.buyer, f"Order #{late.order_id} (SOLO game × 1) was refunded")
 
 
@@ -165,7 +178,9 @@ async def test_backorders_are_told_and_filled_at_restock_oldest_payment_first(
         for sale in (big, small):
             assert await order_status(shop, sale.order_id) == OrderStatus.BACKORDERED
             await text_to(shop, sale.buyer, "will arrive here as soon as the seller restocks")
-            await text_to(shop, ADMIN, f"Order #{sale.order_id} (RARE) was paid with nothing left to give")
+            await text_to(
+                shop, ADMIN, f"Order #{sale.order_id} (RARE) was paid with nothing left to give"
+            )
 
         # One key: enough for the small order, but the bigger, older one is first in line.
         first = new_keys(1, "RARE")
@@ -186,7 +201,12 @@ async def test_backorders_are_told_and_filled_at_restock_oldest_payment_first(
         assert await order_status(shop, small.order_id) == OrderStatus.BACKORDERED
 
         third = new_keys(1, "RARE")
-        await reply(shop.telegram, ADMIN, "/restock RARE\n" + third[0], contains="Filled 1 backordered order.")
+        await reply(
+            shop.telegram,
+            ADMIN,
+            "/restock RARE\n" + third[0],
+            contains="Filled 1 backordered order.",
+        )
         delivered = await key_message(shop, small.buyer)
         assert delivered.spoiler_texts() == third
         assert await order_status(shop, small.order_id) == OrderStatus.FULFILLED
@@ -206,7 +226,9 @@ async def test_refund_revokes_the_keys_for_good_and_copies_change_nothing(launch
         assert (await key_message(shop, buyer.buyer)).spoiler_texts() == [first]
 
         # A partial refund (say, a goodwill dollar) leaves the order alone but tells the admins.
-        await post_ok(shop, shop.stripe.charge_refunded_event(buyer.session_id, amount_refunded=100))
+        await post_ok(
+            shop, shop.stripe.charge_refunded_event(buyer.session_id, amount_refunded=100)
+        )
         await text_to(shop, ADMIN, f"Order #{buyer.order_id} was partially refunded")
         assert await order_status(shop, buyer.order_id) == OrderStatus.FULFILLED
         assert await order_key_statuses(shop, buyer.order_id) == [KeyStatus.SOLD]
@@ -265,7 +287,11 @@ async def test_dispute_flags_the_order_with_the_reveal_log(launch: Launch, black
         await key_message(shop, buyer.buyer, since=since)
 
         async def two_reveals() -> bool:
-            return await scalar(shop, select(func.count()).where(Reveal.order_id == buyer.order_id)) == 2
+            return (
+                await scalar(shop, select(func.count()).where(Reveal.order_id == buyer.order_id))
+                == 2
+            )
+
         await wait_until(two_reveals, what="both reveals to be recorded")
 
         dispute = shop.stripe.dispute_created_event(buyer.session_id)
@@ -276,10 +302,16 @@ async def test_dispute_flags_the_order_with_the_reveal_log(launch: Launch, black
         assert await order_key_statuses(shop, buyer.order_id) == [KeyStatus.SOLD]
 
         alert = await text_to(shop, ADMIN, f"Dispute on order #{buyer.order_id}")
+
         async def reveal_log(session):
-            return (await session.execute(
-                select(Reveal.revealed_at, Reveal.how).where(Reveal.order_id == buyer.order_id).order_by(Reveal.id)
-            )).all()
+            return (
+                await session.execute(
+                    select(Reveal.revealed_at, Reveal.how)
+                    .where(Reveal.order_id == buyer.order_id)
+                    .order_by(Reveal.id)
+                )
+            ).all()
+
         for at, how in await shop.db.read(reveal_log):
             assert f"- {at:%Y-%m-%d %H:%M:%S} UTC, {how}" in alert.text
         assert ("blocked from buying" in alert.text) is blacklist

@@ -67,8 +67,15 @@ FUZZ = settings(
 
 # Transitions a Stripe event (or the refund job it wakes) may cause: the state machine.
 _LEGAL = {
-    OrderStatus.PENDING: {OrderStatus.FULFILLED, OrderStatus.REVIEW, OrderStatus.EXPIRED, OrderStatus.CANCELLED,
-                          OrderStatus.BACKORDERED, OrderStatus.REFUND_PENDING, OrderStatus.REFUNDED},
+    OrderStatus.PENDING: {
+        OrderStatus.FULFILLED,
+        OrderStatus.REVIEW,
+        OrderStatus.EXPIRED,
+        OrderStatus.CANCELLED,
+        OrderStatus.BACKORDERED,
+        OrderStatus.REFUND_PENDING,
+        OrderStatus.REFUNDED,
+    },
     OrderStatus.FULFILLED: {OrderStatus.REFUNDED, OrderStatus.DISPUTED},
     OrderStatus.DISPUTED: {OrderStatus.REFUNDED},
     OrderStatus.REVIEW: {OrderStatus.REFUNDED},
@@ -78,12 +85,17 @@ _LEGAL = {
 }
 # A late payment may still settle an order whose checkout closed.
 _LEGAL[OrderStatus.EXPIRED] = _LEGAL[OrderStatus.CANCELLED] = _LEGAL[OrderStatus.PENDING] - {
-    OrderStatus.EXPIRED, OrderStatus.CANCELLED}
+    OrderStatus.EXPIRED,
+    OrderStatus.CANCELLED,
+}
 
 _TYPES = (
-    "checkout.session.completed", "checkout.session.async_payment_succeeded",
-    "checkout.session.expired", "checkout.session.async_payment_failed",
-    "charge.refunded", "charge.dispute.created",
+    "checkout.session.completed",
+    "checkout.session.async_payment_succeeded",
+    "checkout.session.expired",
+    "checkout.session.async_payment_failed",
+    "charge.refunded",
+    "charge.dispute.created",
 )
 
 
@@ -105,7 +117,9 @@ async def sqlite_target(launch: Launch) -> AsyncIterator[Target]:
 class Target:
     """A shop with orders in several states and the real events about them, to mutate."""
 
-    def __init__(self, shop: Shop, order_ids: list[int], refs: list[str], events: list[dict]) -> None:
+    def __init__(
+        self, shop: Shop, order_ids: list[int], refs: list[str], events: list[dict]
+    ) -> None:
         self.shop = shop
         self.order_ids = order_ids
         self.refs = refs  # session and payment ids Stripe knows
@@ -135,7 +149,8 @@ class Target:
         ]
         checkouts = (open_, paid_silently, done)
         refs = [c.session_id for c in checkouts] + [
-            stripe.sessions[c.session_id]["payment_intent"] for c in checkouts[1:]]
+            stripe.sessions[c.session_id]["payment_intent"] for c in checkouts[1:]
+        ]
         return cls(shop, [c.order_id for c in checkouts], refs, events)
 
     async def post(self, body: bytes, headers: dict[str, str]) -> int:
@@ -144,7 +159,9 @@ class Target:
             await response.read()
             return response.status
 
-    def signature(self, body: bytes, *, timestamp: int | None = None, secret: str | None = None) -> str:
+    def signature(
+        self, body: bytes, *, timestamp: int | None = None, secret: str | None = None
+    ) -> str:
         """Stripe's scheme (HMAC-SHA256 of "<t>.<body>"), over any bytes, UTF-8 or not."""
         timestamp = int(time.time()) if timestamp is None else timestamp
         key = (secret or self.shop.stripe.webhook_secret).encode()
@@ -158,21 +175,34 @@ class Target:
     def ran_enough(self, wanted: int, kind: str) -> None:
         assert self.examples >= wanted * 0.9, f"only {self.examples} {kind} examples ran"
         # Shown with `pytest -s`: the figure the issue's closing note asks for.
-        print(f"\n{kind} webhook fuzzing: {self.examples} examples on {self.shop.db.engine.dialect.name}")
+        print(
+            f"\n{kind} webhook fuzzing: {self.examples} examples on {self.shop.db.engine.dialect.name}"
+        )
 
 
 async def snapshot(shop: Shop) -> dict[str, Any]:
     """Every order's status, key counts per status, and the row count of every other table."""
+
     async def work(session):
         state: dict[str, Any] = {
             "orders": dict((await session.execute(select(Order.id, Order.status))).all()),
-            "keys": dict((await session.execute(select(Key.status, func.count()).group_by(Key.status))).all()),
-            "deliveries": dict((await session.execute(
-                select(Delivery.status, func.count()).group_by(Delivery.status))).all()),
+            "keys": dict(
+                (await session.execute(select(Key.status, func.count()).group_by(Key.status))).all()
+            ),
+            "deliveries": dict(
+                (
+                    await session.execute(
+                        select(Delivery.status, func.count()).group_by(Delivery.status)
+                    )
+                ).all()
+            ),
         }
         for model in (PaymentEvent, Reveal, Buyer, AuditEntry):
-            state[model.__tablename__] = await session.scalar(select(func.count()).select_from(model))
+            state[model.__tablename__] = await session.scalar(
+                select(func.count()).select_from(model)
+            )
         return state
+
     return await shop.db.read(work)
 
 
@@ -180,11 +210,17 @@ def assert_legal(before: dict[str, Any], after: dict[str, Any]) -> None:
     assert set(after["orders"]) == set(before["orders"]), "an event created or removed an order"
     for order, status in after["orders"].items():
         old = before["orders"][order]
-        assert status == old or status in _LEGAL[OrderStatus(old)], f"order {order}: {old} -> {status}"
+        assert status == old or status in _LEGAL[OrderStatus(old)], (
+            f"order {order}: {old} -> {status}"
+        )
 
 
 async def assert_invariants(shop: Shop) -> None:
-    failed = [f for f in await check(shop.db, max_attempts=shop.settings.delivery_max_attempts) if not f.ok]
+    failed = [
+        f
+        for f in await check(shop.db, max_attempts=shop.settings.delivery_max_attempts)
+        if not f.ok
+    ]
     assert not failed, failed
 
 
@@ -194,12 +230,18 @@ _printable = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
 # What an HTTP header can carry: Latin-1 without control characters.
 _header_text = st.characters(min_codepoint=0x20, max_codepoint=0xFF, blacklist_categories=("Cc",))
 scalars = (
-    st.none() | st.booleans() | st.integers() | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats() | st.text(max_size=40)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()
+    | st.text(max_size=40)
 )
 json_values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -210,6 +252,7 @@ def _dumps(value: Any) -> bytes:
 
 def mutated(events: list[dict]) -> st.SearchStrategy[dict]:
     """A real event with some fields deleted, retyped or replaced by garbage."""
+
     @st.composite
     def build(draw: st.DrawFn) -> dict:
         event = json.loads(json.dumps(draw(st.sampled_from(events))))
@@ -228,6 +271,7 @@ def mutated(events: list[dict]) -> st.SearchStrategy[dict]:
             else:
                 node[field] = str(node[field])
         return event
+
     return build()
 
 
@@ -235,8 +279,17 @@ def order_refs(target_ids: list[int]) -> st.SearchStrategy[Any]:
     """What might stand where an order id goes: real, unknown, huge, foreign, or not an id."""
     real = st.sampled_from(target_ids).map(str)
     return st.one_of(
-        real, real, st.integers(0, 10**12).map(str), st.just("١٢"), st.just("²"), st.just(" 1"),
-        st.just("0x1"), st.integers(), st.text(max_size=12), st.none(), json_values,
+        real,
+        real,
+        st.integers(0, 10**12).map(str),
+        st.just("١٢"),
+        st.just("²"),
+        st.just(" 1"),
+        st.just("0x1"),
+        st.integers(),
+        st.text(max_size=12),
+        st.none(),
+        json_values,
     )
 
 
@@ -280,8 +333,11 @@ def odd_events(target: Target) -> st.SearchStrategy[dict]:
         optional={"object": json_values, "livemode": json_values, "created": json_values},
     )
     # Sometimes the envelope itself is broken: wrong types where id, type or data go.
-    broken = envelope.flatmap(lambda e: st.sampled_from(["id", "type", "data"]).flatmap(
-        lambda key: json_values.map(lambda v: {**e, key: v})))
+    broken = envelope.flatmap(
+        lambda e: st.sampled_from(["id", "type", "data"]).flatmap(
+            lambda key: json_values.map(lambda v: {**e, key: v})
+        )
+    )
     return envelope | broken
 
 
@@ -317,22 +373,39 @@ def signatures(target: Target, body: bytes) -> st.SearchStrategy[str | None]:
 
 @st.composite
 def unsigned_requests(draw: st.DrawFn, target: Target) -> tuple[bytes, dict[str, str]]:
-    body = draw(st.one_of(
-        st.binary(max_size=2048),
-        json_values.map(_dumps),
-        mutated(target.events).map(_dumps),
-        st.sampled_from(target.events).map(_dumps),
-    ))
+    body = draw(
+        st.one_of(
+            st.binary(max_size=2048),
+            json_values.map(_dumps),
+            mutated(target.events).map(_dumps),
+            st.sampled_from(target.events).map(_dumps),
+        )
+    )
     if draw(st.booleans()):
         # Correctly signed, but replayed after Stripe's 300 s tolerance.
-        signature = target.signature(body, timestamp=int(time.time()) - 301 - draw(st.integers(0, 10**6)))
+        signature = target.signature(
+            body, timestamp=int(time.time()) - 301 - draw(st.integers(0, 10**6))
+        )
     else:
         signature = draw(signatures(target, body))
     names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=20).filter(
-        lambda n: n.lower() not in {"content-length", "transfer-encoding", "host", "connection", "expect",
-                                    "stripe-signature", "content-encoding"})
-    values = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x2FF, exclude_characters="\x7f"),
-                     max_size=60)
+        lambda n: (
+            n.lower()
+            not in {
+                "content-length",
+                "transfer-encoding",
+                "host",
+                "connection",
+                "expect",
+                "stripe-signature",
+                "content-encoding",
+            }
+        )
+    )
+    values = st.text(
+        alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x2FF, exclude_characters="\x7f"),
+        max_size=60,
+    )
     headers = draw(st.dictionaries(names, values, max_size=4))
     if signature is not None:
         headers["Stripe-Signature"] = signature
@@ -375,7 +448,11 @@ async def test_signed_odd_events_never_crash_and_change_only_what_they_may(targe
         await assert_invariants(target.shop)
 
     @settings(FUZZ, max_examples=SIGNED_EXAMPLES)
-    @given(event=st.one_of(odd_events(target), mutated(target.events), json_values, st.binary(max_size=512)))
+    @given(
+        event=st.one_of(
+            odd_events(target), mutated(target.events), json_values, st.binary(max_size=512)
+        )
+    )
     def fuzz(event: Any) -> None:
         target.call(example(event))
 
@@ -392,7 +469,9 @@ async def _post_signed(target: Target, body: bytes) -> int:
 
 async def test_non_ascii_signature_is_refused_with_a_400(sqlite_target: Target) -> None:
     body = _dumps(sqlite_target.events[1])
-    status = await sqlite_target.post(body, {"Stripe-Signature": f"t={int(time.time())},v1={'é' * 64}"})
+    status = await sqlite_target.post(
+        body, {"Stripe-Signature": f"t={int(time.time())},v1={'é' * 64}"}
+    )
     assert status == 400
 
 
@@ -405,7 +484,10 @@ async def test_signed_payment_with_a_huge_amount_is_refused(target: Target) -> N
     event = json.loads(json.dumps(target.events[1]))
     event["id"], event["data"]["object"]["amount_total"] = "evt_huge_amount", 2**64
     assert await _post_signed(target, _dumps(event)) == 400
-    assert await scalar(target.shop, select(Order.status).where(Order.id == target.order_ids[1])) == "pending"
+    assert (
+        await scalar(target.shop, select(Order.status).where(Order.id == target.order_ids[1]))
+        == "pending"
+    )
 
 
 async def test_a_valid_event_arriving_in_pieces_is_accepted(sqlite_target: Target) -> None:
@@ -419,15 +501,23 @@ async def test_a_valid_event_arriving_in_pieces_is_accepted(sqlite_target: Targe
         await asyncio.sleep(0.2)
         yield body[len(body) // 2 :]
 
-    headers = {"Stripe-Signature": target.signature(body), "Content-Length": str(len(body)),
-               "Content-Type": "application/json"}
+    headers = {
+        "Stripe-Signature": target.signature(body),
+        "Content-Length": str(len(body)),
+        "Content-Type": "application/json",
+    }
     async with target.shop.http.post(target.url, data=in_two_pieces(), headers=headers) as response:
         assert response.status == 200, await response.text()
-    assert await scalar(target.shop, select(Order.status).where(Order.id == target.order_ids[1])) == "fulfilled"
+    assert (
+        await scalar(target.shop, select(Order.status).where(Order.id == target.order_ids[1]))
+        == "fulfilled"
+    )
 
 
 @pytest.mark.parametrize("field", ["currency", "event id", "payment_intent"])
-async def test_signed_payment_with_an_overlong_field_is_answered_without_a_crash(target: Target, field: str) -> None:
+async def test_signed_payment_with_an_overlong_field_is_answered_without_a_crash(
+    target: Target, field: str
+) -> None:
     # SQLite does not enforce VARCHAR lengths; PostgreSQL refuses the write (found by fuzzing).
     event = json.loads(json.dumps(target.events[1]))
     session = event["data"]["object"]

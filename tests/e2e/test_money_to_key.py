@@ -14,8 +14,19 @@ BUYER = 1001
 
 
 async def test_buyer_pays_and_receives_exactly_the_imported_key(shop: Shop, tmp_path) -> None:
-    added = await shop.cli("product", "add", "GAME", "--name", "Space Game", "--price", "9.99", "--currency", "usd",
-                     "--template", "Redeem at example.com/redeem — order {order}")
+    added = await shop.cli(
+        "product",
+        "add",
+        "GAME",
+        "--name",
+        "Space Game",
+        "--price",
+        "9.99",
+        "--currency",
+        "usd",
+        "--template",
+        "Redeem at example.com/redeem — order {order}",
+    )
     assert added.returncode == 0, added.stderr
     keys = tmp_path / "keys.txt"
     keys.write_text("SPACE-AAAA-0001\nSPACE-AAAA-0002\nSPACE-AAAA-0003\n")
@@ -51,7 +62,10 @@ async def test_buyer_pays_and_receives_exactly_the_imported_key(shop: Shop, tmp_
     await asyncio.sleep(1.5)
     key_messages = [m for m in tg.messages_to(BUYER) if "SPACE-AAAA" in (m.text or "")]
     assert len(key_messages) == 1
-    assert await scalar(shop, select(Order.status).where(Order.id == order_id)) == OrderStatus.FULFILLED
+    assert (
+        await scalar(shop, select(Order.status).where(Order.id == order_id))
+        == OrderStatus.FULFILLED
+    )
     assert await scalar(shop, select(func.count()).where(Key.status == KeyStatus.SOLD)) == 1
     assert await scalar(shop, select(func.count()).select_from(Reveal)) == 1
     check = await shop.cli("check")

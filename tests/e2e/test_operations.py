@@ -39,12 +39,24 @@ async def test_healthz_without_redis(shop: Shop) -> None:
     assert await health(shop) == {"status": "ok", "database": True, "redis": None}
 
 
-@pytest.mark.parametrize(("redis_url", "expected"), [
-    (REDIS, {"status": "ok", "database": True, "redis": True}),
-    (f"redis://127.0.0.1:{free_port()}/0", {"status": "degraded", "database": True, "redis": False}),
-], ids=["redis", "redis unreachable"])
+@pytest.mark.parametrize(
+    ("redis_url", "expected"),
+    [
+        (REDIS, {"status": "ok", "database": True, "redis": True}),
+        (
+            f"redis://127.0.0.1:{free_port()}/0",
+            {"status": "degraded", "database": True, "redis": False},
+        ),
+    ],
+    ids=["redis", "redis unreachable"],
+)
 async def test_healthz_with_redis(
-    sqlite_url: str, telegram, stripe_api, key_secret: str, redis_url: str, expected: dict,
+    sqlite_url: str,
+    telegram,
+    stripe_api,
+    key_secret: str,
+    redis_url: str,
+    expected: dict,
 ) -> None:
     config = shop_settings(sqlite_url, telegram, stripe_api, key_secret, redis_url=redis_url)
     async with running(config, telegram, stripe_api) as shop:
@@ -70,7 +82,11 @@ async def test_metrics_count_webhooks_transitions_and_deliveries(shop: Shop) -> 
 
     async def after_delivery() -> dict | None:
         _, samples = await metrics(shop)
-        return samples if samples.get(("keyvend_deliveries_total", (("outcome", "sent"),))) == 1 else None
+        return (
+            samples
+            if samples.get(("keyvend_deliveries_total", (("outcome", "sent"),))) == 1
+            else None
+        )
 
     after = await wait_until(after_delivery, what="the delivery to be counted")
     completed = (("outcome", "fulfilled"), ("type", "checkout.session.completed"))
@@ -78,7 +94,10 @@ async def test_metrics_count_webhooks_transitions_and_deliveries(shop: Shop) -> 
     assert after[("keyvend_transitions_total", (("outcome", "fulfilled"),))] == 1
     assert after[("keyvend_webhook_rejected_total", (("reason", "signature"),))] == 1
     assert after[("keyvend_checkouts_total", (("outcome", "started"),))] == 1
-    assert after[("keyvend_webhook_seconds_count", ())] == before[("keyvend_webhook_seconds_count", ())] + 2
+    assert (
+        after[("keyvend_webhook_seconds_count", ())]
+        == before[("keyvend_webhook_seconds_count", ())] + 2
+    )
     # Nothing that identifies a buyer, an order or a key is ever a label or a value.
     body, _ = await metrics(shop)
     for private in (delivered.spoiler_texts()[0], str(BUYER), sale.session_id):
@@ -113,7 +132,10 @@ KEYS = ["LOGCHECK-KEY-0001", "LOGCHECK-KEY-0002"]
 
 
 async def test_no_secret_or_key_reaches_the_logs_during_a_purchase(
-    sqlite_url: str, telegram, stripe_api, key_secret: str,
+    sqlite_url: str,
+    telegram,
+    stripe_api,
+    key_secret: str,
 ) -> None:
     config = shop_settings(sqlite_url, telegram, stripe_api, key_secret)
     ours = _Everything()
@@ -122,10 +144,14 @@ async def test_no_secret_or_key_reaches_the_logs_during_a_purchase(
     try:
         with captured_logs(config) as captured:
             async with running(config, telegram, stripe_api) as shop:
-                await stock(shop, "GAME", KEYS, low_stock_threshold=0)  # no alert to take the failure
+                await stock(
+                    shop, "GAME", KEYS, low_stock_threshold=0
+                )  # no alert to take the failure
                 stripe_api.fail_next(1)  # the SDK retries the checkout once
                 sale = await checkout(shop, BUYER, "GAME")
-                telegram.fail_next(1)  # the first send of the key fails: the worker logs and retries
+                telegram.fail_next(
+                    1
+                )  # the first send of the key fails: the worker logs and retries
                 since = time.monotonic()
                 await pay(shop, sale)
                 assert (await key_message(shop, BUYER, since=since)).spoiler_texts() == [KEYS[0]]
@@ -147,8 +173,15 @@ async def test_no_secret_or_key_reaches_the_logs_during_a_purchase(
 
 
 def _filtered(secrets: list[str], msg: str, *args: object, exc: BaseException | None = None) -> str:
-    record = logging.LogRecord("t", logging.ERROR, __file__, 1, msg, args or None,
-                               (type(exc), exc, exc.__traceback__) if exc else None)
+    record = logging.LogRecord(
+        "t",
+        logging.ERROR,
+        __file__,
+        1,
+        msg,
+        args or None,
+        (type(exc), exc, exc.__traceback__) if exc else None,
+    )
     assert logs.RedactSecrets(secrets).filter(record) is True
     return logging.Formatter("%(message)s").format(record)
 
@@ -174,8 +207,12 @@ def test_redaction_covers_tracebacks() -> None:
 
 def test_redaction_prefers_the_longest_secret() -> None:
     # A key that contains another secret must not be half-redacted around it.
-    out = _filtered(["sk_test_abcdefgh", "sk_test_abcdefgh_longer"], "keys: %s and %s",
-                    "sk_test_abcdefgh_longer", "sk_test_abcdefgh")
+    out = _filtered(
+        ["sk_test_abcdefgh", "sk_test_abcdefgh_longer"],
+        "keys: %s and %s",
+        "sk_test_abcdefgh_longer",
+        "sk_test_abcdefgh",
+    )
 
     assert out == "keys: *** and ***"
 

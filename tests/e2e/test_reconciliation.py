@@ -48,11 +48,13 @@ OVERDUE = timedelta(hours=2)
 
 async def age(db: Database, order_id: int, by: timedelta) -> None:
     """Move an order into the past: as if `by` had gone by since it was opened."""
+
     async def work(session):
         order = await session.get(Order, order_id)
         order.created_at -= by
         order.reserved_until -= by
         order.check_after -= by
+
     await db.write(work)
 
 
@@ -72,10 +74,17 @@ class _Stalled:
 
 async def orphan(shop: Shop, buyer: int, product_id: int) -> int:
     """An order whose checkout was never recorded: the task died while Stripe was being asked."""
-    task = asyncio.create_task(orders.checkout(
-        shop.db, _Stalled(), buyer_id=buyer, language="en", product_id=product_id, quantity=1,
-        policy=shop.parts.shop.checkout_policy,
-    ))
+    task = asyncio.create_task(
+        orders.checkout(
+            shop.db,
+            _Stalled(),
+            buyer_id=buyer,
+            language="en",
+            product_id=product_id,
+            quantity=1,
+            policy=shop.parts.shop.checkout_policy,
+        )
+    )
 
     async def opened() -> bool:
         return await scalar(shop, select(Order.id).where(Order.buyer_id == buyer)) is not None
@@ -106,7 +115,13 @@ async def test_one_pass_settles_what_is_overdue_and_nothing_else(launch: Launch)
         # Nothing is due yet: a pass asks Stripe about nothing and changes nothing.
         assert await jobs.reconcile(shop.parts.shop) == []
         assert asked_about(shop, paid) == asked_about(shop, lapsed) == 0
-        for order in (paid.order_id, lapsed.order_id, still_open.order_id, old_orphan, young_orphan):
+        for order in (
+            paid.order_id,
+            lapsed.order_id,
+            still_open.order_id,
+            old_orphan,
+            young_orphan,
+        ):
             assert await order_status(shop, order) == OrderStatus.PENDING
 
         for order in (paid.order_id, lapsed.order_id):
@@ -126,7 +141,9 @@ async def test_one_pass_settles_what_is_overdue_and_nothing_else(launch: Launch)
             assert await order_key_statuses(shop, untouched) == [KeyStatus.RESERVED]
         assert asked_about(shop, still_open) == 0
         assert shop.stripe.sessions[still_open.session_id]["status"] == "open"
-        assert await scalar(shop, select(func.count()).where(Key.status == KeyStatus.AVAILABLE)) == 3
+        assert (
+            await scalar(shop, select(func.count()).where(Key.status == KeyStatus.AVAILABLE)) == 3
+        )
 
 
 async def test_the_job_settles_a_dropped_webhook_every_interval(launch: Launch) -> None:
@@ -145,7 +162,9 @@ async def test_the_job_settles_a_dropped_webhook_every_interval(launch: Launch) 
         assert await order_key_statuses(shop, lapsed.order_id) == []
 
 
-async def test_the_job_at_start_settles_a_payment_made_while_the_shop_was_down(launch: Launch) -> None:
+async def test_the_job_at_start_settles_a_payment_made_while_the_shop_was_down(
+    launch: Launch,
+) -> None:
     async with launch() as shop:
         await stock(shop, SKU, new_keys(2, SKU), low_stock_threshold=0)
         sale = await checkout(shop, 8201, SKU)
@@ -179,14 +198,18 @@ async def test_admin_confirm_settles_only_what_stripe_says_is_paid(launch: Launc
         assert await order_status(shop, unpaid.order_id) == OrderStatus.PENDING
         assert shop.stripe.sessions[unpaid.session_id]["status"] == "open"
         shop.stripe.down = True
-        await confirm(ADMIN, paid.order_id, f"Order #{paid.order_id}: Stripe could not check a checkout")
+        await confirm(
+            ADMIN, paid.order_id, f"Order #{paid.order_id}: Stripe could not check a checkout"
+        )
         shop.stripe.down = False
         assert await order_status(shop, paid.order_id) == OrderStatus.PENDING
 
         await confirm(ADMIN, f"#{paid.order_id}", f"Order #{paid.order_id}: fulfilled")
         assert (await key_message(shop, paid.buyer)).spoiler_texts()
         assert await order_status(shop, paid.order_id) == OrderStatus.FULFILLED
-        await confirm(ADMIN, paid.order_id, f"Order #{paid.order_id}: order {paid.order_id} is fulfilled")
+        await confirm(
+            ADMIN, paid.order_id, f"Order #{paid.order_id}: order {paid.order_id} is fulfilled"
+        )
         assert await order_key_statuses(shop, paid.order_id) == [KeyStatus.SOLD]
 
 

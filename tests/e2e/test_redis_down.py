@@ -60,14 +60,24 @@ async def test_buying_survives_redis_dying_and_health_recovers(
                 assert await metric(shop, FAIL_OPEN) == 0
 
                 await redis.kill()
-                await wait_until(lambda: _status_is(shop, "degraded"), timeout=20, what="/healthz saying degraded")
-                assert await health(shop) == {"status": "degraded", "database": True, "redis": False}
+                await wait_until(
+                    lambda: _status_is(shop, "degraded"),
+                    timeout=20,
+                    what="/healthz saying degraded",
+                )
+                assert await health(shop) == {
+                    "status": "degraded",
+                    "database": True,
+                    "redis": False,
+                }
                 during = await buy(shop, 5002)
                 failed_open = await metric(shop, FAIL_OPEN)
                 warned = WARNING in logs.stream.getvalue()
 
                 await redis.start()
-                await wait_until(lambda: _status_is(shop, "ok"), timeout=20, what="/healthz back to ok")
+                await wait_until(
+                    lambda: _status_is(shop, "ok"), timeout=20, what="/healthz back to ok"
+                )
                 after = await buy(shop, 5003)
                 failed_open_after = await metric(shop, FAIL_OPEN)
                 counted = await redis.keys()
@@ -81,10 +91,14 @@ async def test_buying_survives_redis_dying_and_health_recovers(
     assert failed_open >= 2
     assert warned, "no warning logged when the limiter could not reach Redis"
     assert failed_open_after == failed_open, "limits still failing open after Redis came back"
-    assert any("5003" in key for key in counted), f"no limit counted in the restarted Redis: {counted}"
+    assert any("5003" in key for key in counted), (
+        f"no limit counted in the restarted Redis: {counted}"
+    )
     assert not logs.leaked(keys, also=[report]), "an imported key appears in the logs"
-    print(f"\nredis down: 3 orders (1 while Redis was dead), {failed_open:g} limit checks failed open, "
-          f"{time.monotonic() - started:.1f} s")
+    print(
+        f"\nredis down: 3 orders (1 while Redis was dead), {failed_open:g} limit checks failed open, "
+        f"{time.monotonic() - started:.1f} s"
+    )
 
 
 async def _status_is(shop: Shop, status: str) -> bool:

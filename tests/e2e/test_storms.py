@@ -53,7 +53,9 @@ SPARE = 20  # keys nobody buys: they must still be available at the end
 FIRST_BUYER = 700_000
 
 
-async def test_duplicate_storm_fulfils_every_order_exactly_once(database_url, telegram, stripe_api, key_secret):
+async def test_duplicate_storm_fulfils_every_order_exactly_once(
+    database_url, telegram, stripe_api, key_secret
+):
     began = time.monotonic()
     # The bot's own pace (30 messages/s by default) would make 500 key messages take 17 s;
     # pacing under Telegram's limits is the flood test's subject, so here it may go flat out.
@@ -74,16 +76,26 @@ async def test_duplicate_storm_fulfils_every_order_exactly_once(database_url, te
 
             assert Counter(p.status for p in posted) == {200: len(storm)}
             fulfilled_by = Counter(p.order_id for p in posted if p.outcome == "fulfilled")
-            assert fulfilled_by == {p.order_id: 1 for p in placed}, "an order was fulfilled twice, or never"
+            assert fulfilled_by == {p.order_id: 1 for p in placed}, (
+                "an order was fulfilled twice, or never"
+            )
             await _assert_each_order_fulfilled_once(shop, placed)
 
             sold = await keys_by_order(shop)
-            assert {order: len(k) for order, k in sold.items()} == {p.order_id: p.quantity for p in placed}
+            assert {order: len(k) for order, k in sold.items()} == {
+                p.order_id: p.quantity for p in placed
+            }
             all_sold = [key for order_keys in sold.values() for key in order_keys]
             assert len(all_sold) == len(set(all_sold)) and set(all_sold) <= set(keys)
-            assert await key_statuses(shop, "STORM") == {KeyStatus.SOLD: len(all_sold), KeyStatus.AVAILABLE: SPARE}
-            twice = assert_own_keys_only(telegram, {p.order_id: sold[p.order_id] for p in placed},
-                                         {p.order_id: p.buyer_id for p in placed})
+            assert await key_statuses(shop, "STORM") == {
+                KeyStatus.SOLD: len(all_sold),
+                KeyStatus.AVAILABLE: SPARE,
+            }
+            twice = assert_own_keys_only(
+                telegram,
+                {p.order_id: sold[p.order_id] for p in placed},
+                {p.order_id: p.buyer_id for p in placed},
+            )
             repeats = sum(twice.values())
             assert repeats == 0, f"{repeats} key messages arrived twice"
 
@@ -94,17 +106,26 @@ async def test_duplicate_storm_fulfils_every_order_exactly_once(database_url, te
             # No key outside the buyers' chats: logs, the check's report, metrics, admin alerts.
             exposed = [await assert_invariants_hold(shop), *await operator_view(shop)]
     assert logs.leaked(keys, also=exposed) == set()
-    print(f"\nFIGURES duplicate storm [{database_name(settings)}]: {ORDERS} orders, {len(storm)} events posted "
-          f"({len(distinct)} distinct, {len(storm) - len(distinct)} duplicates), "
-          f"outcomes {dict(Counter(p.outcome for p in posted))}, deliveries {dict(statuses)}, "
-          f"{time.monotonic() - began:.1f} s")
+    print(
+        f"\nFIGURES duplicate storm [{database_name(settings)}]: {ORDERS} orders, {len(storm)} events posted "
+        f"({len(distinct)} distinct, {len(storm) - len(distinct)} duplicates), "
+        f"outcomes {dict(Counter(p.outcome for p in posted))}, deliveries {dict(statuses)}, "
+        f"{time.monotonic() - began:.1f} s"
+    )
 
 
 async def _assert_each_order_fulfilled_once(shop: Shop, placed: list[Placed]) -> None:
     """Every order is fulfilled, by its own buyer, with one key delivery that was sent."""
     found = await rows(shop, select(Order.id, Order.buyer_id, Order.quantity, Order.status))
-    assert {(o.id, o.buyer_id, o.quantity) for o in found} == {(p.order_id, p.buyer_id, p.quantity) for p in placed}
+    assert {(o.id, o.buyer_id, o.quantity) for o in found} == {
+        (p.order_id, p.buyer_id, p.quantity) for p in placed
+    }
     assert {o.status for o in found} == {OrderStatus.FULFILLED}
-    deliveries = await rows(shop, select(Delivery.order_id, Delivery.kind, Delivery.status, Delivery.message_id))
+    deliveries = await rows(
+        shop, select(Delivery.order_id, Delivery.kind, Delivery.status, Delivery.message_id)
+    )
     assert sorted(d.order_id for d in deliveries) == sorted(p.order_id for p in placed)
-    assert all(d.kind == DeliveryKind.KEYS and d.status == DeliveryStatus.SENT and d.message_id for d in deliveries)
+    assert all(
+        d.kind == DeliveryKind.KEYS and d.status == DeliveryStatus.SENT and d.message_id
+        for d in deliveries
+    )

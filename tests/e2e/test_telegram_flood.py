@@ -41,7 +41,9 @@ from tests.e2e.helpers import (
 DELIVERIES = 300
 FIRST_BUYER = 900_000
 API_CAP = 30  # messages/second the fake Bot API accepts: Telegram's documented limit
-BOT_RATE = 60.0  # messages/second the bot allows itself: twice that, so 429s come even on a slow machine
+BOT_RATE = (
+    60.0  # messages/second the bot allows itself: twice that, so 429s come even on a slow machine
+)
 
 
 # python-telegram-bot warns about its own retry_after type on every 429 it builds.
@@ -64,7 +66,9 @@ async def test_every_key_arrives_through_429s_5xx_and_timeouts(
     with captured_logs(settings) as logs:
         async with running(settings, telegram, stripe_api) as shop:
             product = await stock(shop, "FLOOD", keys, price="2.99")
-            placed = await open_orders(shop, product.id, [(FIRST_BUYER + i, 1) for i in range(DELIVERIES)])
+            placed = await open_orders(
+                shop, product.id, [(FIRST_BUYER + i, 1) for i in range(DELIVERIES)]
+            )
 
             telegram.rate_cap = API_CAP
             telegram.retry_after_seconds = 1
@@ -76,17 +80,35 @@ async def test_every_key_arrives_through_429s_5xx_and_timeouts(
             assert [p.outcome for p in posted] == ["fulfilled"] * DELIVERIES
             statuses = await deliveries_settled(shop, DELIVERIES, timeout=150)
 
-            deliveries = await rows(shop, select(Delivery.kind, Delivery.status, Delivery.chat_id,
-                                                 Delivery.message_id, Delivery.attempts))
+            deliveries = await rows(
+                shop,
+                select(
+                    Delivery.kind,
+                    Delivery.status,
+                    Delivery.chat_id,
+                    Delivery.message_id,
+                    Delivery.attempts,
+                ),
+            )
             assert len(deliveries) == DELIVERIES
-            assert all(d.kind == DeliveryKind.KEYS and d.status == DeliveryStatus.SENT for d in deliveries), statuses
+            assert all(
+                d.kind == DeliveryKind.KEYS and d.status == DeliveryStatus.SENT for d in deliveries
+            ), statuses
             # The recorded message id is one Telegram gave for a key message in that chat.
-            assert all(d.message_id in {m.message_id for m in key_messages(telegram, d.chat_id)} for d in deliveries)
+            assert all(
+                d.message_id in {m.message_id for m in key_messages(telegram, d.chat_id)}
+                for d in deliveries
+            )
             sold = await keys_by_order(shop)
-            twice = assert_own_keys_only(telegram, {p.order_id: sold[p.order_id] for p in placed},
-                                         {p.order_id: p.buyer_id for p in placed})
+            twice = assert_own_keys_only(
+                telegram,
+                {p.order_id: sold[p.order_id] for p in placed},
+                {p.order_id: p.buyer_id for p in placed},
+            )
             repeats = sum(twice.values())
-            assert telegram.throttled and telegram.failed and telegram.timed_out, "the faults were not injected"
+            assert telegram.throttled and telegram.failed and telegram.timed_out, (
+                "the faults were not injected"
+            )
             if timeout_accepts:
                 assert repeats <= telegram.timed_out
             else:
@@ -95,8 +117,10 @@ async def test_every_key_arrives_through_429s_5xx_and_timeouts(
             # No key outside the buyers' chats: logs, the check's report, metrics, admin alerts.
             exposed = [await assert_invariants_hold(shop), *await operator_view(shop)]
     assert logs.leaked(keys, also=exposed) == set()
-    print(f"\nFIGURES telegram flood [{database_name(settings)}, hung sends "
-          f"{'accepted' if timeout_accepts else 'dropped'}]: {DELIVERIES} deliveries, injected "
-          f"{telegram.throttled}× 429, {telegram.failed}× 5xx, {telegram.timed_out} timeouts; "
-          f"{repeats} key messages arrived twice; max attempts {max(d.attempts for d in deliveries)}; "
-          f"{time.monotonic() - began:.1f} s")
+    print(
+        f"\nFIGURES telegram flood [{database_name(settings)}, hung sends "
+        f"{'accepted' if timeout_accepts else 'dropped'}]: {DELIVERIES} deliveries, injected "
+        f"{telegram.throttled}× 429, {telegram.failed}× 5xx, {telegram.timed_out} timeouts; "
+        f"{repeats} key messages arrived twice; max attempts {max(d.attempts for d in deliveries)}; "
+        f"{time.monotonic() - began:.1f} s"
+    )

@@ -53,7 +53,9 @@ from tests.e2e.processes import App, StripeRetries, leased_to, sent_count, sent_
 from tests.fakes.stripe import FakeStripe
 from tests.fakes.telegram import FakeTelegram, SentMessage
 
-REDIS = "redis://127.0.0.1:6379/13"  # the shared server; buyer ids unique to each run keep tests apart
+REDIS = (
+    "redis://127.0.0.1:6379/13"  # the shared server; buyer ids unique to each run keep tests apart
+)
 WEBHOOK_SECRET = "keyvend-two-instances-test"
 SHOPPERS = 30  # buy through Telegram, each update to either instance
 CHECKOUT_LIMIT = 3
@@ -64,15 +66,25 @@ TAKEOVER_ORDERS = 30  # paid, then the instance holding most of them is killed
 LEASE = timedelta(seconds=8)
 
 
-def instance_settings(database_url: str, telegram: FakeTelegram, stripe_api: FakeStripe, key_secret: str) -> Settings:
+def instance_settings(
+    database_url: str, telegram: FakeTelegram, stripe_api: FakeStripe, key_secret: str
+) -> Settings:
     """One instance of the scaled-out shop: webhook mode on its own port, the shared Redis."""
     port = free_port()
     return shop_settings(
-        database_url, telegram, stripe_api, key_secret,
-        http_port=port, public_url=f"http://127.0.0.1:{port}", telegram_mode="webhook",
-        telegram_webhook_secret=WEBHOOK_SECRET, redis_url=REDIS,
-        rate_limit_checkouts=f"{CHECKOUT_LIMIT}/10 minutes", max_unpaid_orders=10,
-        telegram_rate=10.0, delivery_lease=LEASE,
+        database_url,
+        telegram,
+        stripe_api,
+        key_secret,
+        http_port=port,
+        public_url=f"http://127.0.0.1:{port}",
+        telegram_mode="webhook",
+        telegram_webhook_secret=WEBHOOK_SECRET,
+        redis_url=REDIS,
+        rate_limit_checkouts=f"{CHECKOUT_LIMIT}/10 minutes",
+        max_unpaid_orders=10,
+        telegram_rate=10.0,
+        delivery_lease=LEASE,
         log_level="DEBUG",  # the key grep searches the most the app can log
     )
 
@@ -85,20 +97,29 @@ def run_unique_buyers() -> int:
 class Balancer:
     """Plays the load balancer in front of the instances: posts Telegram updates to them."""
 
-    def __init__(self, http: aiohttp.ClientSession, telegram: FakeTelegram, apps: list[App]) -> None:
+    def __init__(
+        self, http: aiohttp.ClientSession, telegram: FakeTelegram, apps: list[App]
+    ) -> None:
         self.http, self.telegram, self.apps = http, telegram, apps
 
     async def take_webhook(self) -> None:
         """Each instance registered its own URL with the fake Bot API, which keeps one; remove
         it, so that updates reach the instances only through `post`."""
-        await wait_until(lambda: sum(c.method == "setWebhook" for c in self.telegram.calls) >= len(self.apps),
-                         timeout=30, what="every instance registering its webhook")
-        async with self.http.post(f"{self.telegram.url}/bot{self.telegram.token}/deleteWebhook") as reply:
+        await wait_until(
+            lambda: sum(c.method == "setWebhook" for c in self.telegram.calls) >= len(self.apps),
+            timeout=30,
+            what="every instance registering its webhook",
+        )
+        async with self.http.post(
+            f"{self.telegram.url}/bot{self.telegram.token}/deleteWebhook"
+        ) as reply:
             assert reply.status == 200
 
     async def post(self, app: App, update: dict) -> None:
         async with self.http.post(
-            f"{app.url}/telegram/webhook", json=update, headers={"X-Telegram-Bot-Api-Secret-Token": WEBHOOK_SECRET}
+            f"{app.url}/telegram/webhook",
+            json=update,
+            headers={"X-Telegram-Bot-Api-Secret-Token": WEBHOOK_SECRET},
         ) as reply:
             assert reply.status == 200, f"{app.name} answered {reply.status} to a Telegram update"
 
@@ -106,9 +127,13 @@ class Balancer:
         """Open the product on one instance and press Pay on the other; returns the session id."""
         tg = self.telegram
         await self.post(first, tg.message(buyer, f"/start buy_{sku}"))
-        card = await tg.wait_for(lambda m: m.chat_id == buyer and _pay_data(m) is not None, timeout=30)
+        card = await tg.wait_for(
+            lambda m: m.chat_id == buyer and _pay_data(m) is not None, timeout=30
+        )
         await self.post(second, tg.press(buyer, card, _pay_data(card)))
-        checkout = await tg.wait_for(lambda m: m.chat_id == buyer and checkout_session(m) is not None, timeout=30)
+        checkout = await tg.wait_for(
+            lambda m: m.chat_id == buyer and checkout_session(m) is not None, timeout=30
+        )
         return checkout_session(checkout)
 
     async def press_pay(self, buyer: int, data: str, app: App) -> str:
@@ -118,7 +143,11 @@ class Balancer:
         await self.post(app, update)
 
         def answer() -> str | None:
-            texts = [a.get("text") or "" for a in self.telegram.callback_answers if a.get("callback_query_id") == query]
+            texts = [
+                a.get("text") or ""
+                for a in self.telegram.callback_answers
+                if a.get("callback_query_id") == query
+            ]
             return texts[0] if texts else None
 
         return await wait_until(answer, timeout=30, what="the Pay button answering")
@@ -152,9 +181,15 @@ async def test_two_instances_share_the_queue_and_the_limits_and_take_over_a_dead
 ) -> None:
     started = time.monotonic()
     first_buyer = run_unique_buyers()
-    a, b = (App(instance_settings(database_url, telegram, stripe_api, key_secret), tmp_path, name) for name in "ab")
+    a, b = (
+        App(instance_settings(database_url, telegram, stripe_api, key_secret), tmp_path, name)
+        for name in "ab"
+    )
     db = Database(database_url)
-    duo_keys, take_keys = new_keys(SHOPPERS + CHECKOUT_LIMIT, "DUO"), new_keys(TAKEOVER_ORDERS, "TAKE")
+    duo_keys, take_keys = (
+        new_keys(SHOPPERS + CHECKOUT_LIMIT, "DUO"),
+        new_keys(TAKEOVER_ORDERS, "TAKE"),
+    )
     try:
         with captured_logs(a.settings) as logs:
             async with aiohttp.ClientSession() as http:
@@ -167,12 +202,19 @@ async def test_two_instances_share_the_queue_and_the_limits_and_take_over_a_dead
 
                 # 1. Buyers spread over both instances; each event posted to both at once.
                 shoppers = [first_buyer + i for i in range(SHOPPERS)]
-                sessions = await asyncio.gather(*(
-                    balancer.buy(buyer, "DUO", *((a, b) if i % 2 else (b, a))) for i, buyer in enumerate(shoppers)
-                ))
+                sessions = await asyncio.gather(
+                    *(
+                        balancer.buy(buyer, "DUO", *((a, b) if i % 2 else (b, a)))
+                        for i, buyer in enumerate(shoppers)
+                    )
+                )
                 events = [paid(stripe_api, session) for session in sessions]
-                await asyncio.gather(*(stripe.send(event, url=app.url) for event in events for app in (a, b)))
-                shopper_orders = {int(stripe_api.sessions[s]["client_reference_id"]) for s in sessions}
+                await asyncio.gather(
+                    *(stripe.send(event, url=app.url) for event in events for app in (a, b))
+                )
+                shopper_orders = {
+                    int(stripe_api.sessions[s]["client_reference_id"]) for s in sessions
+                }
 
                 async def shoppers_served() -> bool:
                     return await sent_count(shop, shopper_orders) == SHOPPERS
@@ -181,13 +223,20 @@ async def test_two_instances_share_the_queue_and_the_limits_and_take_over_a_dead
 
                 # 2. One buyer's checkouts, alternately on A and B, counted together.
                 hasty = first_buyer + SHOPPERS
-                answers = [await balancer.press_pay(hasty, f"pay:{duo.id}:1", (a, b)[i % 2]) for i in range(PRESSES)]
-                hasty_orders = await scalar(shop, select(func.count()).where(Order.buyer_id == hasty))
+                answers = [
+                    await balancer.press_pay(hasty, f"pay:{duo.id}:1", (a, b)[i % 2])
+                    for i in range(PRESSES)
+                ]
+                hasty_orders = await scalar(
+                    shop, select(func.count()).where(Order.buyer_id == hasty)
+                )
 
                 # 3. The instance holding the most deliveries is killed while sending them.
                 take = await stock(shop, "TAKE", take_keys)
                 placed = await open_orders(
-                    shop, take.id, [(first_buyer + SHOPPERS + 1 + i, 1) for i in range(TAKEOVER_ORDERS)]
+                    shop,
+                    take.id,
+                    [(first_buyer + SHOPPERS + 1 + i, 1) for i in range(TAKEOVER_ORDERS)],
                 )
                 # Telegram throttles the first send: that instance's sends wait 3 s while it
                 # goes on claiming, so it surely holds a batch when it is killed.
@@ -206,8 +255,12 @@ async def test_two_instances_share_the_queue_and_the_limits_and_take_over_a_dead
                 await survivor.stop()
                 elapsed = time.monotonic() - started
 
-                assert stripe.refusals == {}, f"webhook posts not answered 200: {dict(stripe.refusals)}"
-                assert [("Too many requests" in text) for text in answers].count(True) == PRESSES - CHECKOUT_LIMIT
+                assert stripe.refusals == {}, (
+                    f"webhook posts not answered 200: {dict(stripe.refusals)}"
+                )
+                assert [("Too many requests" in text) for text in answers].count(
+                    True
+                ) == PRESSES - CHECKOUT_LIMIT
                 assert hasty_orders == CHECKOUT_LIMIT
 
                 sold = await keys_by_order(shop)
@@ -218,11 +271,17 @@ async def test_two_instances_share_the_queue_and_the_limits_and_take_over_a_dead
                 assert set(twice) <= set(held), "a delivery no dead instance held was sent twice"
                 assert max(twice.values(), default=1) == 1
                 taken_over = await sent_times(shop, held)
-                delays = [(taken_over[o] - lease_end).total_seconds() for o, lease_end in held.items()]
-                assert min(delays) >= 0, "the survivor took over deliveries before the dead instance's lease ended"
+                delays = [
+                    (taken_over[o] - lease_end).total_seconds() for o, lease_end in held.items()
+                ]
+                assert min(delays) >= 0, (
+                    "the survivor took over deliveries before the dead instance's lease ended"
+                )
 
                 report = await assert_invariants_hold(shop)
-        assert not logs.leaked(duo_keys + take_keys, also=[a.logs(), b.logs(), report]), "a key appears in the logs"
+        assert not logs.leaked(duo_keys + take_keys, also=[a.logs(), b.logs(), report]), (
+            "a key appears in the logs"
+        )
         print(
             f"\ntwo instances: {len(sold)} orders ({SHOPPERS} bought through Telegram on both instances, "
             f"{TAKEOVER_ORDERS} more, then one instance killed); 0 duplicates between the two live workers; "
@@ -248,14 +307,22 @@ async def test_a_send_queued_past_its_lease_is_not_sent_twice(
     Scaled down so it runs in seconds: DELIVERY_LEASE=3 s, TELEGRAM_RATE=4/s, 24 deliveries
     claimed at once — half of them still wait in the queue when their lease runs out.
     """
-    settings = shop_settings(sqlite_url, telegram, stripe_api, key_secret,
-                             telegram_rate=4.0, delivery_lease=timedelta(seconds=3))
+    settings = shop_settings(
+        sqlite_url,
+        telegram,
+        stripe_api,
+        key_secret,
+        telegram_rate=4.0,
+        delivery_lease=timedelta(seconds=3),
+    )
     async with running(settings, telegram, stripe_api) as shop:
         product = await stock(shop, "QUEUE", new_keys(24, "QUEUE"))
         placed = await open_orders(shop, product.id, [(900_000 + i, 1) for i in range(24)])
         for p in placed:
             assert (await shop.post_event(paid(stripe_api, p.session_id))).status == 200
-        await wait_until(lambda: _all_sent(shop, len(placed)), timeout=60, what="every key delivery sent")
+        await wait_until(
+            lambda: _all_sent(shop, len(placed)), timeout=60, what="every key delivery sent"
+        )
         sold = await keys_by_order(shop)
     # Stopping waited for the sends still in flight: the chats now hold everything sent.
     twice = assert_own_keys_only(telegram, sold, {p.order_id: p.buyer_id for p in placed})

@@ -37,11 +37,21 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 
 @pytest.fixture
 async def webhook_shop(
-    sqlite_url: str, telegram, stripe_api, key_secret: str,
+    sqlite_url: str,
+    telegram,
+    stripe_api,
+    key_secret: str,
 ) -> AsyncIterator[Shop]:
     port = free_port()
-    settings = shop_settings(sqlite_url, telegram, stripe_api, key_secret, http_port=port,
-                             telegram_mode="webhook", public_url=f"http://127.0.0.1:{port}")
+    settings = shop_settings(
+        sqlite_url,
+        telegram,
+        stripe_api,
+        key_secret,
+        http_port=port,
+        telegram_mode="webhook",
+        public_url=f"http://127.0.0.1:{port}",
+    )
     async with running(settings, telegram, stripe_api) as shop:
         yield shop
 
@@ -50,7 +60,9 @@ def _update(user: int, command: str, update_id: int = 900_001) -> dict:
     return {
         "update_id": update_id,
         "message": {
-            "message_id": 1, "date": int(time.time()), "text": command,
+            "message_id": 1,
+            "date": int(time.time()),
+            "text": command,
             "chat": {"id": user, "type": "private", "first_name": "Eve"},
             "from": {"id": user, "is_bot": False, "first_name": "Eve", "language_code": "en"},
             "entities": [{"type": "bot_command", "offset": 0, "length": len(command.split()[0])}],
@@ -83,16 +95,20 @@ async def test_a_purchase_works_end_to_end_over_the_webhook(webhook_shop: Shop) 
     assert not tg.webhook_failures
 
 
-@pytest.mark.parametrize("header", [None, "", "wrong-secret", "x" * 64],
-                         ids=["missing", "empty", "wrong", "wrong-64"])
+@pytest.mark.parametrize(
+    "header", [None, "", "wrong-secret", "x" * 64], ids=["missing", "empty", "wrong", "wrong-64"]
+)
 async def test_an_update_without_the_secret_is_refused_and_not_processed(
-    webhook_shop: Shop, header: str | None,
+    webhook_shop: Shop,
+    header: str | None,
 ) -> None:
     headers = {"Content-Type": "application/json"}
     if header is not None:
         headers[SECRET_HEADER] = header
 
-    answer = await post(webhook_shop, WEBHOOK, json.dumps(_update(INTRUDER, "/start")).encode(), headers)
+    answer = await post(
+        webhook_shop, WEBHOOK, json.dumps(_update(INTRUDER, "/start")).encode(), headers
+    )
     # A real update right after it: once it is answered, the forged one would have been too.
     await reply(webhook_shop.telegram, BUYER, "/start")
 
@@ -116,7 +132,10 @@ NOT_UPDATES = {
 
 @pytest.mark.parametrize("case", list(NOT_UPDATES))
 async def test_a_body_that_is_not_an_update_is_refused(webhook_shop: Shop, case: str) -> None:
-    headers = {SECRET_HEADER: telegram_secret(webhook_shop.settings), "Content-Type": "application/json"}
+    headers = {
+        SECRET_HEADER: telegram_secret(webhook_shop.settings),
+        "Content-Type": "application/json",
+    }
 
     answer = await post(webhook_shop, WEBHOOK, NOT_UPDATES[case], headers)
     await reply(webhook_shop.telegram, BUYER, "/help")  # the shop still answers
@@ -127,9 +146,14 @@ async def test_a_body_that_is_not_an_update_is_refused(webhook_shop: Shop, case:
 
 async def test_the_right_secret_is_accepted(webhook_shop: Shop) -> None:
     # The control for the refusals above: the same hand-made update with the secret is served.
-    headers = {SECRET_HEADER: telegram_secret(webhook_shop.settings), "Content-Type": "application/json"}
+    headers = {
+        SECRET_HEADER: telegram_secret(webhook_shop.settings),
+        "Content-Type": "application/json",
+    }
 
-    answer = await post(webhook_shop, WEBHOOK, json.dumps(_update(INTRUDER, "/help")).encode(), headers)
+    answer = await post(
+        webhook_shop, WEBHOOK, json.dumps(_update(INTRUDER, "/help")).encode(), headers
+    )
 
     assert answer.status == 200
     reply_to_intruder = await webhook_shop.telegram.wait_for(lambda m: m.chat_id == INTRUDER)

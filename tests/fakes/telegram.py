@@ -30,7 +30,7 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 from aiohttp import web
@@ -52,12 +52,35 @@ _CHAT_METHODS = SEND_METHODS | {"editMessageReplyMarkup", "sendChatAction"}
 # told apart by its key: these keys are always strings even when they look like numbers.
 _STRING_PARAMS = frozenset(
     {
-        "text", "caption", "parse_mode", "callback_query_id", "inline_message_id", "url",
-        "secret_token", "title", "description", "payload", "currency", "provider_token",
-        "pre_checkout_query_id", "error_message", "telegram_payment_charge_id", "file_id",
-        "language_code", "business_connection_id", "message_effect_id", "start_parameter",
-        "photo_url", "provider_data", "action", "name", "short_description", "ip_address",
-        "document", "thumbnail", "emoji",
+        "text",
+        "caption",
+        "parse_mode",
+        "callback_query_id",
+        "inline_message_id",
+        "url",
+        "secret_token",
+        "title",
+        "description",
+        "payload",
+        "currency",
+        "provider_token",
+        "pre_checkout_query_id",
+        "error_message",
+        "telegram_payment_charge_id",
+        "file_id",
+        "language_code",
+        "business_connection_id",
+        "message_effect_id",
+        "start_parameter",
+        "photo_url",
+        "provider_data",
+        "action",
+        "name",
+        "short_description",
+        "ip_address",
+        "document",
+        "thumbnail",
+        "emoji",
     }
 )
 
@@ -65,30 +88,47 @@ _MAX_TEXT = 4096
 _MAX_CAPTION = 1024
 _BUTTON_ACTIONS = frozenset(
     {
-        "url", "callback_data", "web_app", "login_url", "switch_inline_query",
-        "switch_inline_query_current_chat", "switch_inline_query_chosen_chat", "copy_text",
-        "callback_game", "pay",
+        "url",
+        "callback_data",
+        "web_app",
+        "login_url",
+        "switch_inline_query",
+        "switch_inline_query_current_chat",
+        "switch_inline_query_chosen_chat",
+        "copy_text",
+        "callback_game",
+        "pay",
     }
 )
 _COMMAND_RE = re.compile(r"/[A-Za-z0-9_]{1,32}(?:@[A-Za-z0-9_]{3,64})?")
 _HTML_TAG_RE = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9-]*)((?:\s[^<>]*)?)>")
 _HTML_ATTR_RE = re.compile(r"""([a-zA-Z][a-zA-Z0-9-]*)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+))""")
 _HTML_ENTITY_TYPES = {
-    "b": "bold", "strong": "bold", "i": "italic", "em": "italic", "u": "underline",
-    "ins": "underline", "s": "strikethrough", "strike": "strikethrough",
-    "del": "strikethrough", "tg-spoiler": "spoiler", "span": "spoiler", "code": "code",
-    "pre": "pre", "a": "text_link", "blockquote": "blockquote", "tg-emoji": "custom_emoji",
+    "b": "bold",
+    "strong": "bold",
+    "i": "italic",
+    "em": "italic",
+    "u": "underline",
+    "ins": "underline",
+    "s": "strikethrough",
+    "strike": "strikethrough",
+    "del": "strikethrough",
+    "tg-spoiler": "spoiler",
+    "span": "spoiler",
+    "code": "code",
+    "pre": "pre",
+    "a": "text_link",
+    "blockquote": "blockquote",
+    "tg-emoji": "custom_emoji",
 }
-_MD_SPOILER_RE = re.compile(r"\|\|(.+?)\|\|", re.S)
+_MD_SPOILER_RE = re.compile(r"\|\|(.+?)\|\|", re.DOTALL)
 _MD_ESCAPE_RE = re.compile(r"\\(.)")
 
 _NOT_MODIFIED = (
     "Bad Request: message is not modified: specified new message content and reply markup "
     "are exactly the same as a current content and reply markup of the message"
 )
-_QUERY_TOO_OLD = (
-    "Bad Request: query is too old and response timeout expired or query ID is invalid"
-)
+_QUERY_TOO_OLD = "Bad Request: query is too old and response timeout expired or query ID is invalid"
 
 
 class _ApiError(Exception):
@@ -102,7 +142,9 @@ class _ApiError(Exception):
 
     def payload(self) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "ok": False, "error_code": self.status, "description": self.description,
+            "ok": False,
+            "error_code": self.status,
+            "description": self.description,
         }
         if self.parameters:
             body["parameters"] = self.parameters
@@ -369,9 +411,13 @@ class FakeTelegram:
         self.bot_username = bot_username
         self.url = ""
         self.bot_user: dict[str, Any] = {
-            "id": self.bot_id, "is_bot": True, "first_name": "KeyVend Test",
-            "username": bot_username, "can_join_groups": True,
-            "can_read_all_group_messages": False, "supports_inline_queries": False,
+            "id": self.bot_id,
+            "is_bot": True,
+            "first_name": "KeyVend Test",
+            "username": bot_username,
+            "can_join_groups": True,
+            "can_read_all_group_messages": False,
+            "supports_inline_queries": False,
         }
 
         # --- what the bot did ---
@@ -510,7 +556,7 @@ class FakeTelegram:
             await self._runner.cleanup()
             self._runner = None
 
-    async def __aenter__(self) -> FakeTelegram:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -578,7 +624,7 @@ class FakeTelegram:
                 continue
             try:
                 matched = waiter.predicate(message)
-            except Exception as exc:  # surface predicate bugs in the waiting test
+            except Exception as exc:  # noqa: BLE001 - surface predicate bugs in the waiting test
                 waiter.future.set_exception(exc)
                 continue
             if matched:
@@ -590,7 +636,9 @@ class FakeTelegram:
 
     def _user(self, user_id: int, first_name: str, language_code: str) -> dict[str, Any]:
         return {
-            "id": user_id, "is_bot": False, "first_name": first_name,
+            "id": user_id,
+            "is_bot": False,
+            "first_name": first_name,
             "language_code": language_code,
         }
 
@@ -615,9 +663,12 @@ class FakeTelegram:
         if file_name and "." in file_name:
             suffix = "." + re.sub(r"[^A-Za-z0-9]", "", file_name.rsplit(".", 1)[1])[:10]
         meta = {
-            "file_id": f"DOC{self.bot_id}-{n}", "file_unique_id": f"U{n}",
-            "file_name": file_name, "mime_type": mime_type or "application/octet-stream",
-            "file_size": len(content), "file_path": f"documents/file_{n}{suffix}",
+            "file_id": f"DOC{self.bot_id}-{n}",
+            "file_unique_id": f"U{n}",
+            "file_name": file_name,
+            "mime_type": mime_type or "application/octet-stream",
+            "file_size": len(content),
+            "file_path": f"documents/file_{n}{suffix}",
         }
         self._files[meta["file_id"]] = meta
         self._file_paths[meta["file_path"]] = content
@@ -641,7 +692,8 @@ class FakeTelegram:
     ) -> dict[str, Any]:
         """Queue an Update with a private-chat message from ``user_id``; returns the update."""
         msg: dict[str, Any] = {
-            "message_id": self._new_message_id(user_id), "date": int(time.time()),
+            "message_id": self._new_message_id(user_id),
+            "date": int(time.time()),
             "chat": self._chat(user_id, first_name),
             "from": self._user(user_id, first_name, language_code),
         }
@@ -685,7 +737,9 @@ class FakeTelegram:
         if current is None:
             # Deleted or never sent: rebuild what the client would still show.
             current = {
-                "message_id": message_id, "date": int(time.time()), "chat": self._chat(chat_id),
+                "message_id": message_id,
+                "date": int(time.time()),
+                "chat": self._chat(chat_id),
                 "from": self.bot_user,
             }
             if isinstance(message, SentMessage):
@@ -697,8 +751,11 @@ class FakeTelegram:
         return self._queue(
             {
                 "callback_query": {
-                    "id": query_id, "from": self._user(user_id, "Buyer", language_code),
-                    "message": current, "chat_instance": f"ci{chat_id}", "data": data,
+                    "id": query_id,
+                    "from": self._user(user_id, "Buyer", language_code),
+                    "message": current,
+                    "chat_instance": f"ci{chat_id}",
+                    "data": data,
                 }
             }
         )
@@ -709,8 +766,10 @@ class FakeTelegram:
         return self._queue(
             {
                 "pre_checkout_query": {
-                    "id": self._new_query_id(), "from": self._user(user_id, "Buyer", "en"),
-                    "currency": currency, "total_amount": total_amount,
+                    "id": self._new_query_id(),
+                    "from": self._user(user_id, "Buyer", "en"),
+                    "currency": currency,
+                    "total_amount": total_amount,
                     "invoice_payload": invoice_payload,
                 }
             }
@@ -727,15 +786,21 @@ class FakeTelegram:
         if charge_id is None:
             charge_id = f"stxFAKE{self._rng.getrandbits(64):016x}"
         self._charges[charge_id] = {
-            "user_id": user_id, "total_amount": total_amount, "refunded": False,
+            "user_id": user_id,
+            "total_amount": total_amount,
+            "refunded": False,
         }
         msg = {
-            "message_id": self._new_message_id(user_id), "date": int(time.time()),
-            "chat": self._chat(user_id, "Buyer"), "from": self._user(user_id, "Buyer", "en"),
+            "message_id": self._new_message_id(user_id),
+            "date": int(time.time()),
+            "chat": self._chat(user_id, "Buyer"),
+            "from": self._user(user_id, "Buyer", "en"),
             "successful_payment": {
-                "currency": currency, "total_amount": total_amount,
+                "currency": currency,
+                "total_amount": total_amount,
                 "invoice_payload": invoice_payload,
-                "telegram_payment_charge_id": charge_id, "provider_payment_charge_id": "",
+                "telegram_payment_charge_id": charge_id,
+                "provider_payment_charge_id": "",
             },
         }
         self._store[(user_id, msg["message_id"])] = msg
@@ -832,7 +897,8 @@ class FakeTelegram:
         for key, value in form.items():
             if isinstance(value, web.FileField):
                 params[key] = {
-                    "file_name": value.filename, "content": value.file.read(),
+                    "file_name": value.filename,
+                    "content": value.file.read(),
                     "mime_type": value.content_type,
                 }
             else:
@@ -965,8 +1031,11 @@ class FakeTelegram:
 
     def _bot_message(self, chat_id: int, body: dict[str, Any]) -> dict[str, Any]:
         msg = {
-            "message_id": self._new_message_id(chat_id), "date": int(time.time()),
-            "chat": self._chat(chat_id), "from": self.bot_user, **body,
+            "message_id": self._new_message_id(chat_id),
+            "date": int(time.time()),
+            "chat": self._chat(chat_id),
+            "from": self.bot_user,
+            **body,
         }
         self._store[(chat_id, msg["message_id"])] = msg
         return msg
@@ -1110,7 +1179,8 @@ class FakeTelegram:
         if params.get("drop_pending_updates"):
             self._updates.clear()
         self._webhook = {
-            "url": url, "secret_token": secret,
+            "url": url,
+            "secret_token": secret,
             "max_connections": params.get("max_connections", 40),
             "allowed_updates": params.get("allowed_updates"),
         }
@@ -1169,7 +1239,8 @@ class FakeTelegram:
         elif isinstance(document, str) and document in self._files:
             meta = self._files[document]
             params["document"] = {
-                "file_name": meta["file_name"], "content": self._file_paths[meta["file_path"]],
+                "file_name": meta["file_name"],
+                "content": self._file_paths[meta["file_path"]],
                 "mime_type": meta["mime_type"],
             }
         else:
@@ -1187,8 +1258,13 @@ class FakeTelegram:
             body["has_protected_content"] = True
         msg = self._bot_message(chat_id, body)
         self._accept(
-            "sendDocument", chat_id, msg["message_id"], params.get("caption"), params,
-            entities, plain or None,
+            "sendDocument",
+            chat_id,
+            msg["message_id"],
+            params.get("caption"),
+            params,
+            entities,
+            plain or None,
         )
         return msg
 
@@ -1205,9 +1281,11 @@ class FakeTelegram:
         total = sum(int(p.get("amount", 0)) for p in prices)
         body: dict[str, Any] = {
             "invoice": {
-                "title": params["title"], "description": params["description"],
+                "title": params["title"],
+                "description": params["description"],
                 "start_parameter": params.get("start_parameter") or "",
-                "currency": params["currency"], "total_amount": total,
+                "currency": params["currency"],
+                "total_amount": total,
             }
         }
         markup = self._markup(params)
@@ -1358,8 +1436,10 @@ class FakeTelegram:
         if meta is None:
             raise _bad_request("invalid file_id")
         return {
-            "file_id": meta["file_id"], "file_unique_id": meta["file_unique_id"],
-            "file_size": meta["file_size"], "file_path": meta["file_path"],
+            "file_id": meta["file_id"],
+            "file_unique_id": meta["file_unique_id"],
+            "file_size": meta["file_size"],
+            "file_path": meta["file_path"],
         }
 
 

@@ -96,8 +96,10 @@ async def test_send_message_with_keyboard_html_spoiler(fake: FakeTelegram, bot: 
     markup = InlineKeyboardMarkup(
         [
             [InlineKeyboardButton("Buy Steam key", callback_data="buy:1")],
-            [InlineKeyboardButton("Back", callback_data="menu"),
-             InlineKeyboardButton("Site", url="https://example.com")],
+            [
+                InlineKeyboardButton("Back", callback_data="menu"),
+                InlineKeyboardButton("Site", url="https://example.com"),
+            ],
         ]
     )
     msg = await bot.send_message(
@@ -116,7 +118,9 @@ async def test_send_message_with_keyboard_html_spoiler(fake: FakeTelegram, bot: 
     assert msg.reply_markup == markup
     assert msg.has_protected_content
     assert [e.type for e in msg.entities] == [
-        MessageEntity.SPOILER, MessageEntity.SPOILER, MessageEntity.BOLD,
+        MessageEntity.SPOILER,
+        MessageEntity.SPOILER,
+        MessageEntity.BOLD,
     ]
 
     sent = fake.sent[0]
@@ -152,15 +156,16 @@ async def test_telegram_side_bad_requests(fake: FakeTelegram, bot: Bot) -> None:
         await bot.send_message(1, "x" * 4097)
     with pytest.raises(BadRequest, match="(?i)button_data_invalid"):
         await bot.send_message(
-            1, "x", reply_markup=InlineKeyboardMarkup(
+            1,
+            "x",
+            reply_markup=InlineKeyboardMarkup(
                 [[InlineKeyboardButton("b", callback_data="d" * 65)]]
-            )
+            ),
         )
     assert fake.sent == []
 
     msg = await bot.send_message(1, "hello")
-    edited = await bot.edit_message_text("hello <i>again</i>", 1, msg.message_id,
-                                         parse_mode="HTML")
+    edited = await bot.edit_message_text("hello <i>again</i>", 1, msg.message_id, parse_mode="HTML")
     assert isinstance(edited, type(msg)) and edited.text == "hello again"
     assert fake.sent[-1].method == "editMessageText"
     assert fake.sent[-1].message_id == msg.message_id
@@ -177,8 +182,10 @@ async def test_telegram_side_bad_requests(fake: FakeTelegram, bot: Bot) -> None:
 
 
 async def test_parse_html_entities_and_offsets() -> None:
-    plain, entities = parse_html('🎮 <a href="https://x.y/?a=1&amp;b=2">go</a> &amp; '
-                                 '<pre><code class="language-py">x</code></pre>')
+    plain, entities = parse_html(
+        '🎮 <a href="https://x.y/?a=1&amp;b=2">go</a> &amp; '
+        '<pre><code class="language-py">x</code></pre>'
+    )
     assert plain == "🎮 go & x"
     assert entities == [
         {"type": "text_link", "offset": 3, "length": 2, "url": "https://x.y/?a=1&b=2"},
@@ -377,8 +384,12 @@ async def test_document_download_and_upload(fake: FakeTelegram, bot: Bot) -> Non
     assert bytes(await tg_file.download_as_bytearray()) == content
 
     msg = await bot.send_document(
-        7, document=b"SECRET-KEY", filename="key.txt", caption="<b>your key</b>",
-        parse_mode="HTML", protect_content=True,
+        7,
+        document=b"SECRET-KEY",
+        filename="key.txt",
+        caption="<b>your key</b>",
+        parse_mode="HTML",
+        protect_content=True,
     )
     assert msg.document is not None and msg.document.file_name == "key.txt"
     assert msg.caption == "your key"
@@ -395,7 +406,11 @@ async def test_document_download_and_upload(fake: FakeTelegram, bot: Bot) -> Non
 
 async def test_invoice_pre_checkout_payment_refund(fake: FakeTelegram, bot: Bot) -> None:
     invoice = await bot.send_invoice(
-        5, title="Steam key", description="Game X", payload="order:17", currency="XTR",
+        5,
+        title="Steam key",
+        description="Game X",
+        payload="order:17",
+        currency="XTR",
         prices=[LabeledPrice("Key", 50)],
     )
     assert invoice.invoice is not None and invoice.invoice.total_amount == 50

@@ -40,8 +40,9 @@ async def _start_restock(shop: Shop, sku: str = "GAME") -> None:
     assert f"Send the keys for {sku}" in text(answer), text(answer)
 
 
-async def _send_keys(shop: Shop, content: str = "", *,
-                     document: tuple[str, bytes] | None = None) -> tuple[str, int]:
+async def _send_keys(
+    shop: Shop, content: str = "", *, document: tuple[str, bytes] | None = None
+) -> tuple[str, int]:
     """Send keys (pasted or as a file) in a restock; return the report and the message's id."""
     since = time.monotonic()
     update = shop.telegram.message(ADMIN, content, document=document)
@@ -65,17 +66,19 @@ def _assert_encrypted(stored: list[tuple[bytes, str]]) -> None:
 async def test_pasted_keys_are_imported_once_and_the_message_is_deleted(shop: Shop) -> None:
     await _sold_and_available(shop)
     await _start_restock(shop)
-    pasted = "\n".join([
-        "NEW-1",
-        "NEW-2",
-        "   NEW-1   ",  # the same key again, with spaces around it
-        "OLD-1",  # imported earlier and already sold
-        "OLD-2",  # imported earlier, still on sale
-        "",
-        "X" * 1001,
-        "BAD\x07KEY",  # a control character: not something a human can redeem
-        "NEW-3",
-    ])
+    pasted = "\n".join(
+        [
+            "NEW-1",
+            "NEW-2",
+            "   NEW-1   ",  # the same key again, with spaces around it
+            "OLD-1",  # imported earlier and already sold
+            "OLD-2",  # imported earlier, still on sale
+            "",
+            "X" * 1001,
+            "BAD\x07KEY",  # a control character: not something a human can redeem
+            "NEW-3",
+        ]
+    )
 
     report, message_id = await _send_keys(shop, pasted)
 
@@ -92,7 +95,9 @@ async def test_pasted_keys_are_imported_once_and_the_message_is_deleted(shop: Sh
 async def test_keys_on_the_lines_after_the_command_are_imported(shop: Shop) -> None:
     await stock(shop, "GAME", ["OLD-1"])
 
-    report, message_id = await _send_keys(shop, "/restock GAME\nINLINE-1\nINLINE-2\nOLD-1\nINLINE-1")
+    report, message_id = await _send_keys(
+        shop, "/restock GAME\nINLINE-1\nINLINE-2\nOLD-1\nINLINE-1"
+    )
 
     assert "added 2, skipped 2 duplicates, rejected 0 lines" in report
     stored = await stored_keys(shop, "GAME")
@@ -104,7 +109,11 @@ async def test_keys_on_the_lines_after_the_command_are_imported(shop: Shop) -> N
 async def test_a_txt_upload_is_imported_with_bad_lines_rejected(shop: Shop) -> None:
     await _sold_and_available(shop)
     await _start_restock(shop)
-    content = b"\xef\xbb\xbfTXT-1\r\nTXT-2\nOLD-1\n\xff\xfe not utf-8\nNUL\x00KEY\n\n" + b"Y" * 1001 + b"\nTXT-1\n"
+    content = (
+        b"\xef\xbb\xbfTXT-1\r\nTXT-2\nOLD-1\n\xff\xfe not utf-8\nNUL\x00KEY\n\n"
+        + b"Y" * 1001
+        + b"\nTXT-1\n"
+    )
 
     report, message_id = await _send_keys(shop, document=("keys.txt", content))
 
@@ -119,7 +128,9 @@ async def test_a_txt_upload_is_imported_with_bad_lines_rejected(shop: Shop) -> N
 async def test_a_csv_upload_takes_the_first_column_and_skips_the_header(shop: Shop) -> None:
     await stock(shop, "GAME", ["OLD-1"])
     await _start_restock(shop)
-    content = b'key,note\nCSV-1,first\n"CSV-2, with comma",second\nOLD-1,again\nCSV-1,twice\n,no key\n'
+    content = (
+        b'key,note\nCSV-1,first\n"CSV-2, with comma",second\nOLD-1,again\nCSV-1,twice\n,no key\n'
+    )
 
     report, message_id = await _send_keys(shop, document=("stock.CSV", content))
 
@@ -135,7 +146,9 @@ async def test_a_csv_header_row_of_two_words_is_not_imported_as_a_key(shop: Shop
     await stock(shop, "GAME", 0)
     await _start_restock(shop)
 
-    report, _ = await _send_keys(shop, document=("export.csv", b"License Key,Product\nLK-1,Game\nLK-2,Game\n"))
+    report, _ = await _send_keys(
+        shop, document=("export.csv", b"License Key,Product\nLK-1,Game\nLK-2,Game\n")
+    )
 
     assert [key for _, key in await stored_keys(shop, "GAME")] == ["LK-1", "LK-2"], report
 
@@ -163,9 +176,13 @@ async def _answers(shop: Shop, user: int, command: str) -> list[str]:
     return [text(m) for m in shop.telegram.sent if seen(m) and m.time < marker.time]
 
 
-@pytest.mark.parametrize("command", ["/restock GAME", "/restock GAME\nSTOLEN-1\nSTOLEN-2", "/stats", "/confirm 1",
-                                     "/cancel"])
-async def test_a_non_admin_gets_the_unknown_command_answer_and_nothing_happens(shop: Shop, command: str) -> None:
+@pytest.mark.parametrize(
+    "command",
+    ["/restock GAME", "/restock GAME\nSTOLEN-1\nSTOLEN-2", "/stats", "/confirm 1", "/cancel"],
+)
+async def test_a_non_admin_gets_the_unknown_command_answer_and_nothing_happens(
+    shop: Shop, command: str
+) -> None:
     await stock(shop, "GAME", ["OLD-1"])
     unknown = await _answers(shop, STRANGER, "/frobnicate")
     assert unknown == [UNKNOWN_COMMAND]
@@ -209,7 +226,9 @@ async def test_an_abandoned_restock_times_out(shop: Shop) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         await _start_restock(shop)
-        await reply(shop.telegram, ADMIN, "/help")  # the handler has finished with the update by now
+        await reply(
+            shop.telegram, ADMIN, "/help"
+        )  # the handler has finished with the update by now
 
     ignored = [str(w.message) for w in caught if "conversation_timeout" in str(w.message)]
     assert not ignored, ignored
@@ -220,7 +239,10 @@ async def test_a_restock_is_recorded_in_the_audit_log_as_the_admin(shop: Shop) -
 
     await _send_keys(shop, "/restock GAME\nA-1")
 
-    assert await scalar(shop, select(AuditEntry.admin_id).where(AuditEntry.action == "keys.import")) == ADMIN
+    assert (
+        await scalar(shop, select(AuditEntry.admin_id).where(AuditEntry.action == "keys.import"))
+        == ADMIN
+    )
 
 
 async def test_stats_shows_revenue_per_currency_and_stock_per_product(shop: Shop) -> None:

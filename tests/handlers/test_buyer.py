@@ -106,8 +106,13 @@ async def test_quantity_is_bounded_by_the_per_order_limit(shop: Shop) -> None:
     assert "Quantity: 2 — total $19.98" in text(card)
     assert _quantity_buttons(card) == [f"p:{product.id}:1", f"p:{product.id}:2"]
     # The forged press redraws the card at the most one order may hold.
-    assert await wait_until(lambda: _button(shop, BUYER, one.message_id, "Pay $19.98 by card"), what="the redraw")
-    assert await _refusal(shop, BUYER, f"pay:{product.id}:3") == "You can buy at most 2 of this product now."
+    assert await wait_until(
+        lambda: _button(shop, BUYER, one.message_id, "Pay $19.98 by card"), what="the redraw"
+    )
+    assert (
+        await _refusal(shop, BUYER, f"pay:{product.id}:3")
+        == "You can buy at most 2 of this product now."
+    )
     assert await order_count(shop) == 0
     assert await key_statuses(shop, "GAME") == {KeyStatus.AVAILABLE: 5}
 
@@ -120,7 +125,9 @@ async def test_a_sold_out_product_cannot_be_bought(shop: Shop) -> None:
 
     assert "Sold out" in text(card)
     assert not [b for b in card.buttons() if "Pay" in b["text"]]
-    assert await _refusal(shop, BUYER, f"pay:{product.id}:1") == "Sorry, this product just sold out."
+    assert (
+        await _refusal(shop, BUYER, f"pay:{product.id}:1") == "Sorry, this product just sold out."
+    )
     assert await order_count(shop) == 1
     assert await key_statuses(shop, "GAME") == {KeyStatus.RESERVED: 1}
 
@@ -152,7 +159,8 @@ async def test_a_fourth_unpaid_order_is_refused(shop: Shop) -> None:
 
 @pytest.mark.parametrize("outage", ["5xx", "down"])
 async def test_stripe_unreachable_at_checkout_cancels_the_order_and_frees_the_keys(
-    shop: Shop, outage: str,
+    shop: Shop,
+    outage: str,
 ) -> None:
     product = await stock(shop, "GAME", 2)
     if outage == "5xx":
@@ -182,14 +190,20 @@ async def test_another_buyers_order_cannot_be_opened_or_shown(shop: Shop) -> Non
     unpaid = await checkout(shop, BUYER, "GAME")
     before = await outbox_empty(shop)
 
-    forged = [f"{kind}:{order}" for order in (paid.order_id, unpaid.order_id) for kind in ("o", "k")]
+    forged = [
+        f"{kind}:{order}" for order in (paid.order_id, unpaid.order_id) for kind in ("o", "k")
+    ]
     answers = [await press(shop.telegram, OTHER, 1, data) for data in forged]
     returned = await reply(shop.telegram, OTHER, f"/start paid_{unpaid.order_id}")
 
-    assert [(a.get("text"), a.get("show_alert")) for a in answers] == [("Order not found.", True)] * 4
+    assert [(a.get("text"), a.get("show_alert")) for a in answers] == [
+        ("Order not found.", True)
+    ] * 4
     assert text(returned) == "Order not found."
     assert await snapshot(shop) == before
-    assert not [m for m in shop.telegram.messages_to(OTHER) if m.spoiler_texts() or "GAME-KEY" in text(m)]
+    assert not [
+        m for m in shop.telegram.messages_to(OTHER) if m.spoiler_texts() or "GAME-KEY" in text(m)
+    ]
     # Nothing is queued for the owner either: their keys message went out once.
     assert await scalar(shop, select(func.count()).where(Delivery.kind == DeliveryKind.RESHOW)) == 0
 
@@ -198,10 +212,18 @@ EXPIRED = "This button has expired. Send /start."
 PREPARING = "Preparing your checkout…"
 # Button data a buyer's client could send, and the toast it must get.
 GARBAGE = {
-    "p:abc": EXPIRED, "pay:1:99999": EXPIRED, "x": EXPIRED, "o:abc": EXPIRED, "k:": EXPIRED, "p:1": EXPIRED,
-    "p:1:1:1": EXPIRED, "cat:1": EXPIRED, "ords:2": EXPIRED,
+    "p:abc": EXPIRED,
+    "pay:1:99999": EXPIRED,
+    "x": EXPIRED,
+    "o:abc": EXPIRED,
+    "k:": EXPIRED,
+    "p:1": EXPIRED,
+    "p:1:1:1": EXPIRED,
+    "cat:1": EXPIRED,
+    "ords:2": EXPIRED,
     "p:999999999:1": "This product is no longer on sale.",
-    "o:999999999": "Order not found.", "k:999999999": "Order not found.",
+    "o:999999999": "Order not found.",
+    "k:999999999": "Order not found.",
     "pay:1:0": PREPARING,  # then a message: that quantity can't be bought
     "pay:999999999:1": PREPARING,  # then a message: not on sale
     "": None,  # no data at all: PTB routes it to the catalogue button
@@ -209,14 +231,17 @@ GARBAGE = {
 
 
 async def test_garbage_buttons_get_a_clear_answer_and_break_nothing(
-    shop: Shop, caplog: pytest.LogCaptureFixture,
+    shop: Shop,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     await stock(shop, "GAME", 2)
     caplog.set_level(logging.ERROR)
     catalogue = await reply(shop.telegram, BUYER, "/start")
     since = time.monotonic()
 
-    answers = {data: (await press(shop.telegram, BUYER, catalogue, data)).get("text") for data in GARBAGE}
+    answers = {
+        data: (await press(shop.telegram, BUYER, catalogue, data)).get("text") for data in GARBAGE
+    }
     # The buyer can still shop normally afterwards.
     sale = await checkout(shop, BUYER, "GAME")
 
@@ -225,7 +250,9 @@ async def test_garbage_buttons_get_a_clear_answer_and_break_nothing(
     assert "That quantity can't be bought." in told
     assert "This product is no longer on sale." in told
     assert not [m for m in told if APOLOGY in m]
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [
+        r.getMessage() for r in caplog.records
+    ]
     assert (await snapshot(shop)).orders == {OrderStatus.PENDING: 1}
     assert await order_status(shop, sale.order_id) == OrderStatus.PENDING
 
@@ -240,8 +267,9 @@ async def test_orders_show_keys_again_as_a_new_protected_message(shop: Shop) -> 
     listing = await reply(shop.telegram, BUYER, "/orders")
     await press(shop.telegram, BUYER, listing, listing.button(f"#{sale.order_id}")["callback_data"])
     # The query is answered first, then the list is replaced by the order's detail.
-    show = await wait_until(lambda: _button(shop, BUYER, listing.message_id, "Show my keys"),
-                            what="the order detail")
+    show = await wait_until(
+        lambda: _button(shop, BUYER, listing.message_id, "Show my keys"), what="the order detail"
+    )
     since = time.monotonic()
     answer = await press(shop.telegram, BUYER, listing, show["callback_data"])
     again = await key_message(shop, BUYER, since=since)
@@ -251,7 +279,8 @@ async def test_orders_show_keys_again_as_a_new_protected_message(shop: Shop) -> 
     assert again.spoiler_texts() == first.spoiler_texts() == ["GAME-KEY-000"]
     assert again.protect_content
     reveals = await wait_until(
-        lambda: _reveals(shop, sale.order_id), what="the second reveal to be recorded")
+        lambda: _reveals(shop, sale.order_id), what="the second reveal to be recorded"
+    )
     assert reveals == ["keys", "reshow"]
 
 
@@ -274,5 +303,8 @@ async def test_keys_of_an_unpaid_order_cannot_be_shown(shop: Shop) -> None:
 
     answer = await press(shop.telegram, BUYER, 1, f"k:{sale.order_id}")
 
-    assert (answer.get("text"), answer.get("show_alert")) == ("This order has no keys to show.", True)
+    assert (answer.get("text"), answer.get("show_alert")) == (
+        "This order has no keys to show.",
+        True,
+    )
     assert (await snapshot(shop)).deliveries == {}

@@ -28,7 +28,9 @@ def _messages_in_code() -> set[str | tuple[str, str]]:
 @pytest.mark.parametrize("language", [lang for lang in LANGUAGES if lang != "en"])
 def test_every_message_is_translated_with_the_same_placeholders(language: str) -> None:
     with (LOCALES / language / "LC_MESSAGES" / "messages.po").open("rb") as po:
-        catalogue = {(m.id if isinstance(m.id, str) else tuple(m.id)): m.string for m in read_po(po) if m.id}
+        catalogue = {
+            (m.id if isinstance(m.id, str) else tuple(m.id)): m.string for m in read_po(po) if m.id
+        }
     in_code = _messages_in_code()
     assert in_code, "no messages found: is the extraction looking in the right place?"
     missing = sorted(str(m) for m in in_code - catalogue.keys())
@@ -48,4 +50,7 @@ def test_languages_fall_back_to_english() -> None:
     assert language_of("de") == "en" and language_of(None) == "en"
     assert t("zh", "Order not found.") == "未找到该订单。"
     assert t("en", "Order #{order}: {reason}", order=3, reason="paid") == "Order #3: paid"
-    assert tn("en", "Filled {n} backordered order.", "Filled {n} backordered orders.", 2) == "Filled 2 backordered orders."
+    assert (
+        tn("en", "Filled {n} backordered order.", "Filled {n} backordered orders.", 2)
+        == "Filled 2 backordered orders."
+    )

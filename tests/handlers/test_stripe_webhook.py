@@ -47,7 +47,10 @@ async def _pending_order(shop: Shop, keys: int = 2) -> Checkout:
 
 
 def _signed(shop: Shop, payload: bytes, **sign: Any) -> dict[str, str]:
-    return {"Stripe-Signature": shop.stripe.sign(payload, **sign), "Content-Type": "application/json"}
+    return {
+        "Stripe-Signature": shop.stripe.sign(payload, **sign),
+        "Content-Type": "application/json",
+    }
 
 
 def _completed(shop: Shop, sale: Checkout, **changes: Any) -> dict[str, Any]:
@@ -93,7 +96,9 @@ def _not_utf8(shop: Shop, sale: Checkout) -> tuple[bytes, dict[str, str]]:
     body = _dumps(_completed(shop, sale)).replace(b'"mode"', b'"\xff\xfe"')
     assert b"\xff" in body
     timestamp = int(time.time())
-    mac = hmac.new(shop.stripe.webhook_secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    mac = hmac.new(
+        shop.stripe.webhook_secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256
+    )
     return body, {"Stripe-Signature": f"t={timestamp},v1={mac.hexdigest()}"}
 
 
@@ -103,6 +108,7 @@ def _signed_body(payload: bytes) -> Build:
 
 def _signed_event(change: Callable[[dict[str, Any]], Any]) -> Build:
     """A signed completed event for the paid order, after `change` spoiled it."""
+
     def build(shop: Shop, sale: Checkout) -> tuple[bytes, dict[str, str]]:
         event = _completed(shop, sale)
         change(event)
@@ -161,7 +167,9 @@ REFUSED: dict[str, Build] = {
 
 
 @pytest.mark.parametrize("case", list(REFUSED))
-async def test_bad_input_is_refused_with_a_reason_and_changes_nothing(shop: Shop, case: str) -> None:
+async def test_bad_input_is_refused_with_a_reason_and_changes_nothing(
+    shop: Shop, case: str
+) -> None:
     sale = await _pending_order(shop)
     shop.stripe.pay(sale.session_id)  # the money is real; only the request is bad
     body, headers = REFUSED[case](shop, sale)
@@ -178,7 +186,9 @@ async def test_bad_input_is_refused_with_a_reason_and_changes_nothing(shop: Shop
 async def test_a_body_over_one_mebibyte_is_refused_unread(shop: Shop) -> None:
     sale = await _pending_order(shop)
     shop.stripe.pay(sale.session_id)
-    event = _completed(shop, sale, metadata={"order_id": str(sale.order_id), "pad": "x" * (1024 * 1024)})
+    event = _completed(
+        shop, sale, metadata={"order_id": str(sale.order_id), "pad": "x" * (1024 * 1024)}
+    )
     body, headers = shop.stripe.signed(event)
     before = await snapshot(shop)
 
@@ -192,12 +202,14 @@ async def test_a_body_over_one_mebibyte_is_refused_unread(shop: Shop) -> None:
 async def test_a_chunked_body_over_one_mebibyte_is_refused_as_too_large(shop: Shop) -> None:
     sale = await _pending_order(shop)
     shop.stripe.pay(sale.session_id)
-    event = _completed(shop, sale, metadata={"order_id": str(sale.order_id), "pad": "x" * (1024 * 1024)})
+    event = _completed(
+        shop, sale, metadata={"order_id": str(sale.order_id), "pad": "x" * (1024 * 1024)}
+    )
     body, headers = shop.stripe.signed(event)
 
     async def chunks():  # no Content-Length: the route must count what it reads
         for start in range(0, len(body), 64 * 1024):
-            yield body[start:start + 64 * 1024]
+            yield body[start : start + 64 * 1024]
 
     before = await snapshot(shop)
     answer = await post(shop, WEBHOOK, chunks(), headers)
@@ -222,7 +234,9 @@ async def test_an_event_that_arrives_in_several_packets_is_applied(shop: Shop) -
 async def test_a_large_signed_event_under_the_limit_is_applied(shop: Shop) -> None:
     sale = await _pending_order(shop)
     shop.stripe.pay(sale.session_id)
-    event = _completed(shop, sale, metadata={"order_id": str(sale.order_id), "pad": "x" * (300 * 1024)})
+    event = _completed(
+        shop, sale, metadata={"order_id": str(sale.order_id), "pad": "x" * (300 * 1024)}
+    )
     body, headers = shop.stripe.signed(event)
 
     answer = await post(shop, WEBHOOK, body, headers)
@@ -237,7 +251,9 @@ async def test_an_unknown_event_type_is_acknowledged_and_ignored(shop: Shop) -> 
     session = shop.stripe.sessions[sale.session_id]
     before = await snapshot(shop)
 
-    answer = await post(shop, WEBHOOK, *shop.stripe.signed(shop.stripe.event("customer.created", session)))
+    answer = await post(
+        shop, WEBHOOK, *shop.stripe.signed(shop.stripe.event("customer.created", session))
+    )
 
     assert answer.status == 200
     assert answer.body["outcome"] == "ignored"
@@ -248,8 +264,14 @@ async def test_a_session_that_is_not_keyvends_is_acknowledged_and_ignored(shop: 
     sale = await _pending_order(shop)
     foreign = json.loads((find_fixtures_dir() / "checkout.session.json").read_text())
     # Another integration on the same Stripe account: paid, but no order of ours.
-    foreign.update(status="complete", payment_status="paid", amount_total=999, currency="usd",
-                   client_reference_id=None, metadata={})
+    foreign.update(
+        status="complete",
+        payment_status="paid",
+        amount_total=999,
+        currency="usd",
+        client_reference_id=None,
+        metadata={},
+    )
     before = await snapshot(shop)
 
     event = shop.stripe.event("checkout.session.completed", foreign)
@@ -262,15 +284,22 @@ async def test_a_session_that_is_not_keyvends_is_acknowledged_and_ignored(shop: 
     assert await order_status(shop, sale.order_id) == OrderStatus.PENDING
 
 
-async def test_a_payment_of_another_shop_on_the_same_stripe_account_fulfils_nothing(shop: Shop) -> None:
+async def test_a_payment_of_another_shop_on_the_same_stripe_account_fulfils_nothing(
+    shop: Shop,
+) -> None:
     # Two keyvend shops (or staging and production) on one Stripe account both receive every
     # event, and both number their orders from 1. The other shop's paid session names our
     # order id as its client_reference_id, with the same price: it must not pay for our order.
     sale = await _pending_order(shop)
     ours = shop.stripe.sessions[sale.session_id]
-    theirs = {**ours, "id": "cs_test_anothershop0000000000000000000000000000000000000000",
-              "status": "complete", "payment_status": "paid", "payment_intent": "pi_anothershop000000000000",
-              "url": None}
+    theirs = {
+        **ours,
+        "id": "cs_test_anothershop0000000000000000000000000000000000000000",
+        "status": "complete",
+        "payment_status": "paid",
+        "payment_intent": "pi_anothershop000000000000",
+        "url": None,
+    }
     event = shop.stripe.event("checkout.session.completed", theirs)
     before = await snapshot(shop)
 
@@ -308,22 +337,30 @@ async def test_an_expired_checkout_gives_the_keys_back(shop: Shop) -> None:
     assert await key_statuses(shop, "GAME") == {KeyStatus.RESERVED: 1, KeyStatus.AVAILABLE: 1}
     shop.stripe.expire(sale.session_id)
 
-    answer = await post(shop, WEBHOOK, *shop.stripe.signed(shop.stripe.expired_event(sale.session_id)))
+    answer = await post(
+        shop, WEBHOOK, *shop.stripe.signed(shop.stripe.expired_event(sale.session_id))
+    )
 
     assert (answer.status, answer.body["outcome"]) == (200, "released")
     assert await order_status(shop, sale.order_id) == OrderStatus.EXPIRED
     assert await key_statuses(shop, "GAME") == {KeyStatus.AVAILABLE: 2}
 
 
-async def test_a_failed_delayed_payment_cancels_the_order_and_gives_the_keys_back(shop: Shop) -> None:
+async def test_a_failed_delayed_payment_cancels_the_order_and_gives_the_keys_back(
+    shop: Shop,
+) -> None:
     sale = await _pending_order(shop)
     shop.stripe.pay(sale.session_id, async_method=True)
-    waiting = await post(shop, WEBHOOK, *shop.stripe.signed(shop.stripe.completed_event(sale.session_id)))
+    waiting = await post(
+        shop, WEBHOOK, *shop.stripe.signed(shop.stripe.completed_event(sale.session_id))
+    )
     assert (waiting.status, waiting.body["outcome"]) == (200, "awaiting")
     assert await key_statuses(shop, "GAME") == {KeyStatus.RESERVED: 1, KeyStatus.AVAILABLE: 1}
     shop.stripe.settle_async(sale.session_id, succeeded=False)
 
-    answer = await post(shop, WEBHOOK, *shop.stripe.signed(shop.stripe.async_failed_event(sale.session_id)))
+    answer = await post(
+        shop, WEBHOOK, *shop.stripe.signed(shop.stripe.async_failed_event(sale.session_id))
+    )
 
     assert (answer.status, answer.body["outcome"]) == (200, "released")
     assert await order_status(shop, sale.order_id) == OrderStatus.CANCELLED
@@ -334,14 +371,19 @@ async def test_a_failed_delayed_payment_cancels_the_order_and_gives_the_keys_bac
 async def test_a_delayed_payment_that_settles_fulfils_the_order_once(shop: Shop) -> None:
     sale = await _pending_order(shop)
     shop.stripe.pay(sale.session_id, async_method=True)
-    waiting = await post(shop, WEBHOOK, *shop.stripe.signed(shop.stripe.completed_event(sale.session_id)))
+    waiting = await post(
+        shop, WEBHOOK, *shop.stripe.signed(shop.stripe.completed_event(sale.session_id))
+    )
     assert (waiting.status, waiting.body["outcome"]) == (200, "awaiting")
     assert await order_status(shop, sale.order_id) == OrderStatus.PENDING
     assert (await snapshot(shop)).deliveries == {}
     shop.stripe.settle_async(sale.session_id)
     succeeded = shop.stripe.async_succeeded_event(sale.session_id)
 
-    outcomes = [(await post(shop, WEBHOOK, *shop.stripe.signed(succeeded))).body["outcome"] for _ in range(2)]
+    outcomes = [
+        (await post(shop, WEBHOOK, *shop.stripe.signed(succeeded))).body["outcome"]
+        for _ in range(2)
+    ]
 
     assert outcomes == ["fulfilled", "duplicate"]
     delivered = await key_message(shop, BUYER)
@@ -352,8 +394,12 @@ async def test_a_delayed_payment_that_settles_fulfils_the_order_once(shop: Shop)
     assert state.deliveries == {"keys:sent": 1}
 
 
-@pytest.mark.parametrize("paid", [{"amount_total": 100}, {"currency": "eur"}], ids=["amount", "currency"])
-async def test_a_payment_that_differs_from_the_order_is_held_for_review(shop: Shop, paid: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "paid", [{"amount_total": 100}, {"currency": "eur"}], ids=["amount", "currency"]
+)
+async def test_a_payment_that_differs_from_the_order_is_held_for_review(
+    shop: Shop, paid: dict[str, Any]
+) -> None:
     sale = await _pending_order(shop)
     since = time.monotonic()
 
@@ -404,8 +450,12 @@ OUT_OF_RANGE: dict[str, Callable[[dict[str, Any]], Any]] = {
 
 @pytest.mark.parametrize("case", list(OUT_OF_RANGE))
 async def test_out_of_range_values_never_cause_a_server_error(
-    request: pytest.FixtureRequest, database_url: str, case: str,
-    telegram, stripe_api, key_secret: str,
+    request: pytest.FixtureRequest,
+    database_url: str,
+    case: str,
+    telegram,
+    stripe_api,
+    key_secret: str,
 ) -> None:
     # SQLite stores anything; PostgreSQL enforces column types, so a value Stripe would never
     # send must be refused by the route, not by the database with a 500 (which Stripe retries

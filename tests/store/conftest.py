@@ -37,9 +37,13 @@ class FakeGateway:
             raise PaymentUnavailable("fake provider is down")
         self.requests[request.order_id] = request
         self.states.setdefault(request.order_id, CheckoutState.OPEN)
-        return CheckoutStarted(ref=f"fake_{request.order_id}", url=f"https://pay.example/{request.order_id}")
+        return CheckoutStarted(
+            ref=f"fake_{request.order_id}", url=f"https://pay.example/{request.order_id}"
+        )
 
-    def payment(self, order_id: int, *, amount: int | None = None, currency: str | None = None) -> Payment:
+    def payment(
+        self, order_id: int, *, amount: int | None = None, currency: str | None = None
+    ) -> Payment:
         """What the provider reports once the buyer paid."""
         request = self.requests[order_id]
         self.states[order_id] = CheckoutState.PAID
@@ -76,7 +80,9 @@ def gateway() -> FakeGateway:
     return FakeGateway()
 
 
-async def stocked(db: Database, vault: KeyVault, sku: str = "GAME", keys: int = 10, **kwargs) -> ProductView:
+async def stocked(
+    db: Database, vault: KeyVault, sku: str = "GAME", keys: int = 10, **kwargs
+) -> ProductView:
     """A product with `keys` keys named f"{sku}-KEY-{i}"."""
     product = await catalogue.add_product(db, sku, f"{sku} key", "9.99", "usd", **kwargs)
     if keys:
@@ -85,9 +91,17 @@ async def stocked(db: Database, vault: KeyVault, sku: str = "GAME", keys: int = 
     return product
 
 
-async def open_order(db: Database, gateway: FakeGateway, product_id: int, buyer: int, quantity: int = 1) -> int:
+async def open_order(
+    db: Database, gateway: FakeGateway, product_id: int, buyer: int, quantity: int = 1
+) -> int:
     sale = await orders.checkout(
-        db, gateway, buyer_id=buyer, language="en", product_id=product_id, quantity=quantity, policy=POLICY
+        db,
+        gateway,
+        buyer_id=buyer,
+        language="en",
+        product_id=product_id,
+        quantity=quantity,
+        policy=POLICY,
     )
     return sale.order_id
 
@@ -95,6 +109,7 @@ async def open_order(db: Database, gateway: FakeGateway, product_id: int, buyer:
 async def scalar(db: Database, query: Any) -> Any:
     async def work(session):
         return await session.scalar(query)
+
     return await db.read(work)
 
 

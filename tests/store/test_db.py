@@ -28,15 +28,24 @@ def _hold_write_lock(path: str, seconds: float, taken: threading.Event) -> None:
     other.close()
 
 
-async def test_payments_wait_out_another_writer_and_none_is_lost(sqlite_url: str, vault: KeyVault) -> None:
+async def test_payments_wait_out_another_writer_and_none_is_lost(
+    sqlite_url: str, vault: KeyVault
+) -> None:
     # A busy timeout far shorter than the lock is held: only the retries can carry the writes.
     db = Database(sqlite_url, busy_timeout=0.05)
     gateway = FakeGateway()
     try:
         product = await stocked(db, vault, keys=5)
         sales = [
-            await orders.checkout(db, gateway, buyer_id=70 + i, language="en", product_id=product.id,
-                                  quantity=1, policy=POLICY)
+            await orders.checkout(
+                db,
+                gateway,
+                buyer_id=70 + i,
+                language="en",
+                product_id=product.id,
+                quantity=1,
+                policy=POLICY,
+            )
             for i in range(5)
         ]
         taken = threading.Event()
@@ -47,10 +56,17 @@ async def test_payments_wait_out_another_writer_and_none_is_lost(sqlite_url: str
         await asyncio.to_thread(taken.wait)
 
         started = time.monotonic()
-        results = await asyncio.gather(*(
-            orders.fulfil(db, gateway.payment(s.order_id), REFUND, event=Event("fake", f"evt_{s.order_id}", "paid"))
-            for s in sales
-        ))
+        results = await asyncio.gather(
+            *(
+                orders.fulfil(
+                    db,
+                    gateway.payment(s.order_id),
+                    REFUND,
+                    event=Event("fake", f"evt_{s.order_id}", "paid"),
+                )
+                for s in sales
+            )
+        )
         waited = time.monotonic() - started
         holder.join()
 
@@ -62,7 +78,9 @@ async def test_payments_wait_out_another_writer_and_none_is_lost(sqlite_url: str
 
         assert await db.read(sold) == 5
         for buyer, sale in enumerate(sales, start=70):
-            assert (await orders.buyer_order(db, sale.order_id, buyer, "en")).status == OrderStatus.FULFILLED
+            assert (
+                await orders.buyer_order(db, sale.order_id, buyer, "en")
+            ).status == OrderStatus.FULFILLED
     finally:
         await db.dispose()
 
@@ -76,16 +94,28 @@ async def test_a_failing_unit_is_undone_alone_when_writes_are_committed_together
     gateway = FakeGateway()
     try:
         product = await stocked(db, vault, keys=3)
-        results = await asyncio.gather(*(
-            orders.checkout(db, gateway, buyer_id=500 + i, language="en", product_id=product.id,
-                            quantity=2, policy=POLICY)
-            for i in range(6)
-        ), return_exceptions=True)
+        results = await asyncio.gather(
+            *(
+                orders.checkout(
+                    db,
+                    gateway,
+                    buyer_id=500 + i,
+                    language="en",
+                    product_id=product.id,
+                    quantity=2,
+                    policy=POLICY,
+                )
+                for i in range(6)
+            ),
+            return_exceptions=True,
+        )
         won = [r for r in results if isinstance(r, orders.CheckoutResult)]
         assert len(won) == 1, results
 
         async def counts(session):
-            reserved = await session.scalar(select(func.count()).where(Key.status == KeyStatus.RESERVED))
+            reserved = await session.scalar(
+                select(func.count()).where(Key.status == KeyStatus.RESERVED)
+            )
             holders = await session.scalar(select(func.count(func.distinct(Key.order_id))))
             return reserved, holders
 

@@ -29,7 +29,9 @@ LEASE = timedelta(seconds=60)
 TTL = timedelta(minutes=15)
 
 
-async def queue_key_deliveries(db: Database, vault: KeyVault, gateway: FakeGateway, n: int) -> list[int]:
+async def queue_key_deliveries(
+    db: Database, vault: KeyVault, gateway: FakeGateway, n: int
+) -> list[int]:
     """`n` paid orders of one key each, so `n` key deliveries queued; returns the order ids."""
     product = await stocked(db, vault, keys=n)
     order_ids = []
@@ -40,19 +42,23 @@ async def queue_key_deliveries(db: Database, vault: KeyVault, gateway: FakeGatew
     return order_ids
 
 
-async def claim(db: Database, vault: KeyVault, owner: str, now: datetime, limit: int = 100) -> list[Job]:
+async def claim(
+    db: Database, vault: KeyVault, owner: str, now: datetime, limit: int = 100
+) -> list[Job]:
     return await deliveries.claim(db, vault, owner, limit=limit, lease=LEASE, now=now)
 
 
 async def rows(db: Database) -> list[Delivery]:
     async def work(session):
         return list((await session.scalars(select(Delivery).order_by(Delivery.id))).all())
+
     return await db.read(work)
 
 
 async def reveals(db: Database) -> list[Reveal]:
     async def work(session):
         return list((await session.scalars(select(Reveal).order_by(Reveal.id))).all())
+
     return await db.read(work)
 
 
@@ -69,7 +75,9 @@ async def test_concurrent_workers_never_claim_the_same_delivery(
     await queue_key_deliveries(db, vault, gateway, 40)
     now = datetime.now(UTC)
 
-    claims = await asyncio.gather(*(claim(db, vault, f"worker-{w}", now, limit=7) for w in range(8)))
+    claims = await asyncio.gather(
+        *(claim(db, vault, f"worker-{w}", now, limit=7) for w in range(8))
+    )
 
     ids = [job.id for jobs in claims for job in jobs]
     assert len(ids) == len(set(ids)) == 40
@@ -103,14 +111,26 @@ async def test_a_lapsed_lease_is_taken_over_and_only_the_holder_records(
 
     # The first worker wakes up and reports: its lease is gone, so the delivery is not its to
     # close. The message it did send is logged as shown, so that it is removed from the chat.
-    await deliveries.finish(db, "dead-worker", [sent(first, 1)], key_message_ttl=TTL, now=now + LEASE * 2)
+    await deliveries.finish(
+        db, "dead-worker", [sent(first, 1)], key_message_ttl=TTL, now=now + LEASE * 2
+    )
     [row] = await rows(db)
-    assert (row.status, row.lease_owner, row.message_id, row.attempts) == (DeliveryStatus.QUEUED, "other", None, 0)
+    assert (row.status, row.lease_owner, row.message_id, row.attempts) == (
+        DeliveryStatus.QUEUED,
+        "other",
+        None,
+        0,
+    )
     assert [r.message_id for r in await reveals(db)] == [1]
 
     await deliveries.finish(db, "other", [sent(taken, 2)], key_message_ttl=TTL, now=now + LEASE * 2)
     [row] = await rows(db)
-    assert (row.status, row.lease_owner, row.message_id, row.attempts) == (DeliveryStatus.SENT, None, 2, 1)
+    assert (row.status, row.lease_owner, row.message_id, row.attempts) == (
+        DeliveryStatus.SENT,
+        None,
+        2,
+        1,
+    )
     assert [r.message_id for r in await reveals(db)] == [1, 2]
     assert await claim(db, vault, "anyone", now + LEASE * 10) == []
 
@@ -123,7 +143,9 @@ async def test_concurrent_claims_after_a_crash_share_the_lapsed_work_once(
     assert len(await claim(db, vault, "crashed", now)) == 30
     later = now + LEASE + timedelta(seconds=1)
 
-    claims = await asyncio.gather(*(claim(db, vault, f"survivor-{w}", later, limit=5) for w in range(6)))
+    claims = await asyncio.gather(
+        *(claim(db, vault, f"survivor-{w}", later, limit=5) for w in range(6))
+    )
 
     ids = [job.id for jobs in claims for job in jobs]
     assert len(ids) == len(set(ids)) == 30
@@ -139,15 +161,34 @@ async def test_a_retry_stays_queued_with_its_attempts_counted(
     now = datetime.now(UTC)
     failed, throttled = await claim(db, vault, "w", now)
     retry_at = now + timedelta(minutes=5)
-    await deliveries.finish(db, "w", [
-        Done(failed, Outcome.RETRY, retry_at=retry_at, error="NetworkError: timed out"),
-        Done(throttled, Outcome.RETRY, retry_at=retry_at, error="429 Too Many Requests", count_attempt=False),
-    ], key_message_ttl=TTL, now=now)
+    await deliveries.finish(
+        db,
+        "w",
+        [
+            Done(failed, Outcome.RETRY, retry_at=retry_at, error="NetworkError: timed out"),
+            Done(
+                throttled,
+                Outcome.RETRY,
+                retry_at=retry_at,
+                error="429 Too Many Requests",
+                count_attempt=False,
+            ),
+        ],
+        key_message_ttl=TTL,
+        now=now,
+    )
 
     first, second = await rows(db)
     assert (first.status, first.attempts, first.last_error, first.lease_owner) == (
-        DeliveryStatus.QUEUED, 1, "NetworkError: timed out", None)
-    assert (second.status, second.attempts) == (DeliveryStatus.QUEUED, 0)  # waiting out a 429 is no attempt
+        DeliveryStatus.QUEUED,
+        1,
+        "NetworkError: timed out",
+        None,
+    )
+    assert (second.status, second.attempts) == (
+        DeliveryStatus.QUEUED,
+        0,
+    )  # waiting out a 429 is no attempt
     assert first.next_attempt_at == second.next_attempt_at == retry_at
     assert await claim(db, vault, "w", now + timedelta(minutes=4)) == []
     again = await claim(db, vault, "w2", retry_at)
@@ -160,11 +201,19 @@ async def test_an_undeliverable_delivery_is_never_claimed_again(
     await queue_key_deliveries(db, vault, gateway, 1)
     now = datetime.now(UTC)
     [job] = await claim(db, vault, "w", now)
-    await deliveries.finish(db, "w", [Done(job, Outcome.UNDELIVERABLE, error="Forbidden: bot was blocked")],
-                            key_message_ttl=TTL, now=now)
+    await deliveries.finish(
+        db,
+        "w",
+        [Done(job, Outcome.UNDELIVERABLE, error="Forbidden: bot was blocked")],
+        key_message_ttl=TTL,
+        now=now,
+    )
     [row] = await rows(db)
     assert (row.status, row.attempts, row.last_error) == (
-        DeliveryStatus.UNDELIVERABLE, 1, "Forbidden: bot was blocked")
+        DeliveryStatus.UNDELIVERABLE,
+        1,
+        "Forbidden: bot was blocked",
+    )
     assert await claim(db, vault, "w", now + timedelta(days=1)) == []
 
 
@@ -175,8 +224,13 @@ async def test_a_delivery_queued_past_its_retry_budget_fails_the_check(
     now = datetime.now(UTC)
     for _ in range(3):
         [job] = await claim(db, vault, "w", now)
-        await deliveries.finish(db, "w", [Done(job, Outcome.RETRY, retry_at=now, error="5xx")],
-                                key_message_ttl=TTL, now=now)
+        await deliveries.finish(
+            db,
+            "w",
+            [Done(job, Outcome.RETRY, retry_at=now, error="5xx")],
+            key_message_ttl=TTL,
+            now=now,
+        )
     findings = {f.invariant: f for f in await check(db, max_attempts=3)}
     assert findings["I4"].violations == (f"delivery {job.id}",)
     assert all(f.ok for f in await check(db, max_attempts=4))
@@ -196,19 +250,30 @@ async def test_each_key_message_sent_is_a_reveal_with_its_removal_time(
     await orders.show_keys_again(db, order, buyer_id=1)
     [reshow] = await claim(db, vault, "w", now + timedelta(minutes=1))
     assert (reshow.kind, reshow.keys) == (DeliveryKind.RESHOW, first.keys)
-    await deliveries.finish(db, "w", [sent(reshow, 13)], key_message_ttl=TTL, now=now + timedelta(minutes=1))
+    await deliveries.finish(
+        db, "w", [sent(reshow, 13)], key_message_ttl=TTL, now=now + timedelta(minutes=1)
+    )
 
     logged = await reveals(db)
     assert [(r.order_id, r.how, r.message_id, r.chat_id) for r in logged] == [
-        (order, DeliveryKind.KEYS, 11, 1), (order, DeliveryKind.KEYS, 12, 1), (order, DeliveryKind.RESHOW, 13, 1)]
-    assert [r.delete_after for r in logged] == [now + TTL, now + TTL, now + timedelta(minutes=1) + TTL]
+        (order, DeliveryKind.KEYS, 11, 1),
+        (order, DeliveryKind.KEYS, 12, 1),
+        (order, DeliveryKind.RESHOW, 13, 1),
+    ]
+    assert [r.delete_after for r in logged] == [
+        now + TTL,
+        now + TTL,
+        now + timedelta(minutes=1) + TTL,
+    ]
     assert [r.revealed_at for r in logged] == [now, now, now + timedelta(minutes=1)]
 
     assert await deliveries.expiring(db, now=now + TTL - timedelta(seconds=1)) == []
     due = await deliveries.expiring(db, now=now + TTL)
     assert [(e.chat_id, e.message_id) for e in due] == [(1, 11), (1, 12)]
     await deliveries.mark_removed(db, [e.reveal_id for e in due])
-    assert [e.message_id for e in await deliveries.expiring(db, now=now + timedelta(hours=1))] == [13]
+    assert [e.message_id for e in await deliveries.expiring(db, now=now + timedelta(hours=1))] == [
+        13
+    ]
     # The reveal log stays: it is the evidence if the buyer disputes the charge.
     assert len(await reveals(db)) == 3
 

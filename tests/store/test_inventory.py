@@ -28,12 +28,16 @@ from tests.store.conftest import REFUND, FakeGateway, invariants_hold, open_orde
 
 async def stored_keys(db: Database, vault: KeyVault) -> list[str]:
     """Every key the database holds, decrypted, in import order."""
+
     async def work(session):
         return list((await session.scalars(select(Key.ciphertext).order_by(Key.id))).all())
+
     return [vault.decrypt(c) for c in await db.read(work)]
 
 
-async def restock(db: Database, vault: KeyVault, text: str, sku: str = "GAME") -> inventory.RestockReport:
+async def restock(
+    db: Database, vault: KeyVault, text: str, sku: str = "GAME"
+) -> inventory.RestockReport:
     return await inventory.restock(db, vault, sku, parse_keys(text), source="test")
 
 
@@ -50,14 +54,17 @@ def test_lines_are_trimmed_and_blank_lines_ignored() -> None:
     assert (parsed.empty, parsed.too_long, parsed.binary) == (3, 0, 0)
 
 
-@pytest.mark.parametrize("data", [
-    pytest.param("A-1\r\nB-2\r\nC-3\r\n", id="crlf-text"),
-    pytest.param(b"A-1\r\nB-2\r\nC-3\r\n", id="crlf-bytes"),
-    pytest.param("A-1\rB-2\rC-3\r", id="cr-text"),
-    pytest.param("A-1\rB-2\rC-3", id="cr-text-no-final-break"),
-    pytest.param("\ufeffA-1\nB-2\nC-3\n", id="bom-text"),
-    pytest.param(b"\xef\xbb\xbfA-1\r\nB-2\r\nC-3", id="bom-bytes"),
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param("A-1\r\nB-2\r\nC-3\r\n", id="crlf-text"),
+        pytest.param(b"A-1\r\nB-2\r\nC-3\r\n", id="crlf-bytes"),
+        pytest.param("A-1\rB-2\rC-3\r", id="cr-text"),
+        pytest.param("A-1\rB-2\rC-3", id="cr-text-no-final-break"),
+        pytest.param("\ufeffA-1\nB-2\nC-3\n", id="bom-text"),
+        pytest.param(b"\xef\xbb\xbfA-1\r\nB-2\r\nC-3", id="bom-bytes"),
+    ],
+)
 def test_windows_and_old_mac_line_ends_and_a_byte_order_mark(data: str | bytes) -> None:
     parsed = parse_keys(data)
     assert parsed.keys == ["A-1", "B-2", "C-3"]
@@ -79,7 +86,10 @@ def test_csv_takes_the_first_column_and_skips_a_header() -> None:
 def test_csv_header_only_on_the_first_line_and_only_in_csv() -> None:
     assert parse_keys("code\nKEY-1\ncode\n", is_csv=True).keys == ["KEY-1", "code"]
     assert parse_keys("code\nKEY-1\n").keys == ["code", "KEY-1"]  # a .txt has no header
-    assert parse_keys("ABCD-1,x\nEFGH-2,y", is_csv=True).keys == ["ABCD-1", "EFGH-2"]  # no header at all
+    assert parse_keys("ABCD-1,x\nEFGH-2,y", is_csv=True).keys == [
+        "ABCD-1",
+        "EFGH-2",
+    ]  # no header at all
 
 
 def test_over_long_lines_are_rejected() -> None:
@@ -146,7 +156,13 @@ async def test_keys_ever_imported_are_never_imported_again(
 
     assert (report.added, report.duplicates) == (1, 4)
     level = await levels(db)
-    assert (level.imported, level.available, level.reserved, level.sold, level.revoked) == (5, 2, 1, 1, 1)
+    assert (level.imported, level.available, level.reserved, level.sold, level.revoked) == (
+        5,
+        2,
+        1,
+        1,
+        1,
+    )
     await invariants_hold(db)
 
 
@@ -168,7 +184,9 @@ async def test_a_key_may_belong_to_two_products(db: Database, vault: KeyVault) -
     assert (await restock(db, vault, "SHARED-CODE", "DLC")).added == 1
 
 
-async def test_a_large_import_is_stored_in_chunks_each_key_once(db: Database, vault: KeyVault) -> None:
+async def test_a_large_import_is_stored_in_chunks_each_key_once(
+    db: Database, vault: KeyVault
+) -> None:
     await stocked(db, vault, keys=0)
     keys = [f"BULK-{i:06d}" for i in range(4500)]  # more than one insert chunk
     report = await restock(db, vault, "\n".join(keys + keys[:100]))
@@ -179,7 +197,9 @@ async def test_a_large_import_is_stored_in_chunks_each_key_once(db: Database, va
     await invariants_hold(db)
 
 
-async def test_concurrent_imports_of_overlapping_batches_store_each_key_once(db: Database, vault: KeyVault) -> None:
+async def test_concurrent_imports_of_overlapping_batches_store_each_key_once(
+    db: Database, vault: KeyVault
+) -> None:
     await stocked(db, vault, keys=0)
     pool = [f"RACE-{i:04d}" for i in range(300)]
     rng = random.Random(7)
@@ -212,7 +232,9 @@ async def test_an_import_without_keys_or_product_is_refused(db: Database, vault:
 # ---------------------------------------------------------------- stock levels
 
 
-async def test_stock_levels_count_every_state(db: Database, vault: KeyVault, gateway: FakeGateway) -> None:
+async def test_stock_levels_count_every_state(
+    db: Database, vault: KeyVault, gateway: FakeGateway
+) -> None:
     game = await stocked(db, vault, "GAME", keys=10)
     await stocked(db, vault, "EMPTY", keys=0)
     await catalogue.edit_product(db, "EMPTY", catalogue.ProductChanges(active=False))
@@ -227,8 +249,13 @@ async def test_stock_levels_count_every_state(db: Database, vault: KeyVault, gat
     await orders.record_refund(db, refunded)  # revoked
 
     game_level, empty = await levels(db, "GAME"), await levels(db, "EMPTY")
-    assert (game_level.imported, game_level.available, game_level.reserved, game_level.sold, game_level.revoked) == (
-        10, 4, 2, 3, 1)
+    assert (
+        game_level.imported,
+        game_level.available,
+        game_level.reserved,
+        game_level.sold,
+        game_level.revoked,
+    ) == (10, 4, 2, 3, 1)
     assert game_level.low and game_level.active  # 4 left, threshold 5
     assert (empty.imported, empty.available, empty.active) == (0, 0, False)
     await invariants_hold(db)

@@ -43,6 +43,7 @@ T0 = datetime(2030, 1, 1, tzinfo=UTC)
 async def _all(db: Database, query) -> list:
     async def work(session):
         return list((await session.scalars(query)).all())
+
     return await db.read(work)
 
 
@@ -52,13 +53,21 @@ async def status_of(db: Database, order_id: int) -> str:
 
 async def keys_of(db: Database, order_id: int) -> list[tuple[int, str]]:
     async def work(session):
-        return list((await session.execute(
-            select(Key.id, Key.status).where(Key.order_id == order_id).order_by(Key.id))).all())
+        return list(
+            (
+                await session.execute(
+                    select(Key.id, Key.status).where(Key.order_id == order_id).order_by(Key.id)
+                )
+            ).all()
+        )
+
     return await db.read(work)
 
 
 async def deliveries_of(db: Database, order_id: int) -> list[str]:
-    return await _all(db, select(Delivery.kind).where(Delivery.order_id == order_id).order_by(Delivery.id))
+    return await _all(
+        db, select(Delivery.kind).where(Delivery.order_id == order_id).order_by(Delivery.id)
+    )
 
 
 async def lapse(db: Database, order_id: int) -> None:
@@ -68,25 +77,35 @@ async def lapse(db: Database, order_id: int) -> None:
 
 
 async def restock(db: Database, vault: KeyVault, sku: str, *keys: str) -> inventory.RestockReport:
-    return await inventory.restock(db, vault, sku, inventory.parse_keys("\n".join(keys)), source="test")
+    return await inventory.restock(
+        db, vault, sku, inventory.parse_keys("\n".join(keys)), source="test"
+    )
 
 
 # ---------------------------------------------------------------- review
 
 
-@pytest.mark.parametrize(("amount", "currency"), [(1, None), (None, "eur")], ids=["amount", "currency"])
+@pytest.mark.parametrize(
+    ("amount", "currency"), [(1, None), (None, "eur")], ids=["amount", "currency"]
+)
 async def test_a_payment_that_differs_from_the_order_goes_to_review(
     db: Database, vault: KeyVault, gateway: FakeGateway, amount: int | None, currency: str | None
 ) -> None:
     product = await stocked(db, vault, keys=3)
     order = await open_order(db, gateway, product.id, 7, quantity=2)
 
-    result = await orders.fulfil(db, gateway.payment(order, amount=amount, currency=currency), REFUND)
+    result = await orders.fulfil(
+        db, gateway.payment(order, amount=amount, currency=currency), REFUND
+    )
 
     assert result.outcome is Outcome.REVIEW
     assert await status_of(db, order) == OrderStatus.REVIEW
-    assert [s for _, s in await keys_of(db, order)] == [KeyStatus.RESERVED] * 2  # held for the admin
-    assert await deliveries_of(db, order) == [DeliveryKind.REVIEW]  # the buyer is told, no keys sent
+    assert [s for _, s in await keys_of(db, order)] == [
+        KeyStatus.RESERVED
+    ] * 2  # held for the admin
+    assert await deliveries_of(db, order) == [
+        DeliveryKind.REVIEW
+    ]  # the buyer is told, no keys sent
     await invariants_hold(db)
 
 
@@ -124,9 +143,13 @@ async def _sold_out_then_paid(
     await lapse(db, smaller)
     await lapse(db, bigger)
     everything = await open_order(db, gateway, product.id, 3, quantity=3)
-    assert (await orders.fulfil(db, gateway.payment(everything), policy)).outcome is Outcome.FULFILLED
+    assert (
+        await orders.fulfil(db, gateway.payment(everything), policy)
+    ).outcome is Outcome.FULFILLED
     first = await orders.fulfil(db, gateway.payment(bigger), policy, now=T0)
-    second = await orders.fulfil(db, gateway.payment(smaller), policy, now=T0 + timedelta(seconds=1))
+    second = await orders.fulfil(
+        db, gateway.payment(smaller), policy, now=T0 + timedelta(seconds=1)
+    )
     assert first.outcome == second.outcome
     return bigger, smaller
 
@@ -168,7 +191,9 @@ async def test_refund_policy_owes_the_money_until_the_refund_is_recorded(
         assert await keys_of(db, order) == []
     owed = await orders.refunds_due(db)
     assert [(o.order_id, o.payment_ref, o.paid_amount_minor) for o in owed] == [
-        (smaller, f"pay_{smaller}", 999), (bigger, f"pay_{bigger}", 1998)]
+        (smaller, f"pay_{smaller}", 999),
+        (bigger, f"pay_{bigger}", 1998),
+    ]
     await invariants_hold(db)  # owed, and not yet for long: not stuck
 
     for pending in owed:
@@ -194,12 +219,18 @@ async def test_a_refund_owed_for_over_an_hour_is_reported_stuck(
 # ---------------------------------------------------------------- expiry and payment crossing
 
 
-async def test_a_late_expired_event_never_undoes_a_sale(db: Database, vault: KeyVault, gateway: FakeGateway) -> None:
+async def test_a_late_expired_event_never_undoes_a_sale(
+    db: Database, vault: KeyVault, gateway: FakeGateway
+) -> None:
     product = await stocked(db, vault, keys=2)
     order = await open_order(db, gateway, product.id, 7)
-    await orders.fulfil(db, gateway.payment(order), REFUND, event=Event("fake", "evt_paid", "completed"))
+    await orders.fulfil(
+        db, gateway.payment(order), REFUND, event=Event("fake", "evt_paid", "completed")
+    )
 
-    late = await orders.close_unpaid(db, order, CheckoutState.EXPIRED, event=Event("fake", "evt_exp", "expired"))
+    late = await orders.close_unpaid(
+        db, order, CheckoutState.EXPIRED, event=Event("fake", "evt_exp", "expired")
+    )
     failed = await orders.close_unpaid(db, order, CheckoutState.FAILED)
 
     assert late.outcome is failed.outcome is Outcome.UNCHANGED
@@ -239,7 +270,9 @@ async def test_a_full_refund_revokes_keys_and_a_partial_one_changes_nothing(
     order = await open_order(db, gateway, product.id, 7, quantity=2)
     await orders.fulfil(db, gateway.payment(order), REFUND)
 
-    partial = await orders.record_refund(db, order, full=False, event=Event("fake", "evt_part", "charge.refunded"))
+    partial = await orders.record_refund(
+        db, order, full=False, event=Event("fake", "evt_part", "charge.refunded")
+    )
     assert partial.outcome is Outcome.PARTIAL_REFUND
     assert await status_of(db, order) == OrderStatus.FULFILLED
 
@@ -263,9 +296,15 @@ async def test_a_dispute_flags_the_order_and_may_blacklist_the_buyer(
     await orders.fulfil(db, gateway.payment(order), REFUND)
 
     event = Event("fake", "evt_dispute", "charge.dispute.created")
-    first = await orders.record_dispute(db, None, payment_ref=f"pay_{order}", blacklist=blacklist, event=event)
-    copy = await orders.record_dispute(db, None, payment_ref=f"pay_{order}", blacklist=blacklist, event=event)
-    other_copy = await orders.record_dispute(db, None, payment_ref=f"pay_{order}", blacklist=blacklist)
+    first = await orders.record_dispute(
+        db, None, payment_ref=f"pay_{order}", blacklist=blacklist, event=event
+    )
+    copy = await orders.record_dispute(
+        db, None, payment_ref=f"pay_{order}", blacklist=blacklist, event=event
+    )
+    other_copy = await orders.record_dispute(
+        db, None, payment_ref=f"pay_{order}", blacklist=blacklist
+    )
 
     assert (first.result.outcome, first.blacklisted) == (Outcome.DISPUTED, blacklist)
     assert copy.result.outcome is Outcome.DUPLICATE
@@ -297,7 +336,9 @@ async def test_a_dispute_after_a_refund_leaves_the_order_refunded(
 # ---------------------------------------------------------------- a payment racing a restock
 
 
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # SQLite serialises writers: no race
+@pytest.mark.parametrize(
+    "database_url", ["postgresql"], indirect=True
+)  # SQLite serialises writers: no race
 async def test_a_payment_racing_a_restock_is_not_left_waiting_beside_fresh_stock(
     db: Database, vault: KeyVault, gateway: FakeGateway
 ) -> None:
