@@ -28,6 +28,7 @@ from telegram.ext import (
     ContextTypes,
     ConversationHandler,
     MessageHandler,
+    PreCheckoutQueryHandler,
     TypeHandler,
     filters,
 )
@@ -41,9 +42,10 @@ from bot.migrate import migrate
 from bot.notifier import AdminNotifier
 from bot.ratelimit import RateLimiter
 from bot.settings import OutOfStockPolicy, Settings, TelegramMode
+from bot.stars_gateway import StarsGateway
 from bot.stripe_gateway import StripeGateway
 from bot.telegram_api import AiohttpRequest, SendPace
-from handlers import admin, buyer
+from handlers import admin, buyer, stars
 from handlers.context import KeyvendContext, Shop
 from handlers.i18n import language_of, t
 from store.crypto import KeyVault
@@ -105,11 +107,16 @@ def add_handlers(application: Application) -> None:
             CommandHandler("buy", buyer.buy),
             CommandHandler("orders", buyer.my_orders),
             CommandHandler("help", buyer.help_command),
+            CommandHandler("paysupport", buyer.paysupport),
+            CommandHandler("terms", buyer.terms),
             CommandHandler("stats", admin.stats),
             CommandHandler("confirm", admin.confirm),
+            CommandHandler("refund", admin.refund),
+            PreCheckoutQueryHandler(stars.pre_checkout),
+            MessageHandler(filters.SUCCESSFUL_PAYMENT, stars.successful_payment),
             CallbackQueryHandler(buyer.show_catalogue, pattern=r"^cat$"),
             CallbackQueryHandler(buyer.show_product, pattern=r"^p:\d{1,9}:\d{1,3}$"),
-            CallbackQueryHandler(buyer.pay, pattern=r"^pay:\d{1,9}:\d{1,3}$"),
+            CallbackQueryHandler(buyer.pay, pattern=r"^pay:\d{1,9}:\d{1,3}(:[a-z]{1,16})?$"),
             CallbackQueryHandler(buyer.my_orders, pattern=r"^ords$"),
             CallbackQueryHandler(buyer.show_order, pattern=r"^o:\d{1,9}$"),
             CallbackQueryHandler(buyer.show_keys, pattern=r"^k:\d{1,9}$"),
@@ -193,6 +200,11 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
         stripe=stripe,
         stripe_webhook_secret=settings.stripe_webhook_secret.get_secret_value() if stripe else None,
         blacklist_on_dispute=settings.blacklist_on_dispute,
+        gateways={StarsGateway.name: StarsGateway(application.bot)}
+        if settings.stars_enabled
+        else {},
+        paysupport_text=settings.paysupport_text,
+        terms_text=settings.terms_text,
     )
     application.bot_data["shop"] = shop
     add_handlers(application)

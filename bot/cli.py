@@ -19,6 +19,8 @@ from bot import logs
 from bot.keyfile import ConfigError, encryption_key
 from bot.migrate import migrate
 from bot.settings import Settings
+from handlers.stars_invoice import MAX_STARS
+from handlers.stars_invoice import PROVIDER as STARS_PROVIDER
 from store import catalogue, inventory, reports
 from store.catalogue import ProductChanges
 from store.check import check
@@ -26,7 +28,7 @@ from store.crypto import KeyVault, KeyVaultError
 from store.db import Database
 from store.errors import StoreError
 from store.models import ProductKind
-from store.money import to_major
+from store.money import STARS, to_major
 
 _SETUP_HINT = (
     "BOT_TOKEN is not set. Create a bot with @BotFather in Telegram and put its token in .env "
@@ -122,6 +124,7 @@ async def cmd_product_add(settings: Settings, args: argparse.Namespace) -> int:
             max_per_buyer=args.max_per_buyer,
             low_stock_threshold=args.low_stock,
             delivery_template=args.template or "",
+            prices=_provider_prices(args),
         )
         print(f"added {product.sku}: {product.name}, {_price(product)}")
         return 0
@@ -141,6 +144,7 @@ async def cmd_product_edit(settings: Settings, args: argparse.Namespace) -> int:
         delivery_template=args.template,
         active=args.active,
         language=args.lang,
+        prices=_provider_prices(args, remove_with_zero=True),
     )
     if changes == ProductChanges(language=args.lang):
         raise Failure(
@@ -249,7 +253,22 @@ async def cmd_keygen(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _price(product: catalogue.ProductView) -> str:
-    return f"{to_major(product.price_minor, product.currency)} {product.currency.upper()}"
+    price = f"{to_major(product.price_minor, product.currency)} {product.currency.upper()}"
+    stars = product.price_for(STARS_PROVIDER, STARS)
+    return price if stars is None else f"{price} or {stars} Stars"
+
+
+def _provider_prices(
+    args: argparse.Namespace, *, remove_with_zero: bool = False
+) -> dict[str, tuple[int, str] | None] | None:
+    """The prices a provider with its own currency charges, from `--stars N` (0: none)."""
+    if args.stars is None:
+        return None
+    if args.stars == 0 and remove_with_zero:
+        return {STARS_PROVIDER: None}
+    if not 1 <= args.stars <= MAX_STARS:
+        raise Failure(f"--stars must be a whole number of Stars from 1 to {MAX_STARS}")
+    return {STARS_PROVIDER: (args.stars, STARS)}
 
 
 # ---------------------------------------------------------------- argument parsing
@@ -291,6 +310,7 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--max-per-buyer", type=int)
     add.add_argument("--low-stock", type=int, default=5, help="alert when stock falls to this")
     add.add_argument("--template", help="how to redeem; may use {key}, {order}, {product}")
+    add.add_argument("--stars", type=int, help="also sold for this many Telegram Stars")
     add.set_defaults(command=cmd_product_add)
 
     edit = product.add_parser("edit", help="change a product")
@@ -306,6 +326,7 @@ def _parser() -> argparse.ArgumentParser:
     edit.add_argument("--max-per-buyer", type=int, help="0 removes the limit")
     edit.add_argument("--low-stock", type=int)
     edit.add_argument("--template")
+    edit.add_argument("--stars", type=int, help="price in Telegram Stars; 0: not sold for Stars")
     sale = edit.add_mutually_exclusive_group()
     sale.add_argument(
         "--active", dest="active", action="store_true", default=None, help="put on sale"

@@ -5,7 +5,8 @@ the provider about every open order whose checkout should have closed, fulfils t
 were paid (a lost webhook, a crash) and releases the ones that expired; it cancels orders
 whose checkout never got recorded; and it makes the refunds owed for payments that found no
 stock. Each step is the same idempotent store function the webhook uses, so running it
-twice, or on two instances at once, does no harm.
+twice, or on two instances at once, does no harm. A provider that lists its payments
+(Telegram Stars) is also asked for the ones the ledger lacks, and those are applied.
 """
 
 from __future__ import annotations
@@ -61,7 +62,28 @@ async def reconcile(shop: Shop, *, now: datetime | None = None) -> list[orders.R
             log.info("reconciliation settled order %s: %s", pending.order_id, result.outcome)
             shop.settled(result)
         results.append(result)
+    results += await apply_missed_payments(shop)
     results += await make_refunds(shop)
+    return results
+
+
+async def apply_missed_payments(shop: Shop) -> list[orders.Result]:
+    """Apply payments a provider lists that the ledger lacks (their update was lost)."""
+    results = []
+    for name, gateway in shop.gateways.items():
+        try:
+            listed = await gateway.missed_payments()
+        except PaymentUnavailable:
+            continue  # asked again on the next pass
+        missing = await orders.unrecorded(shop.db, name, [event_id for event_id, _ in listed])
+        for event_id, payment in listed:
+            if event_id not in missing:
+                continue
+            result = await shop.apply_payment(
+                name, payment, orders.Event(name, event_id, "reconciled_payment")
+            )
+            log.info("reconciliation applied a missed payment: order %s", payment.order_id)
+            results.append(result)
     return results
 
 

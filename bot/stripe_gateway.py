@@ -26,6 +26,7 @@ _MIN_EXPIRY = 30 * 60 + 30  # seconds
 
 class StripeGateway:
     name = "stripe"
+    currency = None  # the product's own price
 
     def __init__(
         self,
@@ -118,6 +119,10 @@ class StripeGateway:
             raise self._unavailable("look up a payment", exc) from None
         order = (intent.to_dict().get("metadata") or {}).get("order_id")
         return int(order) if isinstance(order, str) and order.isdigit() else None
+
+    async def missed_payments(self) -> list[tuple[str, Payment]]:
+        # Reconciliation asks about each overdue Checkout Session (`checkout_status`).
+        return []
 
     def _payment(self, order_id: int, session: Any) -> Payment:
         payment = payment_from_session(session.to_dict())

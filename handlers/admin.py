@@ -199,3 +199,43 @@ async def confirm(update: Update, context: KeyvendContext) -> None:
         update,
         t(language, "Order #{order}: {outcome}", order=order_id, outcome=result.outcome.value),
     )
+
+
+@admin_only
+async def refund(update: Update, context: KeyvendContext) -> None:
+    """Return an order's money through its own provider and revoke its keys: `/refund ORDER_ID`."""
+    shop = context.shop
+    language = _language(update)
+    admin_id = update.effective_user.id
+    if len(context.args or []) != 1 or not context.args[0].lstrip("#").isdigit():
+        await _reply(update, t(language, "Usage: /refund ORDER_ID"))
+        return
+    order_id = int(context.args[0].lstrip("#"))
+    try:
+        paid = await orders.paid_order(shop.db, order_id)
+        gateway = shop.gateways.get(paid.provider)
+        if gateway is None:
+            raise PaymentUnavailable(f"{paid.provider} payments are off in this shop")
+        await gateway.refund(order_id, paid.payment_ref, paid.paid_amount_minor)
+    except (NotFound, OrderNotPayable, PaymentUnavailable) as exc:
+        await _reply(
+            update,
+            t(
+                language,
+                "Order #{order}: {reason}",
+                order=order_id,
+                reason=render.html.escape(str(exc)),
+            ),
+        )
+        return
+    result = await orders.record_refund(shop.db, order_id, admin_id=admin_id)
+    shop.settled(result)
+    log.info("admin %s refunded order %s: %s", admin_id, order_id, result.outcome)
+    await _reply(
+        update,
+        t(
+            language,
+            "Order #{order} is refunded; its keys are revoked and the buyer is told.",
+            order=order_id,
+        ),
+    )

@@ -72,6 +72,8 @@ async def throttle(update: Update, context: KeyvendContext) -> None:
     user = update.effective_user
     if user is None or context.shop.is_admin(user.id):
         return
+    if update.pre_checkout_query or (update.message and update.message.successful_payment):
+        return  # money on its way or arrived: never dropped, whoever sends it
     retry_at = await context.shop.limiter.hit("updates", user.id)
     if retry_at is None:
         return
@@ -153,9 +155,13 @@ def _card(
     context: KeyvendContext, product: catalogue.ProductView, quantity: int, language: str
 ) -> render.Screen:
     quantity = max(1, min(quantity, product.max_quantity() or 1))
-    return render.product_card(
-        product, quantity, language, card_payments=context.shop.stripe is not None
-    )
+    shop = context.shop
+    offers = [
+        render.Offer(name, unit, gateway.currency or product.currency, gateway is shop.stripe)
+        for name, gateway in shop.gateways.items()
+        if (unit := product.price_for(name, gateway.currency)) is not None
+    ]
+    return render.product_card(product, quantity, language, offers=offers)
 
 
 async def show_product(update: Update, context: KeyvendContext) -> None:
@@ -175,13 +181,15 @@ async def show_product(update: Update, context: KeyvendContext) -> None:
 
 
 async def pay(update: Update, context: KeyvendContext) -> None:
-    """Reserve the keys and open a card checkout (`pay:<product>:<qty>`)."""
+    """Reserve the keys and open a checkout (`pay:<product>:<qty>[:<provider>]`, the card
+    provider when none is named)."""
     query = update.callback_query
     shop = context.shop
     language = _language(update)
     user_id = update.effective_user.id
-    _, product_id, quantity = query.data.split(":")
-    if shop.stripe is None:
+    _, product_id, quantity, *provider = query.data.split(":")
+    gateway = shop.gateways.get(provider[0]) if provider else shop.stripe
+    if gateway is None:
         await _tell(update, t(language, "Payments are not set up yet in this shop."))
         return
     retry_at = await shop.limiter.hit("checkouts", user_id)
@@ -192,7 +200,7 @@ async def pay(update: Update, context: KeyvendContext) -> None:
     try:
         sale = await orders.checkout(
             shop.db,
-            shop.stripe,
+            gateway,
             buyer_id=user_id,
             language=language,
             product_id=int(product_id),
@@ -204,6 +212,8 @@ async def pay(update: Update, context: KeyvendContext) -> None:
         await update.effective_chat.send_message(_checkout_refusal(exc, language))
         return
     shop.counters.count("keyvend_checkouts_total", outcome="started")
+    if sale.url is None:
+        return  # the provider's own invoice, with its pay button, is in the chat already
     amount = render.money(sale.amount_minor, sale.currency, language)
     minutes = int((sale.expires_at - datetime.now(UTC)).total_seconds() // 60)
     await _show(
@@ -309,6 +319,33 @@ async def show_keys(update: Update, context: KeyvendContext) -> None:
         return
     context.shop.wake_delivery()
     await query.answer(t(language, "Your keys are on their way."))
+
+
+async def paysupport(update: Update, context: KeyvendContext) -> None:
+    """Tell the buyer how to get help with a payment (Telegram requires this command)."""
+    language = _language(update)
+    await update.effective_chat.send_message(
+        context.shop.paysupport_text
+        or t(
+            language,
+            "Questions about a payment? Write to the seller here and include your order number "
+            "(see /orders). A delivered order that does not work is replaced or refunded.",
+        )
+    )
+
+
+async def terms(update: Update, context: KeyvendContext) -> None:
+    """Show the seller's terms of sale."""
+    language = _language(update)
+    await update.effective_chat.send_message(
+        context.shop.terms_text
+        or t(
+            language,
+            "Terms: every product is a digital key delivered in this chat right after payment. "
+            "Keys are not returnable once shown, except when one does not work; payment "
+            "problems: /paysupport.",
+        )
+    )
 
 
 async def help_command(update: Update, context: KeyvendContext) -> None:

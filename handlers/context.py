@@ -17,10 +17,12 @@ from typing import Protocol
 from aiohttp import web
 from telegram.ext import Application, CallbackContext, ExtBot
 
+from store import orders
 from store.crypto import KeyVault
 from store.db import Database
-from store.orders import CheckoutPolicy, Outcome, OutOfStockPolicy, Result
-from store.payments import PaymentGateway
+from store.errors import PaymentUnavailable
+from store.orders import CheckoutPolicy, Event, Outcome, OutOfStockPolicy, Result
+from store.payments import Payment, PaymentGateway
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +59,46 @@ class Shop:
     wake_delivery: Callable[[], None] = lambda: None
     wake_refunds: Callable[[], None] = lambda: None
     gateways: dict[str, PaymentGateway] = field(default_factory=dict)
+    paysupport_text: str | None = None  # the seller's; None: the default, translated
+    terms_text: str | None = None
 
     def __post_init__(self) -> None:
         if self.stripe is not None:
-            self.gateways.setdefault(self.stripe.name, self.stripe)
+            # The card provider is offered first.
+            self.gateways = {self.stripe.name: self.stripe, **self.gateways}
 
     def is_admin(self, user_id: int | None) -> bool:
         return user_id is not None and user_id in self.admin_ids
+
+    async def apply_payment(self, provider: str, payment: Payment, event: Event) -> Result:
+        """Apply a provider's charge to its order, then react; a second charge for an order
+        that another charge paid already goes straight back to the buyer."""
+        result = await orders.fulfil(self.db, payment, self.stock_policy, event=event)
+        self.settled(result)
+        if result.outcome is Outcome.UNCHANGED and payment.payment_ref is not None:
+            state = await orders.order_state(self.db, payment.order_id)
+            if state is not None and state.payment_ref != payment.payment_ref:
+                await self._return_extra_charge(provider, payment)
+        return result
+
+    async def _return_extra_charge(self, provider: str, payment: Payment) -> None:
+        gateway = self.gateways.get(provider)
+        try:
+            if gateway is None:
+                raise PaymentUnavailable(f"{provider} payments are off")
+            await gateway.refund(payment.order_id, payment.payment_ref, payment.amount_minor or 0)
+        except PaymentUnavailable:
+            self.notifier.alert(
+                "refund",
+                f"Order #{payment.order_id} was paid twice ({provider}); the second payment "
+                "could not be returned automatically.",
+            )
+            return
+        self.notifier.alert(
+            "refund",
+            f"Order #{payment.order_id} was paid twice ({provider}); the second payment was "
+            "returned.",
+        )
 
     def settled(self, result: Result) -> None:
         """Set in motion what a transition's result calls for: a send, a refund, an alert."""

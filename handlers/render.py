@@ -19,7 +19,7 @@ from store.catalogue import STOCK_DISPLAY_CAP, ProductView
 from store.deliveries import Job
 from store.inventory import RestockReport, StockLevels
 from store.models import DeliveryKind, OrderStatus
-from store.money import to_major
+from store.money import STARS, to_major
 from store.orders import OrderView
 from store.reports import Stats
 
@@ -38,8 +38,9 @@ def product_data(product_id: int, quantity: int = 1) -> str:
     return f"p:{product_id}:{quantity}"
 
 
-def pay_data(product_id: int, quantity: int) -> str:
-    return f"pay:{product_id}:{quantity}"
+def pay_data(product_id: int, quantity: int, provider: str | None = None) -> str:
+    """Pay through a provider; without one, the shop's card provider."""
+    return f"pay:{product_id}:{quantity}" + (f":{provider}" if provider else "")
 
 
 def order_data(order_id: int) -> str:
@@ -54,6 +55,8 @@ def keys_data(order_id: int) -> str:
 
 
 def money(minor: int, currency: str, language: str) -> str:
+    if currency == STARS:
+        return tn(language, "{n} Star", "{n} Stars", minor)
     return format_currency(
         to_major(minor, currency), currency.upper(), locale=_LOCALE.get(language, "en_US")
     )
@@ -112,7 +115,17 @@ def _stock(stock: int) -> str:
     return f"{STOCK_DISPLAY_CAP}+" if stock >= STOCK_DISPLAY_CAP else str(stock)
 
 
-def product_card(p: ProductView, quantity: int, language: str, *, card_payments: bool) -> Screen:
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """A way to pay for a product: through which provider, at what unit price."""
+
+    provider: str
+    unit_minor: int
+    currency: str
+    default: bool = False  # the card provider, whose button data names no provider
+
+
+def product_card(p: ProductView, quantity: int, language: str, *, offers: list[Offer]) -> Screen:
     lines = [f"<b>{_e(p.name_in(language))}</b>"]
     description = p.description_in(language)
     if description:
@@ -136,20 +149,26 @@ def product_card(p: ProductView, quantity: int, language: str, *, card_payments:
         InlineKeyboardButton("+", callback_data=product_data(p.id, min(top, quantity + 1))),
     ]
     rows = [stepper]
-    if card_payments:
-        rows.append(
-            [
-                InlineKeyboardButton(
-                    t(language, "💳 Pay {total} by card", total=total),
-                    callback_data=pay_data(p.id, quantity),
-                )
-            ]
-        )
+    buttons = [_pay_button(p.id, quantity, offer, language) for offer in offers]
+    if buttons:
+        rows.append(buttons)
     else:
         lines.append("")
         lines.append(t(language, "Payments are not set up yet in this shop."))
     rows.append([_back_to_catalogue(language)])
     return Screen("\n".join(lines), InlineKeyboardMarkup(rows))
+
+
+def _pay_button(
+    product_id: int, quantity: int, offer: Offer, language: str
+) -> InlineKeyboardButton:
+    total = offer.unit_minor * quantity
+    if offer.currency == STARS:
+        label = t(language, "⭐ Pay {n} Stars", n=total)
+    else:
+        label = t(language, "💳 Pay {total} by card", total=money(total, offer.currency, language))
+    provider = None if offer.default else offer.provider
+    return InlineKeyboardButton(label, callback_data=pay_data(product_id, quantity, provider))
 
 
 def _back_to_catalogue(language: str) -> InlineKeyboardButton:
@@ -220,6 +239,7 @@ def help_text(language: str, *, is_admin: bool) -> str:
         "/orders — your orders; open a delivered one to see its keys again\n"
         "/help — this message",
     )
+    text += "\n" + t(language, "/paysupport — help with a payment\n/terms — terms of sale")
     if is_admin:
         text += "\n\n" + t(
             language,
@@ -228,6 +248,7 @@ def help_text(language: str, *, is_admin: bool) -> str:
             "/stats — sales and stock\n"
             "/confirm ORDER — ask Stripe about an order and settle it",
         )
+        text += "\n" + t(language, "/refund ORDER — return the money and revoke the keys")
     return text
 
 

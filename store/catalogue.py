@@ -15,7 +15,7 @@ from store.audit import audit
 from store.db import Database
 from store.errors import InvalidInput, NotFound
 from store.models import Key, KeyStatus, Product, ProductKind, translated
-from store.money import check_currency, to_minor
+from store.money import MAX_AMOUNT, check_currency, to_minor
 
 # Buyers see exact stock up to this many; counting further would cost a scan per view.
 STOCK_DISPLAY_CAP = 1000
@@ -41,6 +41,7 @@ class ProductView:
     active: bool
     stock: int  # available to buy now, capped at STOCK_DISPLAY_CAP
     translations: dict[str, dict[str, str]] = field(default_factory=dict)
+    prices: dict[str, dict[str, Any]] = field(default_factory=dict)  # see Product.prices
 
     def name_in(self, language: str) -> str:
         return translated(self.translations, language, "name", self.name)
@@ -50,6 +51,43 @@ class ProductView:
 
     def max_quantity(self) -> int:
         return max(0, min(self.stock, self.max_per_order))
+
+    def price_for(self, provider: str, currency: str | None) -> int | None:
+        return unit_price(self.price_minor, self.prices, provider, currency)
+
+
+def unit_price(
+    card_price: int, prices: dict[str, Any] | None, provider: str, currency: str | None
+) -> int | None:
+    """What one unit costs through a provider, in its currency; None if not sold through it.
+
+    A provider without a currency of its own charges the product's price; one with its own
+    (Telegram Stars) needs a price set for it in that currency.
+    """
+    if currency is None:
+        return card_price
+    entry = (prices or {}).get(provider) or {}
+    return entry.get("amount") if entry.get("currency") == currency else None
+
+
+def check_provider_price(amount: int) -> int:
+    if isinstance(amount, bool) or not isinstance(amount, int) or not 1 <= amount <= MAX_AMOUNT:
+        raise InvalidInput(f"a price must be a whole number from 1 to {MAX_AMOUNT}")
+    return amount
+
+
+def _with_prices(
+    prices: dict[str, Any] | None, changes: dict[str, tuple[int, str] | None]
+) -> dict[str, Any]:
+    """`prices` with each provider's entry set to (amount, currency), or removed for None."""
+    updated = {name: dict(entry) for name, entry in (prices or {}).items()}
+    for provider, price in changes.items():
+        if price is None:
+            updated.pop(provider, None)
+        else:
+            amount, currency = price
+            updated[provider] = {"amount": check_provider_price(amount), "currency": currency}
+    return updated
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +104,8 @@ class ProductChanges:
     delivery_template: str | None = None
     active: bool | None = None
     language: str | None = None  # name/description apply to this language's translation
+    # A provider's own price: (amount, currency) sets it, None takes the product off it.
+    prices: dict[str, tuple[int, str] | None] | None = None
 
 
 def check_sku(sku: str) -> str:
@@ -99,9 +139,10 @@ async def add_product(
     max_per_buyer: int | None = None,
     low_stock_threshold: int = 5,
     delivery_template: str = "",
+    prices: dict[str, tuple[int, str]] | None = None,
     admin_id: int | None = None,
 ) -> ProductView:
-    """Put a new product in the catalogue."""
+    """Put a new product in the catalogue; `prices` are providers' own, {name: (amount, cur)}."""
     check_sku(sku)
     if not name.strip():
         raise InvalidInput("product name must not be empty")
@@ -111,6 +152,7 @@ async def add_product(
         name=name.strip(),
         description=description,
         translations={},
+        prices=_with_prices({}, dict(prices or {})),
         kind=ProductKind(kind),
         price_minor=to_minor(price, currency),
         currency=check_currency(currency),
@@ -176,6 +218,8 @@ async def edit_product(
             product.delivery_template = check_template(changes.delivery_template)
         if changes.active is not None:
             product.active = changes.active
+        if changes.prices:
+            product.prices = _with_prices(product.prices, changes.prices)
         session.add(audit(admin_id, "product.edit", sku))
         return _view(product, stock=await _stock(session, product))
 
@@ -257,6 +301,7 @@ def _view(product: Product, *, stock: int) -> ProductView:
         active=product.active,
         stock=stock,
         translations=_translations(product.translations),
+        prices={name: dict(entry) for name, entry in (product.prices or {}).items()},
     )
 
 

@@ -129,8 +129,11 @@ class Product(Base):
     # {"zh": {"name": ..., "description": ...}}: names and descriptions in other languages
     translations: Mapped[dict[str, Any]] = mapped_column(default=dict)
     kind: Mapped[str] = mapped_column(String(10), default=ProductKind.UNIQUE)
+    # The card price; a provider with a currency of its own (Telegram Stars) is priced in
+    # `prices` instead: {"stars": {"amount": 50, "currency": "xtr"}}. No entry: not offered.
     price_minor: Mapped[int] = mapped_column(Integer)
     currency: Mapped[str] = mapped_column(String(3))
+    prices: Mapped[dict[str, Any]] = mapped_column(default=dict)
     max_per_order: Mapped[int] = mapped_column(Integer, default=10)
     max_per_buyer: Mapped[int | None] = mapped_column(Integer, default=None)
     low_stock_threshold: Mapped[int] = mapped_column(Integer, default=5)
@@ -210,13 +213,18 @@ class Order(Base):
 
 
 class PaymentEvent(Base):
-    """The idempotency ledger: a provider event is applied at most once."""
+    """The idempotency ledger: a provider's event is applied at most once.
+
+    Event ids are unique per provider only (a Stripe event id and a Telegram charge id live in
+    different spaces), so the constraint is on the pair.
+    """
 
     __tablename__ = "payment_events"
+    __table_args__ = (UniqueConstraint("provider", "event_id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     provider: Mapped[str] = mapped_column(String(16))
-    event_id: Mapped[str] = mapped_column(String(255), unique=True)
+    event_id: Mapped[str] = mapped_column(String(255))
     type: Mapped[str] = mapped_column(String(64))
     order_id: Mapped[int | None] = mapped_column(Integer, default=None)
     received_at: Mapped[datetime]

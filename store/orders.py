@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from store import allocation
 from store.audit import audit
 from store.buyers import dialect_insert, touch
+from store.catalogue import unit_price
 from store.db import Database
 from store.errors import (
     Blacklisted,
@@ -98,7 +99,7 @@ class CheckoutPolicy:
 @dataclass(frozen=True, slots=True)
 class CheckoutResult:
     order_id: int
-    url: str
+    url: str | None  # None: the provider put its pay button in the buyer's chat itself
     product_name: str
     quantity: int
     amount_minor: int
@@ -205,7 +206,15 @@ async def checkout(
     now = now or datetime.now(UTC)
     expires_at = now + policy.ttl
     opened = await db.write(
-        _open_order, gateway.name, buyer_id, language, product_id, quantity, policy, now, expires_at
+        _open_order,
+        (gateway.name, gateway.currency),
+        buyer_id,
+        language,
+        product_id,
+        quantity,
+        policy,
+        now,
+        expires_at,
     )
     request = CheckoutRequest(
         order_id=opened.order_id,
@@ -214,6 +223,8 @@ async def checkout(
         unit_amount_minor=opened.unit_amount_minor,
         currency=opened.currency,
         expires_at=expires_at,
+        buyer_id=buyer_id,
+        language=language,
     )
     try:
         started = await gateway.start_checkout(request)
@@ -246,7 +257,7 @@ class _Opened:
 
 async def _open_order(
     session: AsyncSession,
-    provider: str,
+    pricing: tuple[str, str | None],  # the provider's name and currency
     buyer_id: int,
     language: str,
     product_id: int,
@@ -255,6 +266,7 @@ async def _open_order(
     now: datetime,
     expires_at: datetime,
 ) -> _Opened:
+    provider, provider_currency = pricing
     if await touch(session, buyer_id, language, now):
         raise Blacklisted("buyer is blacklisted")
     product = await session.get(Product, product_id)
@@ -281,12 +293,16 @@ async def _open_order(
         )
         if held + quantity > product.max_per_buyer:
             raise OverLimit(max(0, product.max_per_buyer - held))
+    unit = unit_price(product.price_minor, product.prices, provider, provider_currency)
+    if unit is None:
+        raise PaymentUnavailable(f"{product.sku} is not sold through {provider}")
+    currency = provider_currency or product.currency
     order = Order(
         buyer_id=buyer_id,
         product_id=product.id,
         quantity=quantity,
-        amount_minor=product.price_minor * quantity,
-        currency=product.currency,
+        amount_minor=unit * quantity,
+        currency=currency,
         provider=provider,
         status=OrderStatus.PENDING,
         reserved_until=expires_at,
@@ -304,14 +320,73 @@ async def _open_order(
         )
         if got < quantity:
             raise OutOfStock(got)
-    return _Opened(order.id, product.name_in(language), product.price_minor, product.currency)
+    return _Opened(order.id, product.name_in(language), unit, currency)
 
 
-async def _attach_checkout(session: AsyncSession, order_id: int, ref: str, url: str) -> None:
+async def _attach_checkout(session: AsyncSession, order_id: int, ref: str, url: str | None) -> None:
     order = await session.get(Order, order_id)
     if order is not None and order.provider_ref is None:
         order.provider_ref = ref
         order.checkout_url = url
+
+
+class NotPayable(StrEnum):
+    """Why an order cannot take a payment now (what a payer is told before paying)."""
+
+    UNKNOWN = "unknown"  # no such order, or not this checkout's
+    NOT_YOURS = "not_yours"  # someone else's order
+    CLOSED = "closed"  # paid, expired or cancelled already
+    EXPIRED = "expired"  # its reservation lapsed
+    SOLD_OUT = "sold_out"  # its keys are no longer held for it
+    AMOUNT = "amount"  # the payment is not the order's amount
+
+
+async def check_payable(
+    db: Database,
+    order_id: int,
+    *,
+    checkout_ref: str,
+    payer_id: int,
+    amount_minor: int,
+    currency: str,
+    now: datetime | None = None,
+) -> NotPayable | None:
+    """Whether an order may be paid now, as asked just before the money moves; None if so.
+
+    For providers that ask the shop before charging (Telegram's pre-checkout query): the
+    order must be this checkout's and this payer's, still pending within its reservation,
+    still holding its keys, and the amount must be the order's.
+    """
+
+    async def work(session: AsyncSession) -> NotPayable | None:
+        moment = now or datetime.now(UTC)
+        order = await session.get(Order, order_id)
+        if order is None or order.provider_ref != checkout_ref:
+            return NotPayable.UNKNOWN
+        if order.buyer_id != payer_id:
+            return NotPayable.NOT_YOURS
+        if order.status != OrderStatus.PENDING or order.paid_at is not None:
+            return NotPayable.CLOSED
+        if order.reserved_until <= moment:
+            return NotPayable.EXPIRED
+        if amount_minor != order.amount_minor or currency.lower() != order.currency:
+            return NotPayable.AMOUNT
+        if order.shared_key_id is None:
+            product = await session.get(Product, order.product_id)
+            if product.kind == ProductKind.SHARED:
+                held = await allocation.newest_shared_key(session, product.id) is not None
+            else:
+                reserved = await session.scalar(
+                    select(func.count()).where(
+                        Key.order_id == order.id, Key.status == KeyStatus.RESERVED
+                    )
+                )
+                held = reserved == order.quantity
+            if not held:
+                return NotPayable.SOLD_OUT
+        return None
+
+    return await db.read(work)
 
 
 # ---------------------------------------------------------------- payment
@@ -675,6 +750,42 @@ async def confirm(
     return Result(Outcome.UNCHANGED, order_id)
 
 
+async def unrecorded(db: Database, provider: str, event_ids: list[str]) -> set[str]:
+    """Which of a provider's event ids the ledger lacks."""
+
+    async def work(session: AsyncSession) -> set[str]:
+        known: set[str] = set()
+        for start in range(0, len(event_ids), 500):
+            chunk = event_ids[start : start + 500]
+            known.update(
+                await session.scalars(
+                    select(PaymentEvent.event_id).where(
+                        PaymentEvent.provider == provider, PaymentEvent.event_id.in_(chunk)
+                    )
+                )
+            )
+        return set(event_ids) - known
+
+    return await db.read(work)
+
+
+async def paid_order(db: Database, order_id: int) -> Pending:
+    """A paid order whose money can go back; NotFound or OrderNotPayable (with why) if not."""
+    pending = await db.read(_pending_by_id, order_id)
+    if pending is None:
+        raise NotFound(f"no order {order_id}")
+    if pending.status == OrderStatus.REFUNDED:
+        raise OrderNotPayable(f"order {order_id} is refunded already")
+    if pending.payment_ref is None or pending.paid_amount_minor is None:
+        raise OrderNotPayable(f"order {order_id} is {pending.status}, not paid")
+    return pending
+
+
+async def order_state(db: Database, order_id: int) -> Pending | None:
+    """An order as its provider's adapter sees it: status and payment handles."""
+    return await db.read(_pending_by_id, order_id)
+
+
 async def due_for_check(
     db: Database, *, now: datetime | None = None, limit: int = 100
 ) -> list[Pending]:
@@ -817,7 +928,7 @@ async def _record_event(
             order_id=order_id,
             received_at=now,
         )
-        .on_conflict_do_nothing(index_elements=[PaymentEvent.event_id])
+        .on_conflict_do_nothing(index_elements=[PaymentEvent.provider, PaymentEvent.event_id])
         .returning(PaymentEvent.id)
     )
     return inserted is not None

@@ -21,12 +21,16 @@ class CheckoutRequest:
     unit_amount_minor: int
     currency: str
     expires_at: datetime
+    buyer_id: int | None = None  # whose chat an in-chat invoice goes to
+    language: str = "en"  # the buyer's, for what the provider shows them
 
 
 @dataclass(frozen=True, slots=True)
 class CheckoutStarted:
     ref: str  # the provider's id for this checkout
-    url: str  # where the buyer pays
+    # Where the buyer pays; None when the provider put its own pay button in the buyer's chat
+    # (a Telegram invoice), so there is no link to show.
+    url: str | None
 
 
 class CheckoutState(StrEnum):
@@ -51,6 +55,9 @@ class Payment:
 
 class PaymentGateway(Protocol):
     name: str
+    # The currency this provider charges in, priced per product in `Product.prices`; None for
+    # a provider that charges the product's own price and currency (cards).
+    currency: str | None
 
     async def start_checkout(self, request: CheckoutRequest) -> CheckoutStarted:
         """Open a checkout; the same order id must never open two."""
@@ -66,3 +73,8 @@ class PaymentGateway(Protocol):
 
     async def order_of_payment(self, payment_ref: str) -> int | None:
         """Which of this shop's orders a payment belongs to, if any."""
+
+    async def missed_payments(self) -> list[tuple[str, Payment]]:
+        """Payments the provider made that may never have reached the shop, each with its
+        ledger event id; applying one that did is a harmless duplicate. A provider whose
+        checkouts reconciliation asks about one by one returns none."""

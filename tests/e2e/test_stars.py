@@ -1,0 +1,336 @@
+"""Telegram Stars through the running app: the real PTB client against the fake Bot API.
+
+A buyer presses "⭐ Pay N Stars" on the product card, gets an XTR invoice in the chat, and
+pays it in the fake (pre-checkout query, then successful_payment): one key arrives, however
+many times Telegram repeats the payment. Telegram's question before charging is declined,
+with a reason the buyer reads, for an order that expired, lost its keys or is someone
+else's. A payment whose update was lost is found in getStarTransactions by reconciliation.
+`/refund` returns a Stars or a card payment through the order's own provider, revokes its
+keys, tells the buyer, and is idempotent and audited. Outcomes are read from the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+
+from bot import jobs
+from store.models import AuditEntry, Delivery, DeliveryKind, Key, KeyStatus, Order, OrderStatus
+from store.models import PaymentEvent as Ledger
+from tests.e2e.conftest import ADMIN, Launch, Shop
+from tests.e2e.helpers import (
+    checkout,
+    key_message,
+    key_messages,
+    new_keys,
+    open_card,
+    order_key_statuses,
+    order_status,
+    pay,
+    reply,
+    rows,
+    scalar,
+    sent_since,
+    stock,
+    text,
+    wait_for_status,
+    wait_until,
+)
+from tests.fakes.telegram import SentMessage
+
+pytestmark = pytest.mark.usefixtures("afterwards")
+
+BUYER = 7001
+OTHER = 7002
+SKU = "STAR"
+PRICE = 50  # Stars per key
+
+
+async def stars_product(shop: Shop, count: int = 3, *, price: int = PRICE) -> list[str]:
+    """A product sold for cards and for Stars, its Stars price set through the real CLI; its
+    keys, in the order they are sold."""
+    keys = new_keys(count, SKU)
+    await stock(shop, SKU, keys)
+    edited = await shop.cli("product", "edit", SKU, "--stars", str(price))
+    assert edited.returncode == 0, edited.stderr
+    assert f"or {price} Stars" in edited.stdout
+    return keys
+
+
+async def invoice_for(shop: Shop, buyer: int, quantity: int = 1) -> tuple[SentMessage, int]:
+    """Press "Pay N Stars" on the card: the invoice the bot sends, and its order."""
+    tg = shop.telegram
+    card = await open_card(shop, buyer, SKU, quantity)
+    since = time.monotonic()
+    tg.press(buyer, card, card.button("Stars")["callback_data"])
+    invoice = await tg.wait_for(
+        lambda m: sent_since(tg, buyer, since)(m) and m.method == "sendInvoice"
+    )
+    payload = tg.invoices[(buyer, invoice.message_id)]["payload"]
+    # The app records the invoice a moment after Telegram accepted it; no buyer is faster.
+    order_id = await wait_until(
+        lambda: scalar(shop, select(Order.id).where(Order.provider_ref == payload)),
+        what="the invoice to be recorded",
+    )
+    return invoice, order_id
+
+
+async def ledger(shop: Shop) -> list[tuple[str, str]]:
+    return [tuple(r) for r in await rows(shop, select(Ledger.provider, Ledger.event_id))]
+
+
+async def test_a_stars_purchase_end_to_end(launch: Launch, database_url: str) -> None:
+    async with launch(database_url) as shop:
+        keys = await stars_product(shop)
+        tg = shop.telegram
+        card = await open_card(shop, BUYER, SKU, 2)
+        labels = [b["text"] for b in card.buttons()]
+        assert "💳 Pay $19.98 by card" in labels and "⭐ Pay 100 Stars" in labels
+
+        invoice, order_id = await invoice_for(shop, BUYER, 2)
+        params = invoice.params
+        assert params["currency"] == "XTR" and not params.get("provider_token")
+        assert [p["amount"] for p in params["prices"]] == [100]
+        payload = tg.invoices[(BUYER, invoice.message_id)]["payload"]
+        assert payload.startswith(f"{order_id}:") and len(payload) > len(f"{order_id}:") + 10
+        assert await order_key_statuses(shop, order_id) == [KeyStatus.RESERVED] * 2
+
+        answer = await tg.pay(BUYER, invoice)
+
+        assert answer["ok"] is True
+        delivered = await key_message(shop, BUYER)
+        assert delivered.spoiler_texts() == keys[:2]
+        assert await order_status(shop, order_id) == OrderStatus.FULFILLED
+        assert await order_key_statuses(shop, order_id) == [KeyStatus.SOLD] * 2
+        paid = (
+            await rows(
+                shop,
+                select(Order.paid_amount_minor, Order.paid_currency, Order.payment_ref).where(
+                    Order.id == order_id
+                ),
+            )
+        )[0]
+        assert tuple(paid) == (100, "xtr", f"{BUYER}:{answer['charge_id']}")
+        assert await ledger(shop) == [("stars", answer["charge_id"])]
+
+
+async def test_successful_payment_five_times_gives_one_key(
+    launch: Launch, database_url: str
+) -> None:
+    async with launch(database_url) as shop:
+        await stars_product(shop)
+        tg = shop.telegram
+        invoice, order_id = await invoice_for(shop, BUYER)
+        answer = await tg.pay(BUYER, invoice)
+        await key_message(shop, BUYER)
+
+        for _ in range(4):  # Telegram redelivers the same payment message
+            tg.successful_payment(
+                BUYER,
+                tg.invoices[(BUYER, invoice.message_id)]["payload"],
+                PRICE,
+                charge_id=answer["charge_id"],
+            )
+        await wait_until(lambda: tg.updates_pending() == 0, what="the repeats to be taken")
+        await asyncio.sleep(0.5)
+
+        assert len(key_messages(tg, BUYER)) == 1
+        assert await ledger(shop) == [("stars", answer["charge_id"])]
+        assert await scalar(shop, select(func.count()).where(Delivery.order_id == order_id)) == 1
+        assert await scalar(shop, select(func.count()).where(Key.status == KeyStatus.SOLD)) == 1
+
+
+async def test_pre_checkout_is_declined_for_an_expired_order(launch: Launch) -> None:
+    async with launch() as shop:
+        await stars_product(shop)
+        invoice, order_id = await invoice_for(shop, BUYER)
+
+        async def lapse(session):
+            order = await session.get(Order, order_id)
+            order.reserved_until -= timedelta(hours=1)
+
+        await shop.db.write(lapse)
+        answer = await shop.telegram.pay(BUYER, invoice)
+
+        assert answer["ok"] is False and "expired" in answer["error_message"]
+        assert "charge_id" not in answer
+        assert await order_status(shop, order_id) == OrderStatus.PENDING
+        assert await ledger(shop) == []
+
+
+async def test_pre_checkout_is_declined_once_the_keys_are_gone(
+    launch: Launch, database_url: str
+) -> None:
+    async with launch(database_url) as shop:
+        await stars_product(shop, 1)
+        invoice, order_id = await invoice_for(shop, BUYER)
+
+        # The order no longer holds its key (it went to someone else meanwhile).
+        async def lose_key(session):
+            await session.execute(
+                update(Key)
+                .where(Key.order_id == order_id)
+                .values(status=KeyStatus.AVAILABLE, order_id=None)
+            )
+
+        await shop.db.write(lose_key)
+        answer = await shop.telegram.pay(BUYER, invoice)
+
+        assert (
+            answer["ok"] is False
+            and answer["error_message"] == "Sorry, this product just sold out."
+        )
+        assert await ledger(shop) == []
+        assert key_messages(shop.telegram, BUYER) == []
+
+
+async def test_pre_checkout_is_declined_for_someone_elses_order(launch: Launch) -> None:
+    async with launch() as shop:
+        await stars_product(shop)
+        invoice, order_id = await invoice_for(shop, BUYER)
+
+        answer = await shop.telegram.pay(OTHER, invoice, language_code="zh")
+
+        assert answer["ok"] is False and answer["error_message"]
+        assert await order_status(shop, order_id) == OrderStatus.PENDING
+
+
+async def test_a_payment_whose_update_was_lost_is_found_by_reconciliation(
+    launch: Launch, database_url: str
+) -> None:
+    async with launch(database_url) as shop:
+        keys = await stars_product(shop)
+        invoice, order_id = await invoice_for(shop, BUYER)
+
+        # The money moves, but the successful_payment update is never applied.
+        answer = await shop.telegram.pay(BUYER, invoice, lose_update=True)
+        assert answer["ok"] is True
+        await asyncio.sleep(0.5)
+        assert await order_status(shop, order_id) == OrderStatus.PENDING
+
+        await jobs.reconcile(shop.parts.shop)
+
+        assert await order_status(shop, order_id) == OrderStatus.FULFILLED
+        assert (await key_message(shop, BUYER)).spoiler_texts() == keys[:1]
+        assert await ledger(shop) == [("stars", answer["charge_id"])]
+        # Another pass finds nothing more to do.
+        assert await jobs.reconcile(shop.parts.shop) == []
+
+
+async def test_a_second_charge_for_a_paid_order_goes_back(launch: Launch) -> None:
+    async with launch() as shop:
+        await stars_product(shop)
+        tg = shop.telegram
+        invoice, order_id = await invoice_for(shop, BUYER)
+        first = await tg.pay(BUYER, invoice)
+        await key_message(shop, BUYER)
+
+        # A second tap was approved before the first charge landed: Telegram charges twice.
+        payload = tg.invoices[(BUYER, invoice.message_id)]["payload"]
+        second = tg.charge(BUYER, payload, PRICE)
+
+        await wait_until(lambda: tg.refunded_star_payments, what="the second charge's refund")
+        assert [r["telegram_payment_charge_id"] for r in tg.refunded_star_payments] == [second]
+        assert second != first["charge_id"]
+        assert len(key_messages(tg, BUYER)) == 1
+        assert await order_status(shop, order_id) == OrderStatus.FULFILLED
+
+
+async def test_refund_of_a_stars_order(launch: Launch, database_url: str) -> None:
+    async with launch(database_url) as shop:
+        await stars_product(shop)
+        tg = shop.telegram
+        invoice, order_id = await invoice_for(shop, BUYER)
+        charge = (await tg.pay(BUYER, invoice))["charge_id"]
+        await key_message(shop, BUYER)
+
+        answer = await reply(tg, ADMIN, f"/refund {order_id}")
+
+        assert f"Order #{order_id} is refunded" in text(answer)
+        assert [
+            (r["user_id"], r["telegram_payment_charge_id"]) for r in tg.refunded_star_payments
+        ] == [(BUYER, charge)]
+        assert await order_status(shop, order_id) == OrderStatus.REFUNDED
+        assert await order_key_statuses(shop, order_id) == [KeyStatus.REVOKED]
+        notice = await tg.wait_for(lambda m: m.chat_id == BUYER and "was refunded" in text(m))
+        assert f"Order #{order_id}" in text(notice)
+        assert (
+            await scalar(
+                shop,
+                select(func.count()).where(
+                    Delivery.order_id == order_id, Delivery.kind == DeliveryKind.REFUNDED
+                ),
+            )
+            == 1
+        )
+
+        again = await reply(tg, ADMIN, f"/refund {order_id}")
+
+        assert "refunded already" in text(again)
+        assert len(tg.refunded_star_payments) == 1
+        audit = await rows(shop, select(AuditEntry.admin_id, AuditEntry.action, AuditEntry.detail))
+        assert [tuple(a) for a in audit if a[1] == "order.refund"] == [
+            (ADMIN, "order.refund", str(order_id))
+        ]
+
+
+async def test_refund_of_a_card_order(launch: Launch, database_url: str) -> None:
+    async with launch(database_url) as shop:
+        await stock(shop, "CARD", new_keys(2, "CARD"))
+        sale = await checkout(shop, BUYER, "CARD")
+        await pay(shop, sale)
+        await wait_for_status(shop, sale.order_id, OrderStatus.FULFILLED)
+
+        answer = await reply(shop.telegram, ADMIN, f"/refund {sale.order_id}")
+
+        assert f"Order #{sale.order_id} is refunded" in text(answer)
+        refunds = [r for r in shop.stripe.refunds.values()]
+        assert len(refunds) == 1 and refunds[0]["amount"] == 999
+        assert await order_status(shop, sale.order_id) == OrderStatus.REFUNDED
+        assert await order_key_statuses(shop, sale.order_id) == [KeyStatus.REVOKED]
+        await shop.telegram.wait_for(lambda m: m.chat_id == BUYER and "was refunded" in text(m))
+        assert "refunded already" in text(
+            await reply(shop.telegram, ADMIN, f"/refund {sale.order_id}")
+        )
+        assert len(shop.stripe.refunds) == 1
+
+
+async def test_refund_is_an_admin_command(launch: Launch) -> None:
+    async with launch() as shop:
+        await stock(shop, "CARD", new_keys(1, "CARD"))
+        answer = await reply(shop.telegram, BUYER, "/refund 1")
+        assert "don't know that command" in text(answer)
+
+
+async def test_paysupport_and_terms_answer_in_the_buyers_language(launch: Launch) -> None:
+    async with launch(paysupport_text="Mail help@example.com") as shop:
+        await stock(shop, "CARD", new_keys(1, "CARD"))
+        tg = shop.telegram
+        assert text(await reply(tg, BUYER, "/paysupport")) == "Mail help@example.com"
+        since = time.monotonic()
+        tg.message(BUYER, "/terms", language_code="zh")
+        terms = await tg.wait_for(sent_since(tg, BUYER, since))
+        assert "/paysupport" in text(terms) and "Terms" not in text(terms)
+
+
+async def test_stars_can_be_turned_off(launch: Launch) -> None:
+    async with launch(payment_providers="stripe") as shop:
+        await stars_product(shop)
+        card = await open_card(shop, BUYER, SKU)
+        assert [b["text"] for b in card.buttons() if "Pay" in b["text"]] == ["💳 Pay $9.99 by card"]
+        # A forged Stars button is refused like any unknown provider's.
+        since = time.monotonic()
+        shop.telegram.press(
+            BUYER, card, f"pay:{card.buttons()[0]['callback_data'].split(':')[1]}:1:stars"
+        )
+        answer = await wait_until(
+            lambda: [a for a in shop.telegram.callback_answers if a.get("text")],
+            what="the refusal",
+        )
+        assert "not set up" in answer[-1]["text"]
+        assert await scalar(shop, select(func.count()).select_from(Order)) == 0
+        assert since
