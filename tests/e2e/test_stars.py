@@ -334,3 +334,37 @@ async def test_stars_can_be_turned_off(launch: Launch) -> None:
         assert "not set up" in answer[-1]["text"]
         assert await scalar(shop, select(func.count()).select_from(Order)) == 0
         assert since
+
+
+async def test_a_payment_for_an_order_that_can_no_longer_be_filled_is_refunded(
+    launch: Launch,
+) -> None:
+    async with launch() as shop:
+        await stars_product(shop, 1)
+        tg = shop.telegram
+        invoice, order_id = await invoice_for(shop, BUYER)
+
+        # The order lapses unpaid and its only key goes to another buyer...
+        async def lapse(session):
+            order = await session.get(Order, order_id)
+            order.reserved_until -= timedelta(hours=2)
+            order.check_after -= timedelta(hours=2)
+
+        await shop.db.write(lapse)
+        await jobs.reconcile(shop.parts.shop)
+        assert await order_status(shop, order_id) == OrderStatus.EXPIRED
+        sale = await checkout(shop, OTHER, SKU)
+        await pay(shop, sale)
+        await wait_for_status(shop, sale.order_id, OrderStatus.FULFILLED)
+
+        # ...then a payment approved just before the lapse lands: nothing is left to give.
+        payload = tg.invoices[(BUYER, invoice.message_id)]["payload"]
+        charge = tg.charge(BUYER, payload, PRICE)
+
+        await wait_until(lambda: tg.refunded_star_payments, what="the Stars refund")
+        assert [
+            (r["user_id"], r["telegram_payment_charge_id"]) for r in tg.refunded_star_payments
+        ] == [(BUYER, charge)]
+        await wait_for_status(shop, order_id, OrderStatus.REFUNDED)
+        await tg.wait_for(lambda m: m.chat_id == BUYER and "was refunded" in text(m))
+        assert key_messages(tg, BUYER) == []
