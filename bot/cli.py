@@ -27,7 +27,7 @@ from store.check import check
 from store.crypto import KeyVault, KeyVaultError
 from store.db import Database
 from store.errors import StoreError
-from store.models import ProductKind
+from store.models import Period, ProductKind
 from store.money import STARS, to_major
 
 _SETUP_HINT = (
@@ -125,6 +125,7 @@ async def cmd_product_add(settings: Settings, args: argparse.Namespace) -> int:
             low_stock_threshold=args.low_stock,
             delivery_template=args.template or "",
             prices=_provider_prices(args),
+            every=args.every,
         )
         print(f"added {product.sku}: {product.name}, {_price(product)}")
         return 0
@@ -311,6 +312,11 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--low-stock", type=int, default=5, help="alert when stock falls to this")
     add.add_argument("--template", help="how to redeem; may use {key}, {order}, {product}")
     add.add_argument("--stars", type=int, help="also sold for this many Telegram Stars")
+    add.add_argument(
+        "--every",
+        choices=[p.value for p in Period],
+        help="a subscription: paid every period, a new key each time",
+    )
     add.set_defaults(command=cmd_product_add)
 
     edit = product.add_parser("edit", help="change a product")

@@ -20,7 +20,7 @@ from telegram.error import BadRequest, Forbidden, TelegramError
 
 from bot.waiting import wait_any
 from handlers.context import Shop
-from store import deliveries, orders
+from store import deliveries, orders, subscriptions
 from store.errors import NotFound, OrderNotPayable, PaymentUnavailable
 from store.orders import Outcome
 
@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 _RETRY_UNREACHABLE = timedelta(minutes=2)
 _RECHECK_OPEN = timedelta(minutes=5)
+# A subscription whose period ran out is ended this long after, if no renewal came: a late
+# renewal payment (or its update, found by reconciliation) has that long to arrive.
+_RENEWAL_GRACE = timedelta(days=1)
 
 
 async def reconcile(shop: Shop, *, now: datetime | None = None) -> list[orders.Result]:
@@ -62,6 +65,10 @@ async def reconcile(shop: Shop, *, now: datetime | None = None) -> list[orders.R
             log.info("reconciliation settled order %s: %s", pending.order_id, result.outcome)
             shop.settled(result)
         results.append(result)
+    ended = await subscriptions.end_lapsed(shop.db, grace=_RENEWAL_GRACE, now=now)
+    if ended:
+        log.info("%d subscriptions ended unrenewed", len(ended))
+        shop.wake_delivery()
     results += await apply_missed_payments(shop)
     results += await make_refunds(shop)
     return results

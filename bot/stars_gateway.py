@@ -8,7 +8,8 @@ invoice; an order past its time is closed here and its late pre-checkout is decl
 What became of a checkout is read from `getStarTransactions`, which lists the bot's
 transactions oldest first: the gateway keeps its place in that list and remembers the
 incoming payments it has read, so each question costs only the transactions that are new.
-A refund is `refundStarPayment`; a refund of a charge Telegram already returned counts as
+A subscription is an invoice link with a 30-day `subscription_period` that Telegram renews
+by itself; cancelling it is `editUserStarSubscription`. A refund is `refundStarPayment`; a refund of a charge Telegram already returned counts as
 done, so it is safe to repeat. Anything Telegram cannot answer becomes `PaymentUnavailable`.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from datetime import timedelta
 
 from telegram import Bot, LabeledPrice
 from telegram.error import BadRequest, TelegramError
@@ -36,6 +38,7 @@ _TITLE = 32  # characters Telegram allows in an invoice title
 class StarsGateway:
     name = stars.PROVIDER
     currency = STARS
+    periods = frozenset({stars.SUBSCRIPTION_EVERY})
 
     def __init__(self, bot: Bot) -> None:
         self._bot = bot
@@ -48,6 +51,8 @@ class StarsGateway:
             raise PaymentUnavailable("a Stars invoice needs a Stars price and a buyer's chat")
         payload = f"{request.order_id}:{secrets.token_urlsafe(12)}"
         total = request.unit_amount_minor * request.quantity
+        if request.every is not None:
+            return await self._subscribe(request, payload, total)
         try:
             await self._bot.send_invoice(
                 chat_id=request.buyer_id,
@@ -68,6 +73,39 @@ class StarsGateway:
         except TelegramError as exc:
             raise self._unavailable("send an invoice", exc) from None
         return CheckoutStarted(ref=payload, url=None)
+
+    async def _subscribe(
+        self, request: CheckoutRequest, payload: str, total: int
+    ) -> CheckoutStarted:
+        """A link to a Stars subscription: Telegram renews it every 30 days by itself."""
+        if request.every != stars.SUBSCRIPTION_EVERY or total > stars.MAX_SUBSCRIPTION_STARS:
+            raise PaymentUnavailable("Stars subscriptions are monthly, at most 10,000 Stars")
+        try:
+            link = await self._bot.create_invoice_link(
+                title=request.product_name[:_TITLE],
+                description=t(
+                    request.language,
+                    "A new key of {product} in this chat every month, while you subscribe.",
+                    product=request.product_name,
+                )[:255],
+                payload=payload,
+                provider_token="",
+                currency="XTR",
+                prices=[LabeledPrice(request.product_name[:_TITLE], total)],
+                subscription_period=stars.SUBSCRIPTION_PERIOD,
+            )
+        except TelegramError as exc:
+            raise self._unavailable("make a subscription link", exc) from None
+        return CheckoutStarted(ref=payload, url=link)
+
+    async def cancel_subscription(self, payment_ref: str) -> None:
+        charge = stars.parse_charge_ref(payment_ref)
+        if charge is None:
+            raise PaymentUnavailable("no Stars subscription to cancel")
+        try:
+            await self._bot.edit_user_star_subscription(charge[0], charge[1], is_canceled=True)
+        except TelegramError as exc:
+            raise self._unavailable("cancel a subscription", exc) from None
 
     async def checkout_status(self, order_id: int, checkout_ref: str | None) -> Payment:
         await self._catch_up()
@@ -133,8 +171,15 @@ class StarsGateway:
         order_id = stars.order_of_payload(payload)
         if order_id is None:
             return
+        period = getattr(source, "subscription_period", None)
+        seconds = period.total_seconds() if isinstance(period, timedelta) else period
         payment = stars.payment(
-            order_id, payload, source.user.id, transaction.id, transaction.amount
+            order_id,
+            payload,
+            source.user.id,
+            transaction.id,
+            transaction.amount,
+            transaction.date + timedelta(seconds=seconds) if seconds else None,
         )
         self._paid.setdefault(payload, []).append((transaction.id, payment))
 

@@ -19,7 +19,7 @@ from telegram.ext import ApplicationHandlerStop
 from handlers import render
 from handlers.context import KeyvendContext
 from handlers.i18n import language_of, t
-from store import buyers, catalogue, orders
+from store import buyers, catalogue, orders, subscriptions
 from store.errors import (
     Blacklisted,
     InvalidInput,
@@ -33,6 +33,7 @@ from store.errors import (
     TooManyUnpaid,
 )
 from store.models import OrderStatus
+from store.payments import SubscriptionGateway
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +155,18 @@ async def _open_product(
 def _card(
     context: KeyvendContext, product: catalogue.ProductView, quantity: int, language: str
 ) -> render.Screen:
-    quantity = max(1, min(quantity, product.max_quantity() or 1))
+    quantity = 1 if product.every else max(1, min(quantity, product.max_quantity() or 1))
     shop = context.shop
     offers = [
-        render.Offer(name, unit, gateway.currency or product.currency, gateway is shop.stripe)
+        render.Offer(
+            name, unit, gateway.currency or product.currency, gateway is shop.stripe, product.every
+        )
         for name, gateway in shop.gateways.items()
         if (unit := product.price_for(name, gateway.currency)) is not None
+        and (
+            product.every is None
+            or (isinstance(gateway, SubscriptionGateway) and product.every in gateway.periods)
+        )
     ]
     return render.product_card(product, quantity, language, offers=offers)
 
@@ -319,6 +326,52 @@ async def show_keys(update: Update, context: KeyvendContext) -> None:
         return
     context.shop.wake_delivery()
     await query.answer(t(language, "Your keys are on their way."))
+
+
+async def my_subscriptions(update: Update, context: KeyvendContext) -> None:
+    """List the buyer's subscriptions with their next date, each with a cancel button."""
+    await _show(update, await _subscriptions(update, context))
+
+
+async def _subscriptions(update: Update, context: KeyvendContext) -> render.Screen:
+    language = _language(update)
+    return render.subscriptions_list(
+        await subscriptions.buyer_subscriptions(
+            context.shop.db, update.effective_user.id, language
+        ),
+        language,
+    )
+
+
+async def cancel_subscription(update: Update, context: KeyvendContext) -> None:
+    """Stop one of the buyer's subscriptions at the end of the period paid (`subx:<id>`)."""
+    query = update.callback_query
+    shop = context.shop
+    language = _language(update)
+    subscription_id = int(query.data.split(":")[1])
+    try:
+        target = await subscriptions.to_cancel(shop.db, subscription_id, update.effective_user.id)
+        gateway = shop.gateways.get(target.provider)
+        if not isinstance(gateway, SubscriptionGateway) or target.payment_ref is None:
+            raise PaymentUnavailable(f"{target.provider} subscriptions cannot be cancelled here")
+        await gateway.cancel_subscription(target.payment_ref)
+    except NotFound:
+        await query.answer(t(language, "Subscription not found."), show_alert=True)
+        return
+    except OrderNotPayable:
+        await query.answer(t(language, "This subscription has ended already."), show_alert=True)
+        return
+    except PaymentUnavailable:
+        await query.answer(
+            t(language, "Cancelling is unavailable right now. Please try again in a minute."),
+            show_alert=True,
+        )
+        return
+    await subscriptions.mark_cancelled(shop.db, subscription_id)
+    await query.answer(
+        t(language, "Cancelled: no more payments. Your current period runs to its end.")
+    )
+    await _show(update, await _subscriptions(update, context), edit=True)
 
 
 async def paysupport(update: Update, context: KeyvendContext) -> None:

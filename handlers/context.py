@@ -71,9 +71,10 @@ class Shop:
         return user_id is not None and user_id in self.admin_ids
 
     async def apply_payment(self, provider: str, payment: Payment, event: Event) -> Result:
-        """Apply a provider's charge to its order, then react; a second charge for an order
-        that another charge paid already goes straight back to the buyer."""
-        result = await orders.fulfil(self.db, payment, self.stock_policy, event=event)
+        """Apply a provider's charge to its order (or the next period of the subscription it
+        started), then react; a second charge for an order that another charge paid already
+        goes straight back to the buyer."""
+        result = await orders.pay_period(self.db, payment, self.stock_policy, event=event)
         self.settled(result)
         if result.outcome is Outcome.UNCHANGED and payment.payment_ref is not None:
             state = await orders.order_state(self.db, payment.order_id)

@@ -18,10 +18,11 @@ from handlers.i18n import t, tn
 from store.catalogue import STOCK_DISPLAY_CAP, ProductView
 from store.deliveries import Job
 from store.inventory import RestockReport, StockLevels
-from store.models import DeliveryKind, OrderStatus
+from store.models import DeliveryKind, OrderStatus, Period, SubscriptionStatus
 from store.money import STARS, to_major
 from store.orders import OrderView
 from store.reports import Stats
+from store.subscriptions import SubscriptionView
 
 MESSAGE_LIMIT = 4096
 _LOCALE = {"en": "en_US", "zh": "zh_CN"}
@@ -77,6 +78,19 @@ def status_name(status: OrderStatus, language: str) -> str:
     return names[status]
 
 
+def period_name(every: str, language: str) -> str:
+    names = {
+        Period.WEEK: t(language, "week"),
+        Period.MONTH: t(language, "month"),
+        Period.YEAR: t(language, "year"),
+    }
+    return names[Period(every)]
+
+
+def subscription_data(subscription_id: int) -> str:
+    return f"subx:{subscription_id}"
+
+
 def _e(text: str) -> str:
     return html.escape(text, quote=False)
 
@@ -123,6 +137,7 @@ class Offer:
     unit_minor: int
     currency: str
     default: bool = False  # the card provider, whose button data names no provider
+    every: str | None = None  # a subscription's period
 
 
 def product_card(p: ProductView, quantity: int, language: str, *, offers: list[Offer]) -> Screen:
@@ -163,7 +178,14 @@ def _pay_button(
     product_id: int, quantity: int, offer: Offer, language: str
 ) -> InlineKeyboardButton:
     total = offer.unit_minor * quantity
-    if offer.currency == STARS:
+    if offer.every is not None:
+        label = t(
+            language,
+            "🔁 Subscribe: {price} a {period}",
+            price=money(total, offer.currency, language),
+            period=period_name(offer.every, language),
+        )
+    elif offer.currency == STARS:
         label = t(language, "⭐ Pay {n} Stars", n=total)
     else:
         label = t(language, "💳 Pay {total} by card", total=money(total, offer.currency, language))
@@ -231,6 +253,33 @@ def order_detail(o: OrderView, language: str) -> Screen:
     return Screen("\n".join(lines), InlineKeyboardMarkup(rows))
 
 
+def subscriptions_list(subscriptions: list[SubscriptionView], language: str) -> Screen:
+    if not subscriptions:
+        return Screen(t(language, "You have no subscriptions. /start shows the catalogue."))
+    lines, rows = [t(language, "Your subscriptions:")], []
+    for s in subscriptions:
+        when = f"{s.current_period_end:%Y-%m-%d}" if s.current_period_end else "—"
+        if s.status is SubscriptionStatus.ENDED:
+            state = t(language, "ended")
+        elif s.cancel_at_period_end:
+            state = t(language, "cancelled, runs until {date}", date=when)
+        elif s.status is SubscriptionStatus.PAST_DUE:
+            state = t(language, "payment failed; renews when paid")
+        else:
+            state = t(language, "next key on {date}", date=when)
+        lines.append(f"• {_e(s.product_name)}: {state}")
+        if s.status is not SubscriptionStatus.ENDED and not s.cancel_at_period_end:
+            rows.append(
+                [
+                    InlineKeyboardButton(
+                        t(language, "✖️ Cancel {product}", product=s.product_name),
+                        callback_data=subscription_data(s.id),
+                    )
+                ]
+            )
+    return Screen("\n".join(lines), InlineKeyboardMarkup(rows) if rows else None)
+
+
 def help_text(language: str, *, is_admin: bool) -> str:
     text = t(
         language,
@@ -240,6 +289,7 @@ def help_text(language: str, *, is_admin: bool) -> str:
         "/help — this message",
     )
     text += "\n" + t(language, "/paysupport — help with a payment\n/terms — terms of sale")
+    text += "\n" + t(language, "/subscriptions — your subscriptions; cancel one")
     if is_admin:
         text += "\n\n" + t(
             language,
@@ -269,6 +319,15 @@ def delivery(job: Job, ttl: timedelta, language: str) -> list[str]:
                 order=job.order_id,
                 product=_e(job.product_name),
                 quantity=job.quantity,
+            )
+        ]
+    if job.kind is DeliveryKind.SUBSCRIPTION_ENDED:
+        return [
+            t(
+                language,
+                "Your subscription to {product} has ended, so no more keys will come. "
+                "Subscribe again any time from /start.",
+                product=_e(job.product_name),
             )
         ]
     if job.kind is DeliveryKind.REFUNDED:

@@ -76,6 +76,13 @@ async def successful_payment(update: Update, context: KeyvendContext) -> None:
         return
     await shop.apply_payment(
         PROVIDER,
-        payment(order_id, paid.invoice_payload, payer, charge, paid.total_amount),
+        payment(
+            order_id,
+            paid.invoice_payload,
+            payer,
+            charge,
+            paid.total_amount,
+            paid.subscription_expiration_date,
+        ),
         Event(PROVIDER, charge, "successful_payment"),
     )

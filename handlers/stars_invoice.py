@@ -8,10 +8,15 @@ reference an order records.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from store.money import STARS
 from store.payments import CheckoutState, Payment
 
 MAX_STARS = 100_000  # the most one Stars invoice may ask for
+MAX_SUBSCRIPTION_STARS = 10_000  # the most a Stars subscription may charge a period
+SUBSCRIPTION_PERIOD = 2_592_000  # seconds: 30 days, the only period Telegram offers
+SUBSCRIPTION_EVERY = "month"  # the product period (store.models.Period) that matches it
 PROVIDER = "stars"
 MAX_PAYLOAD = 128  # bytes, Telegram's limit on an invoice payload
 
@@ -39,10 +44,16 @@ def parse_charge_ref(payment_ref: str) -> tuple[int, str] | None:
 
 
 def payment(
-    order_id: int, payload: str, payer_id: int, charge_id: str, total_amount: int
+    order_id: int,
+    payload: str,
+    payer_id: int,
+    charge_id: str,
+    total_amount: int,
+    period_end: datetime | None = None,
 ) -> Payment:
-    """A Stars charge as the state machine's report of a paid order."""
+    """A Stars charge as the state machine's report of a paid order (or period)."""
     return Payment(
+        period_end=period_end,
         order_id=order_id,
         state=CheckoutState.PAID,
         checkout_ref=payload,

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from store.audit import audit
 from store.db import Database
 from store.errors import InvalidInput, NotFound
-from store.models import Key, KeyStatus, Product, ProductKind, translated
+from store.models import Key, KeyStatus, Period, Product, ProductKind, translated
 from store.money import MAX_AMOUNT, check_currency, to_minor
 
 # Buyers see exact stock up to this many; counting further would cost a scan per view.
@@ -42,6 +42,7 @@ class ProductView:
     stock: int  # available to buy now, capped at STOCK_DISPLAY_CAP
     translations: dict[str, dict[str, str]] = field(default_factory=dict)
     prices: dict[str, dict[str, Any]] = field(default_factory=dict)  # see Product.prices
+    every: str | None = None  # a subscription product's period
 
     def name_in(self, language: str) -> str:
         return translated(self.translations, language, "name", self.name)
@@ -140,6 +141,7 @@ async def add_product(
     low_stock_threshold: int = 5,
     delivery_template: str = "",
     prices: dict[str, tuple[int, str]] | None = None,
+    every: str | None = None,
     admin_id: int | None = None,
 ) -> ProductView:
     """Put a new product in the catalogue; `prices` are providers' own, {name: (amount, cur)}."""
@@ -153,6 +155,7 @@ async def add_product(
         description=description,
         translations={},
         prices=_with_prices({}, dict(prices or {})),
+        every=_check_period(every),
         kind=ProductKind(kind),
         price_minor=to_minor(price, currency),
         currency=check_currency(currency),
@@ -302,7 +305,16 @@ def _view(product: Product, *, stock: int) -> ProductView:
         stock=stock,
         translations=_translations(product.translations),
         prices={name: dict(entry) for name, entry in (product.prices or {}).items()},
+        every=product.every,
     )
+
+
+def _check_period(every: str | None) -> str | None:
+    if every is None:
+        return None
+    if every not in set(Period):
+        raise InvalidInput(f"--every must be one of {', '.join(Period)}")
+    return Period(every).value
 
 
 def _translations(raw: dict[str, Any]) -> dict[str, dict[str, str]]:

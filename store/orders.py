@@ -52,6 +52,8 @@ from store.models import (
     Product,
     ProductKind,
     Reveal,
+    Subscription,
+    SubscriptionStatus,
 )
 from store.payments import CheckoutRequest, CheckoutState, Payment, PaymentGateway
 
@@ -225,6 +227,7 @@ async def checkout(
         expires_at=expires_at,
         buyer_id=buyer_id,
         language=language,
+        every=opened.every,
     )
     try:
         started = await gateway.start_checkout(request)
@@ -253,6 +256,7 @@ class _Opened:
     product_name: str
     unit_amount_minor: int
     currency: str
+    every: str | None = None
 
 
 async def _open_order(
@@ -278,6 +282,8 @@ async def _open_order(
         raise InvalidInput("quantity must be at least 1")
     if quantity > product.max_per_order:
         raise OverLimit(product.max_per_order)
+    if product.every is not None and quantity != 1:
+        raise InvalidInput("a subscription is bought one at a time")
     unpaid = await session.scalar(
         select(func.count()).where(Order.buyer_id == buyer_id, Order.status == OrderStatus.PENDING)
     )
@@ -320,7 +326,7 @@ async def _open_order(
         )
         if got < quantity:
             raise OutOfStock(got)
-    return _Opened(order.id, product.name_in(language), unit, currency)
+    return _Opened(order.id, product.name_in(language), unit, currency, product.every)
 
 
 async def _attach_checkout(session: AsyncSession, order_id: int, ref: str, url: str | None) -> None:
@@ -512,6 +518,113 @@ async def _stock_left(session: AsyncSession, product: Product) -> int | None:
         .subquery()
     )
     return await session.scalar(select(func.count()).select_from(capped))
+
+
+async def pay_period(
+    db: Database,
+    payment: Payment,
+    policy: OutOfStockPolicy,
+    *,
+    event: Event,
+    now: datetime | None = None,
+) -> Result:
+    """Apply a payment that may be one period of a subscription: exactly once per payment.
+
+    `payment.order_id` is the order the buyer subscribed through. Unpaid, it is the first
+    period: fulfilled like any order, and the subscription starts. Paid by another payment,
+    this is a renewal: a new order of one key is made for it, paid, and filled from stock
+    (or the out-of-stock policy applies), and the subscription runs to `payment.period_end`.
+    For a product that is not a subscription, a second payment changes nothing (UNCHANGED).
+    """
+    return await db.write(_pay_period, payment, policy, event, now or datetime.now(UTC))
+
+
+async def _pay_period(
+    session: AsyncSession, payment: Payment, policy: OutOfStockPolicy, event: Event, now: datetime
+) -> Result:
+    if not await _record_event(session, event, payment.order_id, now):
+        return Result(Outcome.DUPLICATE, payment.order_id)
+    with session.no_autoflush:
+        first = await _lock_order(session, payment.order_id)
+        if first is None or not _same_checkout(first, payment.checkout_ref):
+            return Result(Outcome.UNKNOWN_ORDER, payment.order_id)
+        product = await _product_for_payment(session, first.product_id)
+        if first.paid_at is None:
+            result = await _apply_payment(session, payment, policy, None, now)
+            if product.every is not None and result.outcome is not Outcome.REVIEW:
+                await _start_subscription(session, first, payment, now)
+            return result
+        if product.every is None or first.payment_ref == payment.payment_ref:
+            return Result(Outcome.UNCHANGED, first.id, first.buyer_id, product.sku)
+        subscription = await _start_subscription(session, first, payment, now)
+        subscription.current_period_end = payment.period_end
+        if subscription.status != SubscriptionStatus.ENDED:
+            subscription.status = SubscriptionStatus.ACTIVE
+        renewal = Order(
+            buyer_id=first.buyer_id,
+            product_id=product.id,
+            quantity=1,
+            amount_minor=payment.amount_minor or 0,
+            currency=(payment.currency or first.currency).lower(),
+            provider=first.provider,
+            payment_ref=payment.payment_ref,
+            status=OrderStatus.PENDING,
+            reserved_until=now,
+            check_after=now,
+            created_at=now,
+            paid_at=now,
+            paid_amount_minor=payment.amount_minor,
+            paid_currency=payment.currency,
+            subscription_id=subscription.id,
+        )
+        session.add(renewal)
+        await session.flush()
+        base = {"order_id": renewal.id, "buyer_id": renewal.buyer_id, "sku": product.sku}
+        if await _allocate(session, renewal, product):
+            renewal.status = OrderStatus.FULFILLED
+            renewal.fulfilled_at = renewal.closed_at = now
+            session.add(allocation.delivery(renewal, DeliveryKind.KEYS, now))
+            return Result(
+                Outcome.FULFILLED,
+                **base,
+                stock_left=await _stock_left(session, product),
+                low_stock_threshold=product.low_stock_threshold,
+                sold=1,
+            )
+        if policy.backorder:
+            renewal.status = OrderStatus.BACKORDERED
+            session.add(allocation.delivery(renewal, DeliveryKind.BACKORDERED, now))
+            return Result(Outcome.BACKORDERED, **base)
+        renewal.status = OrderStatus.REFUND_PENDING
+        return Result(Outcome.REFUND_DUE, **base)
+
+
+async def _start_subscription(
+    session: AsyncSession, first: Order, payment: Payment, now: datetime
+) -> Subscription:
+    """The subscription begun by its first order; made now if it is not there yet."""
+    insert = dialect_insert(session)
+    await session.execute(
+        insert(Subscription)
+        .values(
+            buyer_id=first.buyer_id,
+            product_id=first.product_id,
+            provider=first.provider,
+            first_order_id=first.id,
+            payment_ref=first.payment_ref or payment.payment_ref,
+            status=SubscriptionStatus.ACTIVE,
+            current_period_end=payment.period_end,
+            cancel_at_period_end=False,
+            created_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=[Subscription.first_order_id])
+    )
+    return await session.scalar(
+        select(Subscription)
+        .where(Subscription.first_order_id == first.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
 
 
 async def fulfil_backorders(session: AsyncSession, product_id: int, now: datetime) -> list[int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +23,7 @@ class CheckoutRequest:
     expires_at: datetime
     buyer_id: int | None = None  # whose chat an in-chat invoice goes to
     language: str = "en"  # the buyer's, for what the provider shows them
+    every: str | None = None  # a subscription's period (store.models.Period); None: one-off
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,18 @@ class Payment:
     payment_ref: str | None = None  # the handle refunds use
     amount_minor: int | None = None
     currency: str | None = None
+    # For a subscription's payment: when the period it pays for ends.
+    period_end: datetime | None = None
+
+
+@runtime_checkable
+class SubscriptionGateway(Protocol):
+    """A provider that sells subscriptions, and whose subscriptions keyvend can cancel."""
+
+    periods: frozenset[str]  # the product periods (store.models.Period) it can renew
+
+    async def cancel_subscription(self, payment_ref: str) -> None:
+        """Stop renewing at the end of the period paid for; safe to repeat."""
 
 
 class PaymentGateway(Protocol):

@@ -19,7 +19,16 @@ import pytest
 from sqlalchemy import func, select, update
 
 from bot import jobs
-from store.models import AuditEntry, Delivery, DeliveryKind, Key, KeyStatus, Order, OrderStatus
+from store.models import (
+    AuditEntry,
+    Delivery,
+    DeliveryKind,
+    Key,
+    KeyStatus,
+    Order,
+    OrderStatus,
+    Subscription,
+)
 from store.models import PaymentEvent as Ledger
 from tests.e2e.conftest import ADMIN, Launch, Shop
 from tests.e2e.helpers import (
@@ -368,3 +377,132 @@ async def test_a_payment_for_an_order_that_can_no_longer_be_filled_is_refunded(
         await wait_for_status(shop, order_id, OrderStatus.REFUNDED)
         await tg.wait_for(lambda m: m.chat_id == BUYER and "was refunded" in text(m))
         assert key_messages(tg, BUYER) == []
+
+
+# ---------------------------------------------------------------- subscriptions
+
+MONTHLY = "CLUB"
+
+
+async def subscribe(shop: Shop, buyer: int) -> tuple[str, int]:
+    """Press "Subscribe" on the card of a monthly Stars product: its invoice link, and order."""
+    tg = shop.telegram
+    card = await reply(tg, buyer, f"/buy {MONTHLY}", contains="Price:")
+    assert [
+        b["text"] for b in card.buttons() if "Subscribe" in b["text"] or "Pay" in b["text"]
+    ] == ["🔁 Subscribe: 100 Stars a month"]
+    since = time.monotonic()
+    tg.press(buyer, card, card.button("Subscribe")["callback_data"])
+    answer = await tg.wait_for(
+        lambda m: sent_since(tg, buyer, since)(m) and text(m).startswith("Order #")
+    )
+    link = answer.buttons()[0]["url"]
+    assert tg.invoices[link]["subscription_period"] == 2592000
+    assert tg.invoices[link]["total_amount"] == 100
+    order_id = await wait_until(
+        lambda: scalar(
+            shop, select(Order.id).where(Order.provider_ref == tg.invoices[link]["payload"])
+        ),
+        what="the subscription checkout to be recorded",
+    )
+    return link, order_id
+
+
+async def test_a_stars_subscription_renewed_twice_gives_two_more_keys(
+    launch: Launch, database_url: str
+) -> None:
+    async with launch(database_url) as shop:
+        keys = new_keys(4, MONTHLY)
+        added = await shop.cli(
+            "product",
+            "add",
+            MONTHLY,
+            "--name",
+            "Club",
+            "--price",
+            "4.99",
+            "--currency",
+            "usd",
+            "--stars",
+            "100",
+            "--every",
+            "month",
+        )
+        assert added.returncode == 0, added.stderr
+        await stock(shop, "FILLER", new_keys(1, "FILLER"))
+        imported = await shop.cli("keys", "import", MONTHLY, "-", stdin="\n".join(keys).encode())
+        assert imported.returncode == 0, imported.stderr
+        tg = shop.telegram
+        link, first_order = await subscribe(shop, BUYER)
+
+        first = await tg.pay(BUYER, link)
+        assert first["ok"] is True
+        await key_message(shop, BUYER)
+        second = tg.renew(BUYER, first["charge_id"])
+        third = tg.renew(BUYER, first["charge_id"])
+        # Telegram repeats the second period's update; reconciliation reads all three again.
+        payload = tg.invoices[link]["payload"]
+        tg.successful_payment(BUYER, payload, 100, charge_id=second)
+        await wait_until(lambda: len(key_messages(tg, BUYER)) >= 3, what="three key messages")
+        await jobs.reconcile(shop.parts.shop)
+        await asyncio.sleep(0.5)
+
+        delivered = [m.spoiler_texts() for m in key_messages(tg, BUYER)]
+        assert sorted(k for ks in delivered for k in ks) == sorted(keys[:3])
+        assert len(delivered) == 3
+        assert sorted(await ledger(shop)) == sorted(
+            [("stars", first["charge_id"]), ("stars", second), ("stars", third)]
+        )
+        renewals = await rows(
+            shop,
+            select(Order.status, Order.payment_ref).where(Order.subscription_id.is_not(None)),
+        )
+        assert sorted(tuple(r) for r in renewals) == sorted(
+            [
+                (OrderStatus.FULFILLED, f"{BUYER}:{second}"),
+                (OrderStatus.FULFILLED, f"{BUYER}:{third}"),
+            ]
+        )
+        assert await order_status(shop, first_order) == OrderStatus.FULFILLED
+        assert tg.refunded_star_payments == []
+
+        listing = await reply(tg, BUYER, "/subscriptions")
+        assert "Club: next key on" in text(listing)
+        since = time.monotonic()
+        tg.press(BUYER, listing, listing.button("Cancel")["callback_data"])
+        await tg.wait_for(
+            lambda m: sent_since(tg, BUYER, since)(m) and "cancelled, runs until" in text(m)
+        )
+        assert [
+            (e["user_id"], e["telegram_payment_charge_id"], e["is_canceled"])
+            for e in tg.subscription_edits
+        ] == [(BUYER, first["charge_id"], True)]
+
+
+async def test_a_stars_subscription_not_renewed_ends_and_the_buyer_is_told(
+    launch: Launch,
+) -> None:
+    async with launch() as shop:
+        await stock(
+            shop,
+            MONTHLY,
+            new_keys(2, MONTHLY),
+            name="Club",
+            every="month",
+            prices={"stars": (100, "xtr")},
+        )
+        tg = shop.telegram
+        link, _ = await subscribe(shop, BUYER)
+        await tg.pay(BUYER, link)
+        await key_message(shop, BUYER)
+
+        async def lapse(session):
+            for subscription in await session.scalars(select(Subscription)):
+                subscription.current_period_end -= timedelta(days=40)
+
+        await shop.db.write(lapse)
+        await jobs.reconcile(shop.parts.shop)
+
+        await tg.wait_for(lambda m: m.chat_id == BUYER and "has ended" in text(m))
+        assert "ended" in text(await reply(tg, BUYER, "/subscriptions"))
+        assert len(key_messages(tg, BUYER)) == 1
