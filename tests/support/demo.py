@@ -293,7 +293,7 @@ async def _commands(chat: Chat, lines: asyncio.Queue[str | None]) -> None:
     while (line := await lines.get()) is not None:
         line = line.strip()
         if line in ("quit", "exit"):
-            return
+            break
         try:
             if line.isdigit():
                 await chat.press(int(line))
