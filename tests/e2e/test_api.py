@@ -19,19 +19,9 @@ from sqlalchemy import func, select
 
 from store.models import AuditEntry, Client, Key, KeyStatus, LedgerEntry, Order, OrderStatus
 from tests.e2e.helpers import new_keys, rows, scalar, stock, wait_until
-from tests.support.api import add_client, csv_keys, xlsx_keys
+from tests.support.api import add_client, csv_keys, sold_keys, xlsx_keys
 
 pytestmark = pytest.mark.usefixtures("afterwards")
-
-
-async def sold_keys(shop, order_id: int) -> list[str]:
-    """The keys the database gave an order, decrypted, in allocation order."""
-    from tests.e2e.helpers import vault
-
-    ciphertexts = await rows(
-        shop, select(Key.ciphertext).where(Key.order_id == order_id).order_by(Key.id)
-    )
-    return [vault(shop).decrypt(c) for (c,) in ciphertexts]
 
 
 async def test_bulk_order_of_10000_keys_downloads_once_as_xlsx_then_csv(launch, database_url):

@@ -10,9 +10,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from openpyxl import load_workbook
+from sqlalchemy import select
 
 from store import clients
+from store.models import Key
 from tests.e2e.conftest import Shop
+from tests.e2e.helpers import rows, vault
 
 
 @dataclass
@@ -103,3 +106,11 @@ def csv_keys(data: bytes) -> list[str]:
 
 async def together(*calls: Any) -> list[Any]:
     return list(await asyncio.gather(*calls))
+
+
+async def sold_keys(shop: Shop, order_id: int) -> list[str]:
+    """The keys the database gave an order, decrypted, in allocation order."""
+    found = await rows(
+        shop, select(Key.ciphertext).where(Key.order_id == order_id).order_by(Key.id)
+    )
+    return [vault(shop).decrypt(c) for (c,) in found]
