@@ -1,6 +1,7 @@
 """The business API end to end: a client orders over real HTTP from the running app.
 
 On SQLite and PostgreSQL: a 10,000-key order paid from the balance and downloaded once;
+a client racing a chat flash sale for the same product (no key on two orders);
 idempotent retries (five at once with one key make one order); a balance that never goes
 below its credit limit under concurrent orders; the one-time link refused a second time,
 after it expires, and to another client; orders over the review threshold held for an
@@ -18,7 +19,19 @@ import pytest
 from sqlalchemy import func, select
 
 from store.models import AuditEntry, Client, Key, KeyStatus, LedgerEntry, Order, OrderStatus
-from tests.e2e.helpers import new_keys, rows, scalar, stock, wait_until
+from tests.e2e.helpers import (
+    cards_for,
+    checkout_session,
+    keys_by_order,
+    new_keys,
+    paid,
+    post_concurrently,
+    press_pay,
+    rows,
+    scalar,
+    stock,
+    wait_until,
+)
 from tests.support.api import add_client, csv_keys, sold_keys, xlsx_keys
 
 pytestmark = pytest.mark.usefixtures("afterwards")
@@ -166,3 +179,35 @@ async def test_an_order_over_the_review_threshold_waits_for_an_admin(launch, dat
 
 async def _alerted(shop, words: str) -> bool:
     return any(words in (m.text or "") for m in shop.telegram.messages_to(4242))
+
+
+async def test_a_client_racing_a_chat_flash_sale_never_gets_a_key_twice(
+    launch, database_url, telegram, stripe_api
+):
+    async with launch(database_url, telegram_rate=1000.0) as shop:
+        keys = new_keys(40, "RACE")
+        await stock(shop, "RACE", keys, price="2.00")
+        acme = await add_client(shop, "acme")
+        buyers = list(range(900_000, 900_030))
+        cards = await cards_for(telegram, buyers, "RACE")
+
+        # Thirty buyers press "Pay" while the client places ten orders of three keys.
+        chat, api = await asyncio.gather(
+            press_pay(telegram, cards),
+            asyncio.gather(*(acme.order("RACE", 3) for _ in range(10))),
+        )
+        sessions = [s for answer in chat.values() if (s := checkout_session(answer))]
+        api_orders = [r.body["id"] for r in api if r.status == 201]
+        assert all(r.status == 201 or r.code == "out_of_stock" for r in api)
+        assert len(sessions) + 3 * len(api_orders) <= 40
+        assert len(sessions) + 3 * len(api_orders) >= 40 - 2  # short only where 3 did not fit
+
+        posted = await post_concurrently(shop, [paid(stripe_api, s) for s in sessions])
+        assert {p.outcome for p in posted} == {"fulfilled"}
+
+        held = await keys_by_order(shop)
+        owners = Counter(key for order_keys in held.values() for key in order_keys)
+        assert max(owners.values()) == 1  # no key on two orders
+        assert set(owners) <= set(keys)
+        assert sorted(len(held[o]) for o in api_orders) == [3] * len(api_orders)
+        assert len(held) == len(sessions) + len(api_orders)
