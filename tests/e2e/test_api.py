@@ -32,7 +32,7 @@ from tests.e2e.helpers import (
     stock,
     wait_until,
 )
-from tests.support.api import add_client, csv_keys, sold_keys, xlsx_keys
+from tests.support.api import ApiClient, add_client, csv_keys, sold_keys, xlsx_keys
 
 pytestmark = pytest.mark.usefixtures("afterwards")
 
@@ -211,3 +211,28 @@ async def test_a_client_racing_a_chat_flash_sale_never_gets_a_key_twice(
         assert set(owners) <= set(keys)
         assert sorted(len(held[o]) for o in api_orders) == [3] * len(api_orders)
         assert len(held) == len(sessions) + len(api_orders)
+
+
+async def test_client_commands_print_the_token_once_rotate_and_disable_it(launch, sqlite_url):
+    async with launch(sqlite_url) as shop:
+        await stock(shop, "GAME", new_keys(2, "GAME"))
+        added = await shop.cli("client", "add", "acme", "--balance", "100.00", "--currency", "usd")
+        assert added.returncode == 0, added.stderr
+        token = next(line for line in added.stdout.splitlines() if line.startswith("kv_"))
+        client = ApiClient(shop, "acme", token)
+        assert (await client.order("GAME", 1)).status == 201
+
+        rotated = await shop.cli("client", "token", "acme")
+        new = next(line for line in rotated.stdout.splitlines() if line.startswith("kv_"))
+        assert (await client.call("GET", "/products")).status == 401
+        assert (await client.call("GET", "/products", token=new)).status == 200
+
+        assert (await shop.cli("client", "topup", "acme", "50")).returncode == 0
+        listed = await shop.cli("client", "list")
+        assert "140.01 USD" in listed.stdout and token not in listed.stdout
+        assert (await shop.cli("client", "disable", "acme")).returncode == 0
+        assert (await client.call("GET", "/products", token=new)).status == 401
+
+        for bad in (("client", "add", "acme"), ("client", "add", "new", "--balance", "ten")):
+            refused = await shop.cli(*bad)
+            assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, bad
