@@ -58,6 +58,7 @@ class Shop:
     blacklist_on_dispute: bool = False
     wake_delivery: Callable[[], None] = lambda: None
     wake_refunds: Callable[[], None] = lambda: None
+    wake_client_outbox: Callable[[], None] = lambda: None  # client webhooks and e-mails
     gateways: dict[str, PaymentGateway] = field(default_factory=dict)
     paysupport_text: str | None = None  # the seller's; None: the default, translated
     terms_text: str | None = None
