@@ -19,7 +19,7 @@ from bot import logs
 from bot.keyfile import ConfigError, encryption_key
 from bot.migrate import migrate
 from bot.settings import Settings
-from handlers.stars_invoice import MAX_STARS
+from handlers.stars_invoice import MAX_STARS, MAX_SUBSCRIPTION_STARS
 from handlers.stars_invoice import PROVIDER as STARS_PROVIDER
 from store import catalogue, clients, inventory, reports
 from store.catalogue import ProductChanges
@@ -349,8 +349,9 @@ def _provider_prices(
         return None
     if args.stars == 0 and remove_with_zero:
         return {STARS_PROVIDER: None}
-    if not 1 <= args.stars <= MAX_STARS:
-        raise Failure(f"--stars must be a whole number of Stars from 1 to {MAX_STARS}")
+    top = MAX_SUBSCRIPTION_STARS if getattr(args, "every", None) else MAX_STARS
+    if not 1 <= args.stars <= top:
+        raise Failure(f"--stars must be a whole number of Stars from 1 to {top}")
     return {STARS_PROVIDER: (args.stars, STARS)}
 
 

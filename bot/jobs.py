@@ -31,6 +31,8 @@ _RECHECK_OPEN = timedelta(minutes=5)
 # A subscription whose period ran out is ended this long after, if no renewal came: a late
 # renewal payment (or its update, found by reconciliation) has that long to arrive.
 _RENEWAL_GRACE = timedelta(days=1)
+# Admins hear this long ahead when stock will not cover the subscriptions renewing.
+_RENEWAL_WARNING = timedelta(days=3)
 
 
 async def reconcile(shop: Shop, *, now: datetime | None = None) -> list[orders.Result]:
@@ -69,9 +71,25 @@ async def reconcile(shop: Shop, *, now: datetime | None = None) -> list[orders.R
     if ended:
         log.info("%d subscriptions ended unrenewed", len(ended))
         shop.wake_delivery()
+    await warn_of_renewals_short(shop, now=now)
     results += await apply_missed_payments(shop)
     results += await make_refunds(shop)
     return results
+
+
+async def warn_of_renewals_short(shop: Shop, *, now: datetime | None = None) -> None:
+    """Alert the admins when stock will not cover the subscriptions renewing in the next
+    days: once per product and shortfall, not on every pass."""
+    shortages = await subscriptions.renewals_short(shop.db, within=_RENEWAL_WARNING, now=now)
+    current = {s.sku: s.due - s.available for s in shortages}
+    for short in shortages:
+        if shop.renewal_warnings.get(short.sku) != current[short.sku]:
+            shop.notifier.alert(
+                "low_stock",
+                f"Restock {short.sku}: {short.due} subscriptions renew within "
+                f"{_RENEWAL_WARNING.days} days and {short.available} keys are available.",
+            )
+    shop.renewal_warnings = current
 
 
 async def apply_missed_payments(shop: Shop) -> list[orders.Result]:

@@ -61,6 +61,8 @@ class Shop:
     wake_client_outbox: Callable[[], None] = lambda: None  # client webhooks and e-mails
     gateways: dict[str, PaymentGateway] = field(default_factory=dict)
     paysupport_text: str | None = None  # the seller's; None: the default, translated
+    # Renewal shortfalls the admins were last told about, by SKU (so they hear of each once).
+    renewal_warnings: dict[str, int] = field(default_factory=dict)
     terms_text: str | None = None
 
     def __post_init__(self) -> None:

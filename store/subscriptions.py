@@ -20,8 +20,11 @@ from store.db import Database
 from store.errors import NotFound, OrderNotPayable
 from store.models import (
     DeliveryKind,
+    Key,
+    KeyStatus,
     Order,
     Product,
+    ProductKind,
     Subscription,
     SubscriptionStatus,
 )
@@ -47,6 +50,52 @@ class ToCancel:
     id: int
     provider: str
     payment_ref: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RenewalShortage:
+    """A product whose stock will not cover the renewals due soon."""
+
+    sku: str
+    due: int  # renewals due within the window
+    available: int  # keys available now
+
+
+async def renewals_short(
+    db: Database, *, within: timedelta, now: datetime | None = None
+) -> list[RenewalShortage]:
+    """Products whose available keys are fewer than their subscriptions renewing within
+    `within` (ones cancelled to stop at the period's end do not count)."""
+
+    async def work(session: AsyncSession) -> list[RenewalShortage]:
+        horizon = (now or datetime.now(UTC)) + within
+        due_rows = await session.execute(
+            select(Product, func.count(Subscription.id))
+            .join(Subscription, Subscription.product_id == Product.id)
+            .where(
+                Subscription.status != SubscriptionStatus.ENDED,
+                Subscription.cancel_at_period_end.is_(False),
+                Subscription.current_period_end <= horizon,
+            )
+            .group_by(Product.id)
+            .order_by(Product.sku)
+        )
+        short = []
+        for product, due in due_rows.all():
+            capped = (
+                select(Key.id)
+                .where(Key.product_id == product.id, Key.status == KeyStatus.AVAILABLE)
+                .limit(1 if product.kind == ProductKind.SHARED else due)
+                .subquery()
+            )
+            available = await session.scalar(select(func.count()).select_from(capped))
+            if product.kind == ProductKind.SHARED:
+                available = due if available else 0
+            if available < due:
+                short.append(RenewalShortage(product.sku, due, available))
+        return short
+
+    return await db.read(work)
 
 
 async def buyer_subscriptions(db: Database, buyer_id: int, language: str) -> list[SubscriptionView]:

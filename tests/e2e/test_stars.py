@@ -506,3 +506,50 @@ async def test_a_stars_subscription_not_renewed_ends_and_the_buyer_is_told(
         await tg.wait_for(lambda m: m.chat_id == BUYER and "has ended" in text(m))
         assert "ended" in text(await reply(tg, BUYER, "/subscriptions"))
         assert len(key_messages(tg, BUYER)) == 1
+
+
+async def test_admins_hear_once_when_stock_will_not_cover_the_renewals_due(
+    launch: Launch,
+) -> None:
+    async with launch() as shop:
+        refused = await shop.cli(
+            "product",
+            "add",
+            "BIG",
+            "--name",
+            "Big",
+            "--price",
+            "1",
+            "--currency",
+            "usd",
+            "--stars",
+            "20000",
+            "--every",
+            "month",
+        )
+        assert refused.returncode == 1 and "from 1 to 10000" in refused.stderr
+        await stock(
+            shop,
+            MONTHLY,
+            new_keys(1, MONTHLY),
+            name="Club",
+            every="month",
+            prices={"stars": (100, "xtr")},
+        )
+        tg = shop.telegram
+        link, _ = await subscribe(shop, BUYER)
+        await tg.pay(BUYER, link)
+        await key_message(shop, BUYER)  # the last key went to the first period
+
+        async def renewal_in_two_days(session):
+            for subscription in await session.scalars(select(Subscription)):
+                subscription.current_period_end -= timedelta(days=28)
+
+        await shop.db.write(renewal_in_two_days)
+        await jobs.reconcile(shop.parts.shop)
+        await jobs.reconcile(shop.parts.shop)
+
+        warning = "Restock CLUB: 1 subscriptions renew within 3 days and 0 keys are available."
+        await tg.wait_for(lambda m: m.chat_id == ADMIN and warning in text(m))
+        await asyncio.sleep(0.3)
+        assert sum(warning in text(m) for m in tg.messages_to(ADMIN)) == 1
