@@ -7,7 +7,8 @@ invoice; an order past its time is closed here and its late pre-checkout is decl
 
 What became of a checkout is read from `getStarTransactions`, which lists the bot's
 transactions oldest first: the gateway keeps its place in that list and remembers the
-incoming payments it has read, so each question costs only the transactions that are new.
+incoming payments of the latest invoices it has read, so each question costs only the
+transactions that are new. (After a restart it reads the whole list once.)
 A subscription is an invoice link with a 30-day `subscription_period` that Telegram renews
 by itself; cancelling it is `editUserStarSubscription`. A refund is `refundStarPayment`; a refund of a charge Telegram already returned counts as
 done, so it is safe to repeat. Anything Telegram cannot answer becomes `PaymentUnavailable`.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections import OrderedDict
 from datetime import timedelta
 
 from telegram import Bot, LabeledPrice
@@ -32,6 +34,7 @@ from store.payments import CheckoutRequest, CheckoutStarted, CheckoutState, Paym
 log = logging.getLogger(__name__)
 
 _PAGE = 100  # the most getStarTransactions returns at once
+_REMEMBERED = 50_000  # invoices whose payments the gateway keeps in memory
 _TITLE = 32  # characters Telegram allows in an invoice title
 
 
@@ -43,7 +46,8 @@ class StarsGateway:
     def __init__(self, bot: Bot) -> None:
         self._bot = bot
         self._read = 0  # transactions of the bot's list read so far
-        self._paid: dict[str, list[tuple[str, Payment]]] = {}  # payload -> (charge, payment)
+        # payload -> [(charge id, payment)], the most recently paid invoices last.
+        self._paid: OrderedDict[str, list[tuple[str, Payment]]] = OrderedDict()
         self._reading = asyncio.Lock()
 
     async def start_checkout(self, request: CheckoutRequest) -> CheckoutStarted:
@@ -182,6 +186,10 @@ class StarsGateway:
             transaction.date + timedelta(seconds=seconds) if seconds else None,
         )
         self._paid.setdefault(payload, []).append((transaction.id, payment))
+        self._paid.move_to_end(payload)
+        if len(self._paid) > _REMEMBERED:
+            # Long settled: a lost update is found within minutes, not after this many sales.
+            self._paid.popitem(last=False)
 
     @staticmethod
     def _unavailable(what: str, exc: TelegramError) -> PaymentUnavailable:
