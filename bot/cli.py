@@ -2,8 +2,9 @@
 
 Every command reads the same Settings as the bot. On bad input a command prints one line
 saying what is wrong to stderr and exits non-zero; it never prints a key. The one place that
-turns errors into that line is `main()`: 2 when the settings are wrong (`ConfigError`), 1 when
-the command failed; a secret setting's value is blanked out of the line whatever raised it.
+turns errors into that line is `main()`: 2 when keyvend cannot start with these settings (a
+`ConfigError`, or a database it cannot open), 1 when the command itself failed; a secret
+setting's value is blanked out of the line whatever raised it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from store.catalogue import ProductChanges
 from store.check import check
 from store.crypto import KeyVault, KeyVaultError
 from store.db import Database
-from store.errors import StoreError
+from store.errors import DatabaseUnavailable, StoreError
 from store.models import ProductKind
 from store.money import to_major
 
@@ -51,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         secrets = settings.secrets()
         logs.configure(settings.log_level, secrets)
         return _run(args.command(settings, args))
-    except ConfigError as exc:
+    except (ConfigError, DatabaseUnavailable) as exc:
         _explain(exc, secrets)
         return 2
     except (Failure, StoreError, KeyVaultError) as exc:

@@ -58,6 +58,7 @@ _SECONDS_PER_UNIT = {
 }
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]+)")
 _HUMAN_DURATION = re.compile(r"(?:\d+(?:\.\d+)?\s*[a-z]+\s*)+")
+_SECONDS = re.compile(r"-?\d+(?:\.\d+)?")
 _ISO_DURATION = TypeAdapter(timedelta)
 
 
@@ -66,6 +67,8 @@ def parse_duration(value: object) -> object:
     if not isinstance(value, str):
         return value  # a timedelta or a number from code: pydantic takes it as it is
     text = value.strip().lower()
+    if _SECONDS.fullmatch(text):
+        return timedelta(seconds=float(text))
     if _HUMAN_DURATION.fullmatch(text):
         seconds = 0.0
         for amount, unit in _DURATION_PART.findall(text):
