@@ -103,7 +103,7 @@ async def _with_db(
 async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     if settings.bot_token is None:
         env = ".env found" if Path(".env").exists() else "no .env here yet: cp .env.example .env"
-        raise Failure(_SETUP_HINT.format(env=env))
+        raise ConfigError(_SETUP_HINT.format(env=env))
     from bot.app import serve  # the bot's libraries load only for `run`: other commands start fast
 
     stop = asyncio.Event()

@@ -124,6 +124,7 @@ CASES = [
         {"TELEGRAM_API_URL": "api.telegram.org"},
         "TELEGRAM_API_URL must be an address starting with https://",
     ),
+    Case("bot-token-unset", {"BOT_TOKEN": ""}, "BOT_TOKEN is not set. Create a bot with"),
     Case(
         "telegram-unreachable",
         {},
