@@ -9,10 +9,14 @@ is a few seconds of interpreter start-up on a busy machine), and each test reads
 
 Where nothing is wrong but Telegram, `TELEGRAM_API_URL` points at a port that refuses
 connections, so a start that gets past every local check fails there, in one line too.
+Two more tests run in this process: the printer of that line blanks out secrets whatever
+raised it, and a token the (fake) Bot API rejects stops `serve` with its HTTP sessions closed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import secrets
 import socket
@@ -27,9 +31,14 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from bot import cli
+from bot.app import serve
 from bot.cli import Failure
+from bot.settings import ConfigError
 from store.crypto import KeyVault
 from tests.conftest import POSTGRES_ADMIN
+from tests.e2e.conftest import shop_settings
+from tests.fakes.stripe import FakeStripe
+from tests.fakes.telegram import FakeTelegram
 
 KEYVEND = Path(sys.executable).with_name("keyvend")
 DB_PASSWORD = "pg-" + secrets.token_hex(8)
@@ -239,3 +248,20 @@ def test_the_one_line_blanks_out_secrets_whatever_raised_it(
     token = SECRETS["BOT_TOKEN"]
     cli._explain(Failure(f"the API at https://x/bot{token}/getMe\nsaid no"), [token])
     assert capsys.readouterr().err == "keyvend: the API at https://x/bot***/getMe said no\n"
+
+
+async def test_a_token_telegram_rejects_stops_the_start_with_its_sessions_closed(
+    sqlite_url: str,
+    telegram: FakeTelegram,
+    stripe_api: FakeStripe,
+    key_secret: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    wrong = "654321:" + "".join(secrets.choice(string.ascii_letters) for _ in range(35))
+    settings = shop_settings(sqlite_url, telegram, stripe_api, key_secret, bot_token=wrong)
+    with pytest.raises(ConfigError, match="Telegram rejected BOT_TOKEN") as refused:
+        await serve(settings, asyncio.Event())
+    assert wrong not in str(refused.value)
+    del refused  # its traceback holds the application and so its sessions
+    gc.collect()  # an HTTP session left open complains when it is collected
+    assert "Unclosed" not in caplog.text
