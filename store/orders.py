@@ -878,6 +878,18 @@ async def due_for_check(
     return await db.read(work)
 
 
+async def next_check(db: Database) -> datetime | None:
+    """When the earliest open order is due for a check (its reservation may end before the
+    provider's checkout does: reconciliation then closes it on time)."""
+
+    async def work(session: AsyncSession) -> datetime | None:
+        return await session.scalar(
+            select(func.min(Order.check_after)).where(Order.status == OrderStatus.PENDING)
+        )
+
+    return await db.read(work)
+
+
 async def postpone_check(db: Database, order_id: int, until: datetime) -> None:
     async def work(session: AsyncSession) -> None:
         order = await session.get(Order, order_id)
