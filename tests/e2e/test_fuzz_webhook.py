@@ -222,7 +222,10 @@ def assert_legal(before: dict[str, Any], after: dict[str, Any]) -> None:
         assert status == old or status in _LEGAL[OrderStatus(old)], (
             f"order {order}: {old} -> {status}"
         )
-        if old != OrderStatus.FULFILLED and status == OrderStatus.DISPUTED:
+        if status == OrderStatus.DISPUTED and old not in (
+            OrderStatus.FULFILLED,
+            OrderStatus.DISPUTED,
+        ):
             # Disputed before it was ever fulfilled: its keys must never have been queued.
             assert order not in after["keyed"], f"order {order} was disputed and got keys"
 
