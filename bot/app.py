@@ -192,7 +192,10 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
         vault=vault,
         admin_ids=settings.admin_ids,
         checkout_policy=CheckoutPolicy(
-            max_unpaid=settings.max_unpaid_orders, ttl=settings.checkout_ttl
+            max_unpaid=settings.max_unpaid_orders,
+            ttl=settings.checkout_ttl,
+            hold_max_units=settings.hold_max_units,
+            hold_max_share=settings.hold_max_share,
         ),
         stock_policy=StockPolicy(
             backorder=settings.out_of_stock_policy is OutOfStockPolicy.BACKORDER
@@ -348,6 +351,7 @@ async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Future[Parts]
                     stop,
                     wake=refunds_due,
                     name="reconciliation",
+                    sooner=lambda longest: jobs.seconds_to_next_check(shop, longest),
                 ),
                 name="reconciliation",
             ),

@@ -149,6 +149,9 @@ class Settings(BaseSettings):
     rate_limit_updates: str = "30/minute"
     rate_limit_checkouts: str = "5/10 minutes"
     max_unpaid_orders: int = Field(3, ge=1)
+    # What one buyer's unpaid checkouts may hold of one product: the larger of the two.
+    hold_max_units: int = Field(10, ge=1)
+    hold_max_share: float = Field(0.25, ge=0, le=1)
     reconcile_interval: Duration = timedelta(minutes=3)
     delivery_max_attempts: int = Field(12, ge=1)
     # How long a worker's claim on a delivery holds; a dead instance's claims lapse after it.
@@ -261,9 +264,10 @@ class Settings(BaseSettings):
     @field_validator("checkout_ttl")
     @classmethod
     def _stripe_session_window(cls, value: timedelta) -> timedelta:
-        # Stripe only accepts expires_at between 30 minutes and 24 hours ahead.
-        if not timedelta(minutes=30) <= value <= timedelta(hours=24):
-            raise ValueError("CHECKOUT_TTL must be between 30 minutes and 24 hours")
+        # Stripe only accepts expires_at between 30 minutes and 24 hours ahead; a shorter
+        # reservation is ended by the shop, which then expires the Stripe session itself.
+        if not timedelta(minutes=1) <= value <= timedelta(hours=24):
+            raise ValueError("CHECKOUT_TTL must be between 1 minute and 24 hours")
         return value
 
     @field_validator("bot_token")
