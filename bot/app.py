@@ -1,6 +1,8 @@
 """The composition root: builds every part of keyvend from Settings and runs them in one loop.
 
-`serve()` migrates the database, then runs together, until told to stop: the Telegram
+`serve()` migrates the database, checks what it depends on (Redis when configured, the HTTP
+port, then the Bot API, local things first) and turns each failure into a one-line
+`ConfigError`, then runs together, until told to stop: the Telegram
 application (polling, or webhook updates fed by the aiohttp server), the aiohttp server
 (Stripe webhook, Telegram webhook, /healthz, /metrics), the delivery worker, the admin
 notifier, reconciliation with Stripe, and the removal of expired key messages. Nothing is
@@ -10,16 +12,18 @@ created at import time; everything hangs off the objects built here.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
 import socket
 import uuid
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from telegram import Update
-from telegram.error import InvalidToken, NetworkError
+from telegram.error import InvalidToken, NetworkError, TelegramError
 from telegram.ext import (
     Application,
     ApplicationBuilder,
@@ -56,6 +60,7 @@ from store.orders import OutOfStockPolicy as StockPolicy
 log = logging.getLogger(__name__)
 
 _EXPIRY_INTERVAL = 10.0
+_TELEGRAM = Settings.model_fields["telegram_api_url"].default
 
 
 def telegram_secret(settings: Settings) -> str:
@@ -152,6 +157,7 @@ class Parts:
     metrics: Metrics
     web: web.Application
     client_outbox: ClientOutboxWorker
+    stripe: StripeGateway | None = None
 
 
 def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
@@ -236,7 +242,17 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
         api_config=api_config,
     )
     return Parts(
-        settings, db, shop, application, worker, notifier, limiter, metrics, server, client_worker
+        settings,
+        db,
+        shop,
+        application,
+        worker,
+        notifier,
+        limiter,
+        metrics,
+        server,
+        client_worker,
+        stripe,
     )
 
 
@@ -244,33 +260,75 @@ async def serve(
     settings: Settings, stop: asyncio.Event, *, started: asyncio.Future[Parts] | None = None
 ) -> None:
     """Run the shop until `stop` is set; `started` gets the running parts once it is up."""
-    vault = KeyVault(encryption_key(settings))
     db = Database(settings.database_url)
     try:
+        # The database first: its key file is written beside it only once it opens.
         await migrate(db)
-        parts = assemble(settings, db, vault)
+        parts = assemble(settings, db, KeyVault(encryption_key(settings)))
         await _run(parts, stop, started)
     finally:
         await db.dispose()
 
 
-async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Future[Parts] | None) -> None:
-    settings, application, shop = parts.settings, parts.telegram, parts.shop
+async def _check_redis(settings: Settings, limiter: RateLimiter) -> None:
+    # Down while running, limits fail open; down at start, it is a wrong address or a Redis
+    # never started, and running on without the limits the operator asked for hides that.
+    if limiter.shared and not await limiter.ping():
+        address = urlsplit(settings.redis_url)  # host and port only: the URL may hold a password
+        raise ConfigError(
+            f"Redis does not answer at {address.hostname}:{address.port or 6379} (REDIS_URL): "
+            "start it, or leave REDIS_URL empty to keep rate limits in this process"
+        )
+
+
+async def _listen(runner: web.AppRunner, settings: Settings) -> None:
+    where = f"{settings.http_host}:{settings.http_port}"
+    try:
+        await web.TCPSite(runner, settings.http_host, settings.http_port).start()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"cannot listen on {where}: the port is in use by another program; "
+                "stop it or set HTTP_PORT to a free port"
+            ) from None
+        raise ConfigError(
+            f"cannot listen on {where} ({exc.strerror or exc}): check HTTP_HOST and HTTP_PORT"
+        ) from None
+
+
+async def _start_telegram(application: Application, settings: Settings) -> None:
+    where = settings.telegram_api_url
     try:
         await application.initialize()
     except InvalidToken:
-        raise ConfigError("Telegram rejected BOT_TOKEN: copy it again from @BotFather") from None
+        # PTB's own message quotes the token. A server that is not a Bot API answers 404,
+        # which PTB reports the same way.
+        elsewhere = "" if where == _TELEGRAM else f", or {where} is not a Bot API server"
+        raise ConfigError(
+            f"Telegram rejected BOT_TOKEN: copy it again from @BotFather{elsewhere}"
+        ) from None
     except NetworkError as exc:
         raise ConfigError(
-            f"cannot reach the Telegram Bot API at {settings.telegram_api_url}: {exc}"
+            f"cannot reach the Telegram Bot API at {where} ({exc.message}): "
+            "check TELEGRAM_API_URL and the network"
         ) from None
+    except TelegramError as exc:
+        raise ConfigError(
+            f"the Telegram Bot API at {where} refused getMe ({exc.message}): "
+            "check TELEGRAM_API_URL and BOT_TOKEN"
+        ) from None
+    await application.start()
+
+
+async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Future[Parts] | None) -> None:
+    settings, application, shop = parts.settings, parts.telegram, parts.shop
     runner = web.AppRunner(parts.web, access_log=None)
-    await runner.setup()
     tasks: list[asyncio.Task[None]] = []
     try:
-        site = web.TCPSite(runner, settings.http_host, settings.http_port)
-        await site.start()
-        await application.start()
+        await _check_redis(settings, parts.limiter)
+        await runner.setup()
+        await _listen(runner, settings)
+        await _start_telegram(application, settings)
         if settings.telegram_mode is TelegramMode.WEBHOOK:
             await application.bot.set_webhook(
                 f"{settings.public_url.rstrip('/')}/telegram/webhook",
@@ -320,7 +378,8 @@ async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Future[Parts]
         await stop.wait()
     finally:
         stop.set()
-        log.info("keyvend is stopping")
+        if tasks:  # it ran: say so; a failed start says why in one line, from its ConfigError
+            log.info("keyvend is stopping")
         if application.updater is not None and application.updater.running:
             await application.updater.stop()
         if tasks:
@@ -328,4 +387,9 @@ async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Future[Parts]
         if application.running:
             await application.stop()
         await application.shutdown()
+        # A failed initialize leaves the bot's HTTP sessions open and the application
+        # "not initialized", so its shutdown skips them; the bot's own closes them.
+        await application.bot.shutdown()
+        if parts.stripe is not None:
+            await parts.stripe.close()
         await runner.cleanup()

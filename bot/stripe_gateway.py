@@ -38,12 +38,17 @@ class StripeGateway:
         max_network_retries: int = 2,
     ) -> None:
         self._success_url = success_url
+        self._http = stripe.HTTPXClient(timeout=timeout)
         self._client = stripe.StripeClient(
             secret_key,
             base_addresses={"api": api_base} if api_base else None,
-            http_client=stripe.HTTPXClient(timeout=timeout),
+            http_client=self._http,
             max_network_retries=max_network_retries,
         )
+
+    async def close(self) -> None:
+        """Close the HTTP connections to Stripe."""
+        await self._http.close_async()
 
     async def start_checkout(self, request: CheckoutRequest) -> CheckoutStarted:
         order = str(request.order_id)

@@ -64,3 +64,8 @@ class CheckoutNotRecorded(StoreError):
 
 class OrderNotPayable(StoreError):
     """The order is past the point where it can be paid or confirmed."""
+
+
+class DatabaseUnavailable(StoreError):
+    """The database cannot be opened (down, unknown, missing, unwritable); the message says
+    what to fix and never holds the password of DATABASE_URL."""
