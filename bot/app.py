@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import uuid
+import warnings
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -43,7 +44,7 @@ from bot.ratelimit import RateLimiter
 from bot.settings import OutOfStockPolicy, Settings, TelegramMode
 from bot.stripe_gateway import StripeGateway
 from bot.telegram_api import AiohttpRequest, SendPace
-from handlers import admin, buyer
+from handlers import admin, admin_buyers, admin_products, buyer, language
 from handlers.context import KeyvendContext, Shop
 from handlers.i18n import language_of, t
 from store.crypto import KeyVault
@@ -85,7 +86,8 @@ def build_telegram(settings: Settings) -> Application:
 
 def add_handlers(application: Application) -> None:
     """All routing of updates, in one place."""
-    application.add_handler(TypeHandler(Update, buyer.throttle), group=-1)
+    application.add_handler(TypeHandler(Update, buyer.throttle), group=-2)
+    application.add_handler(TypeHandler(Update, language.load_language), group=-1)
     application.add_handler(
         ConversationHandler(
             entry_points=[CommandHandler("restock", admin.restock)],
@@ -99,6 +101,39 @@ def add_handlers(application: Application) -> None:
             conversation_timeout=600,
         )
     )
+    typed = filters.TEXT & ~filters.COMMAND
+    with warnings.catch_warnings():
+        # PTB warns that a button starting a conversation is tracked per chat, not per
+        # message: per chat is what is meant (the admin types the value into the chat).
+        warnings.filterwarnings("ignore", message=".*per_message.*")
+        edit_product = ConversationHandler(
+            entry_points=[
+                CallbackQueryHandler(
+                    admin_products.edit_field, pattern=r"^ae:\d{1,9}:\w{1,8}:\w{0,8}$"
+                )
+            ],
+            states={
+                admin_products.AWAITING_VALUE: [MessageHandler(typed, admin_products.receive_value)]
+            },
+            fallbacks=[CommandHandler("cancel", admin_products.cancel)],
+            conversation_timeout=600,
+        )
+        new_product = ConversationHandler(
+            entry_points=[CommandHandler("newproduct", admin_products.new_product)],
+            states={
+                admin_products.NEW_SKU: [MessageHandler(typed, admin_products.new_sku)],
+                admin_products.NEW_NAME: [MessageHandler(typed, admin_products.new_name)],
+                admin_products.NEW_PRICE: [MessageHandler(typed, admin_products.new_price)],
+                admin_products.NEW_KIND: [
+                    CallbackQueryHandler(admin_products.new_kind, pattern=r"^nk:\w{1,8}$")
+                ],
+                admin_products.NEW_TEMPLATE: [
+                    MessageHandler(typed | filters.Regex(r"^/skip"), admin_products.new_template)
+                ],
+            },
+            fallbacks=[CommandHandler("cancel", admin_products.cancel)],
+            conversation_timeout=600,
+        )
     application.add_handlers(
         [
             CommandHandler("start", buyer.start),
@@ -107,7 +142,20 @@ def add_handlers(application: Application) -> None:
             CommandHandler("help", buyer.help_command),
             CommandHandler("stats", admin.stats),
             CommandHandler("confirm", admin.confirm),
+            CommandHandler("products", admin_products.products),
+            CommandHandler("ban", admin_buyers.ban),
+            CommandHandler("unban", admin_buyers.unban),
+            CommandHandler("banned", admin_buyers.banned),
+            CommandHandler("audit", admin_buyers.show_audit),
+            CommandHandler("language", language.language),
             CallbackQueryHandler(buyer.show_catalogue, pattern=r"^cat$"),
+            # After the catalogue button, which a button without data has always reached.
+            edit_product,
+            new_product,
+            CallbackQueryHandler(language.choose, pattern=r"^lang:\w{1,8}$"),
+            CallbackQueryHandler(admin_products.show_products, pattern=r"^apl$"),
+            CallbackQueryHandler(admin_products.show_product, pattern=r"^ap:\d{1,9}$"),
+            CallbackQueryHandler(buyer.show_category, pattern=r"^cg:\d{1,3}:\d{1,4}$"),
             CallbackQueryHandler(buyer.show_product, pattern=r"^p:\d{1,9}:\d{1,3}$"),
             CallbackQueryHandler(buyer.pay, pattern=r"^pay:\d{1,9}:\d{1,3}$"),
             CallbackQueryHandler(buyer.my_orders, pattern=r"^ords$"),

@@ -18,7 +18,7 @@ from telegram.error import TelegramError
 from telegram.ext import ConversationHandler
 
 from handlers import render
-from handlers.buyer import unknown
+from handlers.buyer import stale_button, unknown
 from handlers.context import KeyvendContext
 from handlers.i18n import language_of, t
 from store import catalogue, inventory, orders, reports
@@ -42,6 +42,21 @@ def admin_only(handler: Handler) -> Handler:
         if not context.shop.is_admin(user.id if user else None):
             log.warning("non-admin %s tried %s", user.id if user else None, handler.__name__)
             await unknown(update, context)
+            return ConversationHandler.END
+        return await handler(update, context)
+
+    return guarded
+
+
+def admin_button(handler: Handler) -> Handler:
+    """Let admins' button presses through; answer anyone else's as a button that expired."""
+
+    @functools.wraps(handler)
+    async def guarded(update: Update, context: KeyvendContext) -> object:
+        user = update.effective_user
+        if not context.shop.is_admin(user.id if user else None):
+            log.warning("non-admin %s pressed %s", user.id if user else None, handler.__name__)
+            await stale_button(update, context)
             return ConversationHandler.END
         return await handler(update, context)
 

@@ -634,13 +634,18 @@ class FakeTelegram:
 
     # ------------------------------------------------------------------ driving users
 
-    def _user(self, user_id: int, first_name: str, language_code: str) -> dict[str, Any]:
-        return {
+    def _user(
+        self, user_id: int, first_name: str, language_code: str, username: str | None = None
+    ) -> dict[str, Any]:
+        user = {
             "id": user_id,
             "is_bot": False,
             "first_name": first_name,
             "language_code": language_code,
         }
+        if username:
+            user["username"] = username
+        return user
 
     @staticmethod
     def _chat(chat_id: int, first_name: str | None = None) -> dict[str, Any]:
@@ -689,13 +694,14 @@ class FakeTelegram:
         language_code: str = "en",
         document: tuple[str, bytes] | None = None,
         first_name: str = "Buyer",
+        username: str | None = None,
     ) -> dict[str, Any]:
         """Queue an Update with a private-chat message from ``user_id``; returns the update."""
         msg: dict[str, Any] = {
             "message_id": self._new_message_id(user_id),
             "date": int(time.time()),
             "chat": self._chat(user_id, first_name),
-            "from": self._user(user_id, first_name, language_code),
+            "from": self._user(user_id, first_name, language_code, username),
         }
         entities = []
         command = _COMMAND_RE.match(text) if text else None
