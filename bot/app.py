@@ -45,7 +45,7 @@ from bot.ratelimit import RateLimiter
 from bot.settings import OutOfStockPolicy, Settings, TelegramMode
 from bot.stripe_gateway import StripeGateway
 from bot.telegram_api import AiohttpRequest, SendPace
-from handlers import admin, admin_buyers, admin_products, buyer, language
+from handlers import admin, admin_buyers, admin_orders, admin_products, buyer, language
 from handlers.api import ApiConfig
 from handlers.context import KeyvendContext, Shop
 from handlers.i18n import language_of, t
@@ -149,6 +149,8 @@ def add_handlers(application: Application) -> None:
             CommandHandler("unban", admin_buyers.unban),
             CommandHandler("banned", admin_buyers.banned),
             CommandHandler("audit", admin_buyers.show_audit),
+            CommandHandler("order", admin_orders.order),
+            CommandHandler("find", admin_orders.find),
             CommandHandler("language", language.language),
             CallbackQueryHandler(buyer.show_catalogue, pattern=r"^cat$"),
             # After the catalogue button, which a button without data has always reached.
@@ -157,6 +159,9 @@ def add_handlers(application: Application) -> None:
             CallbackQueryHandler(language.choose, pattern=r"^lang:\w{1,8}$"),
             CallbackQueryHandler(admin_products.show_products, pattern=r"^apl$"),
             CallbackQueryHandler(admin_products.show_product, pattern=r"^ap:\d{1,9}$"),
+            CallbackQueryHandler(admin_orders.open_order, pattern=r"^ao:\d{1,9}$"),
+            CallbackQueryHandler(admin_orders.resend_keys, pattern=r"^ar:\d{1,9}$"),
+            CallbackQueryHandler(admin_orders.ban_buyer, pattern=r"^ab:\d{1,9}$"),
             CallbackQueryHandler(buyer.show_category, pattern=r"^cg:\d{1,3}:\d{1,4}$"),
             CallbackQueryHandler(buyer.show_product, pattern=r"^p:\d{1,9}:\d{1,3}$"),
             CallbackQueryHandler(buyer.pay, pattern=r"^pay:\d{1,9}:\d{1,3}$"),

@@ -142,7 +142,7 @@ async def _set_ban(
             raise NotFound(f"no buyer {buyer_id}")
         action = "buyer.ban" if banned else "buyer.unban"
         session.add(audit(admin_id, action, f"{buyer_id} {reason or ''}".strip()))
-        return _view(await session.get(Buyer, buyer_id, populate_existing=True))
+        return view_of(await session.get(Buyer, buyer_id, populate_existing=True))
 
     return await db.write(work)
 
@@ -157,7 +157,7 @@ async def banned(db: Database, *, limit: int = 50) -> list[BuyerView]:
             .order_by(Buyer.last_seen.desc())
             .limit(limit)
         )
-        return [_view(b) for b in rows]
+        return [view_of(b) for b in rows]
 
     return await db.read(work)
 
@@ -179,7 +179,7 @@ async def find(db: Database, who: str) -> BuyerView:
             raise InvalidInput("give a Telegram user id or an @username")
         if buyer is None:
             raise NotFound(f"no buyer {who}")
-        return _view(buyer)
+        return view_of(buyer)
 
     return await db.read(work)
 
@@ -191,7 +191,7 @@ async def resolve(db: Database, who: str) -> int:
     return (await find(db, who)).id
 
 
-def _view(buyer: Buyer) -> BuyerView:
+def view_of(buyer: Buyer) -> BuyerView:
     return BuyerView(
         id=buyer.id,
         username=buyer.username,
