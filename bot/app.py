@@ -45,7 +45,15 @@ from bot.ratelimit import RateLimiter
 from bot.settings import OutOfStockPolicy, Settings, TelegramMode
 from bot.stripe_gateway import StripeGateway
 from bot.telegram_api import AiohttpRequest, SendPace
-from handlers import admin, admin_buyers, admin_orders, admin_products, buyer, language
+from handlers import (
+    admin,
+    admin_buyers,
+    admin_orders,
+    admin_products,
+    admin_reports,
+    buyer,
+    language,
+)
 from handlers.api import ApiConfig
 from handlers.context import KeyvendContext, Shop
 from handlers.i18n import language_of, t
@@ -142,7 +150,8 @@ def add_handlers(application: Application) -> None:
             CommandHandler("buy", buyer.buy),
             CommandHandler("orders", buyer.my_orders),
             CommandHandler("help", buyer.help_command),
-            CommandHandler("stats", admin.stats),
+            CommandHandler("stats", admin_reports.stats),
+            CommandHandler("export", admin_reports.export),
             CommandHandler("confirm", admin.confirm),
             CommandHandler("products", admin_products.products),
             CommandHandler("ban", admin_buyers.ban),

@@ -1,4 +1,4 @@
-"""Admin handlers: restock from the chat, sales and stock, settling an order with Stripe.
+"""Admin handlers: restock from the chat, settling an order with Stripe.
 
 Only users in ADMIN_IDS reach these; anyone else gets exactly the answer an unknown command
 gets, and the attempt is logged. Pasted keys are deleted from the admin's chat once stored,
@@ -21,7 +21,7 @@ from handlers import render
 from handlers.buyer import stale_button, unknown
 from handlers.context import KeyvendContext
 from handlers.i18n import language_of, t
-from store import catalogue, inventory, orders, reports
+from store import catalogue, inventory, orders
 from store.errors import NotFound, OrderNotPayable, PaymentUnavailable
 
 log = logging.getLogger(__name__)
@@ -174,16 +174,6 @@ async def cancel(update: Update, context: KeyvendContext) -> int:
     context.user_data.pop("restock_sku", None)
     await _reply(update, t(_language(update), "Restock cancelled."))
     return ConversationHandler.END
-
-
-@admin_only
-async def stats(update: Update, context: KeyvendContext) -> None:
-    """Orders and revenue for today, 7 and 30 days; stock per product with low stock marked."""
-    db = context.shop.db
-    await _reply(
-        update,
-        render.stats(await reports.sales(db), await inventory.stock_levels(db), _language(update)),
-    )
 
 
 @admin_only

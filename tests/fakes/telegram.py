@@ -43,7 +43,14 @@ DEFAULT_TOKEN = "123456:TEST-token-abcdefghijklmnopqrstuvwxyz0123"
 
 # Methods that produce a SentMessage and are subject to rate caps and send faults.
 SEND_METHODS = frozenset(
-    {"sendMessage", "sendDocument", "sendInvoice", "editMessageText", "editMessageCaption"}
+    {
+        "sendMessage",
+        "sendDocument",
+        "sendPhoto",
+        "sendInvoice",
+        "editMessageText",
+        "editMessageCaption",
+    }
 )
 # Methods addressed to a chat, which a user who blocked the bot refuses.
 _CHAT_METHODS = SEND_METHODS | {"editMessageReplyMarkup", "sendChatAction"}
@@ -500,6 +507,7 @@ class FakeTelegram:
             "deleteMessages": self._delete_messages,
             "answerCallbackQuery": self._answer_callback_query,
             "sendDocument": self._send_document,
+            "sendPhoto": self._send_photo,
             "sendInvoice": self._send_invoice,
             "answerPreCheckoutQuery": self._answer_pre_checkout_query,
             "refundStarPayment": self._refund_star_payment,
@@ -1235,7 +1243,14 @@ class FakeTelegram:
         )
         return msg
 
-    async def _send_document(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def _send_photo(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A photo is kept like a document (its bytes under params["document"])."""
+        params["document"] = params.pop("photo", None)
+        return await self._send_document(params, method="sendPhoto")
+
+    async def _send_document(
+        self, params: dict[str, Any], method: str = "sendDocument"
+    ) -> dict[str, Any]:
         chat_id = self._chat_id(params)
         document = params.get("document")
         if isinstance(document, dict) and "content" in document:
@@ -1264,7 +1279,7 @@ class FakeTelegram:
             body["has_protected_content"] = True
         msg = self._bot_message(chat_id, body)
         self._accept(
-            "sendDocument",
+            method,
             chat_id,
             msg["message_id"],
             params.get("caption"),
