@@ -4,17 +4,27 @@ chosen languages and usernames — on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
 
-from store import buyers, catalogue
+from store import buyers, catalogue, lookup, orders, reports
 from store.catalogue import ProductChanges
 from store.crypto import KeyVault
 from store.db import Database
 from store.errors import Blacklisted, InvalidInput
 from store.models import Allocation, AuditEntry, Buyer, Key
-from tests.store.conftest import FakeGateway, invariants_hold, open_order, scalar, stocked
+from tests.store.conftest import (
+    BACKORDER as BACKORDER_POLICY,
+)
+from tests.store.conftest import (
+    FakeGateway,
+    invariants_hold,
+    open_order,
+    scalar,
+    stocked,
+)
 
 
 async def _reserved_ids(db: Database, order_id: int) -> list[int]:
@@ -110,3 +120,48 @@ async def test_a_chosen_language_survives_later_visits_in_another_telegram_langu
     assert await scalar(db, select(Buyer.language).where(Buyer.id == 5)) == "zh"
     assert (await buyers.find(db, "@ALICE_K")).id == 5
     assert await buyers.chosen_language(db, 6) is None
+
+
+async def test_orders_are_found_by_id_buyer_username_and_key_digest(
+    db: Database, vault: KeyVault, gateway: FakeGateway
+) -> None:
+    product = await stocked(db, vault, keys=3)
+    await buyers.remember(db, 41, "en", username="Keen")
+    first = await open_order(db, gateway, product.id, 41)
+    second = await open_order(db, gateway, product.id, 42)
+    held = await _reserved_ids(db, first)
+
+    async def key_digest(session):
+        return await session.scalar(select(Key.digest).where(Key.id == held[0]))
+
+    digest = await db.read(key_digest)
+
+    assert [o.id for o in await lookup.find_orders(db, order_or_buyer=second)] == [second]
+    assert [o.id for o in await lookup.find_orders(db, order_or_buyer=41)] == [first]
+    assert [o.id for o in await lookup.find_orders(db, username="@keen")] == [first]
+    assert [o.id for o in await lookup.find_orders(db, key_digest=digest)] == [first]
+    assert await lookup.find_orders(db, key_digest=vault.digest("GAME-KEY-99999")) == []
+    card = await lookup.order_card(db, first)
+    assert (card.buyer.username, card.keys, card.status) == ("keen", 1, "pending")
+
+
+async def test_daily_revenue_and_the_export_rows(
+    db: Database, vault: KeyVault, gateway: FakeGateway
+) -> None:
+    product = await stocked(db, vault, keys=3)
+    paid = await open_order(db, gateway, product.id, 1, 2)
+    await orders.fulfil(db, gateway.payment(paid), BACKORDER_POLICY)
+    await open_order(db, gateway, product.id, 2)
+    now = datetime.now(UTC)
+
+    days = await reports.daily(db)
+    rows = await reports.orders_between(db, now - timedelta(days=1), now + timedelta(days=1))
+
+    assert [(d.day, d.currency, d.orders, d.revenue_minor) for d in days] == [
+        (now.date(), "usd", 1, 1998)
+    ]
+    assert await reports.daily(db, sku="OTHER") == []
+    assert [(r.id, r.status, r.quantity) for r in rows] == [
+        (paid, "fulfilled", 2),
+        (paid + 1, "pending", 1),
+    ]
