@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import uuid
+import warnings
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -48,7 +49,15 @@ from bot.ratelimit import RateLimiter
 from bot.settings import OutOfStockPolicy, Settings, TelegramMode
 from bot.stripe_gateway import StripeGateway
 from bot.telegram_api import AiohttpRequest, SendPace
-from handlers import admin, buyer
+from handlers import (
+    admin,
+    admin_buyers,
+    admin_orders,
+    admin_products,
+    admin_reports,
+    buyer,
+    language,
+)
 from handlers.api import ApiConfig
 from handlers.context import KeyvendContext, Shop
 from handlers.i18n import language_of, t
@@ -92,7 +101,8 @@ def build_telegram(settings: Settings) -> Application:
 
 def add_handlers(application: Application) -> None:
     """All routing of updates, in one place."""
-    application.add_handler(TypeHandler(Update, buyer.throttle), group=-1)
+    application.add_handler(TypeHandler(Update, buyer.throttle), group=-2)
+    application.add_handler(TypeHandler(Update, language.load_language), group=-1)
     application.add_handler(
         ConversationHandler(
             entry_points=[CommandHandler("restock", admin.restock)],
@@ -106,15 +116,67 @@ def add_handlers(application: Application) -> None:
             conversation_timeout=600,
         )
     )
+    typed = filters.TEXT & ~filters.COMMAND
+    with warnings.catch_warnings():
+        # PTB warns that a button starting a conversation is tracked per chat, not per
+        # message: per chat is what is meant (the admin types the value into the chat).
+        warnings.filterwarnings("ignore", message=".*per_message.*")
+        edit_product = ConversationHandler(
+            entry_points=[
+                CallbackQueryHandler(
+                    admin_products.edit_field, pattern=r"^ae:\d{1,9}:\w{1,8}:\w{0,8}$"
+                )
+            ],
+            states={
+                admin_products.AWAITING_VALUE: [MessageHandler(typed, admin_products.receive_value)]
+            },
+            fallbacks=[CommandHandler("cancel", admin_products.cancel)],
+            conversation_timeout=600,
+        )
+        new_product = ConversationHandler(
+            entry_points=[CommandHandler("newproduct", admin_products.new_product)],
+            states={
+                admin_products.NEW_SKU: [MessageHandler(typed, admin_products.new_sku)],
+                admin_products.NEW_NAME: [MessageHandler(typed, admin_products.new_name)],
+                admin_products.NEW_PRICE: [MessageHandler(typed, admin_products.new_price)],
+                admin_products.NEW_KIND: [
+                    CallbackQueryHandler(admin_products.new_kind, pattern=r"^nk:\w{1,8}$")
+                ],
+                admin_products.NEW_TEMPLATE: [
+                    MessageHandler(typed | filters.Regex(r"^/skip"), admin_products.new_template)
+                ],
+            },
+            fallbacks=[CommandHandler("cancel", admin_products.cancel)],
+            conversation_timeout=600,
+        )
     application.add_handlers(
         [
             CommandHandler("start", buyer.start),
             CommandHandler("buy", buyer.buy),
             CommandHandler("orders", buyer.my_orders),
             CommandHandler("help", buyer.help_command),
-            CommandHandler("stats", admin.stats),
+            CommandHandler("stats", admin_reports.stats),
+            CommandHandler("export", admin_reports.export),
             CommandHandler("confirm", admin.confirm),
+            CommandHandler("products", admin_products.products),
+            CommandHandler("ban", admin_buyers.ban),
+            CommandHandler("unban", admin_buyers.unban),
+            CommandHandler("banned", admin_buyers.banned),
+            CommandHandler("audit", admin_buyers.show_audit),
+            CommandHandler("order", admin_orders.order),
+            CommandHandler("find", admin_orders.find),
+            CommandHandler("language", language.language),
             CallbackQueryHandler(buyer.show_catalogue, pattern=r"^cat$"),
+            # After the catalogue button, which a button without data has always reached.
+            edit_product,
+            new_product,
+            CallbackQueryHandler(language.choose, pattern=r"^lang:\w{1,8}$"),
+            CallbackQueryHandler(admin_products.show_products, pattern=r"^apl$"),
+            CallbackQueryHandler(admin_products.show_product, pattern=r"^ap:\d{1,9}$"),
+            CallbackQueryHandler(admin_orders.open_order, pattern=r"^ao:\d{1,9}$"),
+            CallbackQueryHandler(admin_orders.resend_keys, pattern=r"^ar:\d{1,9}$"),
+            CallbackQueryHandler(admin_orders.ban_buyer, pattern=r"^ab:\d{1,9}$"),
+            CallbackQueryHandler(buyer.show_category, pattern=r"^cg:\d{1,3}:\d{1,4}$"),
             CallbackQueryHandler(buyer.show_product, pattern=r"^p:\d{1,9}:\d{1,3}$"),
             CallbackQueryHandler(buyer.pay, pattern=r"^pay:\d{1,9}:\d{1,3}$"),
             CallbackQueryHandler(buyer.my_orders, pattern=r"^ords$"),

@@ -21,13 +21,14 @@ from bot import logs
 from bot.keyfile import encryption_key
 from bot.migrate import migrate
 from bot.settings import ConfigError, Settings, load_settings
+from handlers.i18n import LANGUAGES
 from store import catalogue, clients, inventory, reports
 from store.catalogue import ProductChanges
 from store.check import check
 from store.crypto import KeyVault, KeyVaultError
 from store.db import Database
 from store.errors import DatabaseUnavailable, StoreError
-from store.models import ProductKind
+from store.models import Allocation, ProductKind
 from store.money import to_major
 
 _SETUP_HINT = (
@@ -138,6 +139,8 @@ async def cmd_product_add(settings: Settings, args: argparse.Namespace) -> int:
             max_per_buyer=args.max_per_buyer,
             low_stock_threshold=args.low_stock,
             delivery_template=args.template or "",
+            category=args.category or "",
+            allocation=Allocation(args.allocation),
         )
         print(f"added {product.sku}: {product.name}, {_price(product)}")
         return 0
@@ -157,6 +160,8 @@ async def cmd_product_edit(settings: Settings, args: argparse.Namespace) -> int:
         delivery_template=args.template,
         active=args.active,
         language=args.lang,
+        category=args.category,
+        allocation=Allocation(args.allocation) if args.allocation else None,
     )
     if changes == ProductChanges(language=args.lang):
         raise Failure(
@@ -389,12 +394,16 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--max-per-buyer", type=int)
     add.add_argument("--low-stock", type=int, default=5, help="alert when stock falls to this")
     add.add_argument("--template", help="how to redeem; may use {key}, {order}, {product}")
+    add.add_argument("--category", help="buyers see products grouped by category")
+    add.add_argument(
+        "--allocation", choices=[a.value for a in Allocation], default=Allocation.OLDEST.value
+    )
     add.set_defaults(command=cmd_product_add)
 
     edit = product.add_parser("edit", help="change a product")
     edit.add_argument("sku")
     edit.add_argument(
-        "--lang", choices=["en", "zh"], help="--name/--description set this language's text"
+        "--lang", choices=LANGUAGES, help="--name/--description set this language's text"
     )
     edit.add_argument("--name")
     edit.add_argument("--description")
@@ -404,6 +413,8 @@ def _parser() -> argparse.ArgumentParser:
     edit.add_argument("--max-per-buyer", type=int, help="0 removes the limit")
     edit.add_argument("--low-stock", type=int)
     edit.add_argument("--template")
+    edit.add_argument("--category", help='"" removes the category')
+    edit.add_argument("--allocation", choices=[a.value for a in Allocation])
     sale = edit.add_mutually_exclusive_group()
     sale.add_argument(
         "--active", dest="active", action="store_true", default=None, help="put on sale"

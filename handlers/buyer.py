@@ -18,7 +18,7 @@ from telegram.ext import ApplicationHandlerStop
 
 from handlers import render
 from handlers.context import KeyvendContext
-from handlers.i18n import language_of, t
+from handlers.i18n import t, user_language
 from store import buyers, catalogue, orders
 from store.errors import (
     Blacklisted,
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 def _language(update: Update) -> str:
     user = update.effective_user
-    return language_of(user.language_code if user else None)
+    return user_language(user.language_code if user else None)
 
 
 async def _show(update: Update, screen: render.Screen, *, edit: bool = False) -> None:
@@ -102,7 +102,8 @@ def _try_again(retry_at: datetime, language: str) -> str:
 async def start(update: Update, context: KeyvendContext) -> None:
     """Show the catalogue, or open a product (`buy_SKU`) or an order (`paid_ID`) from a link."""
     language = _language(update)
-    await buyers.remember(context.shop.db, update.effective_user.id, language)
+    user = update.effective_user
+    await buyers.remember(context.shop.db, user.id, language, username=user.username)
     payload = context.args[0] if context.args else ""
     if payload.startswith("buy_"):
         await _open_product(update, context, sku=payload.removeprefix("buy_"), quantity=1)
@@ -127,6 +128,15 @@ async def show_catalogue(update: Update, context: KeyvendContext) -> None:
         render.catalogue(await catalogue.list_products(context.shop.db), language),
         edit=True,
     )
+
+
+async def show_category(update: Update, context: KeyvendContext) -> None:
+    """Replace the pressed message with a page of one category (`cg:<category>:<page>`)."""
+    await update.callback_query.answer()
+    _, group, page = update.callback_query.data.split(":")
+    language = _language(update)
+    products = await catalogue.list_products(context.shop.db)
+    await _show(update, render.catalogue(products, language, int(group), int(page)), edit=True)
 
 
 async def buy(update: Update, context: KeyvendContext) -> None:

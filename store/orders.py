@@ -964,11 +964,17 @@ async def buyer_order(db: Database, order_id: int, buyer_id: int, language: str)
 
 
 async def show_keys_again(
-    db: Database, order_id: int, buyer_id: int, *, now: datetime | None = None
+    db: Database,
+    order_id: int,
+    buyer_id: int,
+    *,
+    now: datetime | None = None,
+    admin_id: int | None = None,
 ) -> int:
     """Queue the order's keys to be shown to its buyer once more; return the delivery id.
 
     A request while one is already queued returns that one instead of queueing another.
+    An admin's request (`admin_id`, resending from the order card) is audited.
     """
 
     async def work(session: AsyncSession) -> int:
@@ -987,6 +993,8 @@ async def show_keys_again(
                 Delivery.status == DeliveryStatus.QUEUED,
             )
         )
+        if admin_id is not None:
+            session.add(audit(admin_id, "order.resend_keys", str(order_id)))
         if queued is not None:
             return queued
         delivery = allocation.delivery(order, DeliveryKind.RESHOW, now or datetime.now(UTC))
