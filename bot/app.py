@@ -1,6 +1,8 @@
 """The composition root: builds every part of keyvend from Settings and runs them in one loop.
 
-`serve()` migrates the database, then runs together, until told to stop: the Telegram
+`serve()` migrates the database, checks what it depends on (Redis when configured, the HTTP
+port, then the Bot API, local things first) and turns each failure into a one-line
+`ConfigError`, then runs together, until told to stop: the Telegram
 application (polling, or webhook updates fed by the aiohttp server), the aiohttp server
 (Stripe webhook, Telegram webhook, /healthz, /metrics), the delivery worker, the admin
 notifier, reconciliation with Stripe, and the removal of expired key messages. Nothing is
@@ -10,16 +12,19 @@ created at import time; everything hangs off the objects built here.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
 import socket
 import uuid
+import warnings
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from telegram import Update
-from telegram.error import InvalidToken, NetworkError
+from telegram.error import InvalidToken, NetworkError, TelegramError
 from telegram.ext import (
     Application,
     ApplicationBuilder,
@@ -46,7 +51,16 @@ from bot.settings import OutOfStockPolicy, Settings, TelegramMode
 from bot.stars_gateway import StarsGateway
 from bot.stripe_gateway import StripeGateway
 from bot.telegram_api import AiohttpRequest, SendPace
-from handlers import admin, buyer, stars
+from handlers import (
+    admin,
+    admin_buyers,
+    admin_orders,
+    admin_products,
+    admin_reports,
+    buyer,
+    language,
+    stars,
+)
 from handlers.api import ApiConfig
 from handlers.context import KeyvendContext, Shop
 from handlers.i18n import language_of, t
@@ -58,6 +72,7 @@ from store.orders import OutOfStockPolicy as StockPolicy
 log = logging.getLogger(__name__)
 
 _EXPIRY_INTERVAL = 10.0
+_TELEGRAM = Settings.model_fields["telegram_api_url"].default
 
 
 def telegram_secret(settings: Settings) -> str:
@@ -89,7 +104,8 @@ def build_telegram(settings: Settings) -> Application:
 
 def add_handlers(application: Application) -> None:
     """All routing of updates, in one place."""
-    application.add_handler(TypeHandler(Update, buyer.throttle), group=-1)
+    application.add_handler(TypeHandler(Update, buyer.throttle), group=-2)
+    application.add_handler(TypeHandler(Update, language.load_language), group=-1)
     application.add_handler(
         ConversationHandler(
             entry_points=[CommandHandler("restock", admin.restock)],
@@ -103,6 +119,39 @@ def add_handlers(application: Application) -> None:
             conversation_timeout=600,
         )
     )
+    typed = filters.TEXT & ~filters.COMMAND
+    with warnings.catch_warnings():
+        # PTB warns that a button starting a conversation is tracked per chat, not per
+        # message: per chat is what is meant (the admin types the value into the chat).
+        warnings.filterwarnings("ignore", message=".*per_message.*")
+        edit_product = ConversationHandler(
+            entry_points=[
+                CallbackQueryHandler(
+                    admin_products.edit_field, pattern=r"^ae:\d{1,9}:\w{1,8}:\w{0,8}$"
+                )
+            ],
+            states={
+                admin_products.AWAITING_VALUE: [MessageHandler(typed, admin_products.receive_value)]
+            },
+            fallbacks=[CommandHandler("cancel", admin_products.cancel)],
+            conversation_timeout=600,
+        )
+        new_product = ConversationHandler(
+            entry_points=[CommandHandler("newproduct", admin_products.new_product)],
+            states={
+                admin_products.NEW_SKU: [MessageHandler(typed, admin_products.new_sku)],
+                admin_products.NEW_NAME: [MessageHandler(typed, admin_products.new_name)],
+                admin_products.NEW_PRICE: [MessageHandler(typed, admin_products.new_price)],
+                admin_products.NEW_KIND: [
+                    CallbackQueryHandler(admin_products.new_kind, pattern=r"^nk:\w{1,8}$")
+                ],
+                admin_products.NEW_TEMPLATE: [
+                    MessageHandler(typed | filters.Regex(r"^/skip"), admin_products.new_template)
+                ],
+            },
+            fallbacks=[CommandHandler("cancel", admin_products.cancel)],
+            conversation_timeout=600,
+        )
     application.add_handlers(
         [
             CommandHandler("start", buyer.start),
@@ -112,12 +161,31 @@ def add_handlers(application: Application) -> None:
             CommandHandler("subscriptions", buyer.my_subscriptions),
             CommandHandler("paysupport", buyer.paysupport),
             CommandHandler("terms", buyer.terms),
-            CommandHandler("stats", admin.stats),
+            CommandHandler("stats", admin_reports.stats),
+            CommandHandler("export", admin_reports.export),
             CommandHandler("confirm", admin.confirm),
+            CommandHandler("products", admin_products.products),
+            CommandHandler("ban", admin_buyers.ban),
+            CommandHandler("unban", admin_buyers.unban),
+            CommandHandler("banned", admin_buyers.banned),
+            CommandHandler("audit", admin_buyers.show_audit),
+            CommandHandler("order", admin_orders.order),
+            CommandHandler("find", admin_orders.find),
+            CommandHandler("language", language.language),
             CommandHandler("refund", admin.refund),
             PreCheckoutQueryHandler(stars.pre_checkout),
             MessageHandler(filters.SUCCESSFUL_PAYMENT, stars.successful_payment),
             CallbackQueryHandler(buyer.show_catalogue, pattern=r"^cat$"),
+            # After the catalogue button, which a button without data has always reached.
+            edit_product,
+            new_product,
+            CallbackQueryHandler(language.choose, pattern=r"^lang:\w{1,8}$"),
+            CallbackQueryHandler(admin_products.show_products, pattern=r"^apl$"),
+            CallbackQueryHandler(admin_products.show_product, pattern=r"^ap:\d{1,9}$"),
+            CallbackQueryHandler(admin_orders.open_order, pattern=r"^ao:\d{1,9}$"),
+            CallbackQueryHandler(admin_orders.resend_keys, pattern=r"^ar:\d{1,9}$"),
+            CallbackQueryHandler(admin_orders.ban_buyer, pattern=r"^ab:\d{1,9}$"),
+            CallbackQueryHandler(buyer.show_category, pattern=r"^cg:\d{1,3}:\d{1,4}$"),
             CallbackQueryHandler(buyer.show_product, pattern=r"^p:\d{1,9}:\d{1,3}$"),
             CallbackQueryHandler(buyer.pay, pattern=r"^pay:\d{1,9}:\d{1,3}(:[a-z]{1,16})?$"),
             CallbackQueryHandler(buyer.my_orders, pattern=r"^ords$"),
@@ -161,6 +229,7 @@ class Parts:
     metrics: Metrics
     web: web.Application
     client_outbox: ClientOutboxWorker
+    stripe: StripeGateway | None = None
 
 
 def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
@@ -195,7 +264,10 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
         vault=vault,
         admin_ids=settings.admin_ids,
         checkout_policy=CheckoutPolicy(
-            max_unpaid=settings.max_unpaid_orders, ttl=settings.checkout_ttl
+            max_unpaid=settings.max_unpaid_orders,
+            ttl=settings.checkout_ttl,
+            hold_max_units=settings.hold_max_units,
+            hold_max_share=settings.hold_max_share,
         ),
         stock_policy=StockPolicy(
             backorder=settings.out_of_stock_policy is OutOfStockPolicy.BACKORDER
@@ -247,7 +319,17 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
         api_config=api_config,
     )
     return Parts(
-        settings, db, shop, application, worker, notifier, limiter, metrics, server, client_worker
+        settings,
+        db,
+        shop,
+        application,
+        worker,
+        notifier,
+        limiter,
+        metrics,
+        server,
+        client_worker,
+        stripe,
     )
 
 
@@ -255,33 +337,75 @@ async def serve(
     settings: Settings, stop: asyncio.Event, *, started: asyncio.Future[Parts] | None = None
 ) -> None:
     """Run the shop until `stop` is set; `started` gets the running parts once it is up."""
-    vault = KeyVault(encryption_key(settings))
     db = Database(settings.database_url)
     try:
+        # The database first: its key file is written beside it only once it opens.
         await migrate(db)
-        parts = assemble(settings, db, vault)
+        parts = assemble(settings, db, KeyVault(encryption_key(settings)))
         await _run(parts, stop, started)
     finally:
         await db.dispose()
 
 
-async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Future[Parts] | None) -> None:
-    settings, application, shop = parts.settings, parts.telegram, parts.shop
+async def _check_redis(settings: Settings, limiter: RateLimiter) -> None:
+    # Down while running, limits fail open; down at start, it is a wrong address or a Redis
+    # never started, and running on without the limits the operator asked for hides that.
+    if limiter.shared and not await limiter.ping():
+        address = urlsplit(settings.redis_url)  # host and port only: the URL may hold a password
+        raise ConfigError(
+            f"Redis does not answer at {address.hostname}:{address.port or 6379} (REDIS_URL): "
+            "start it, or leave REDIS_URL empty to keep rate limits in this process"
+        )
+
+
+async def _listen(runner: web.AppRunner, settings: Settings) -> None:
+    where = f"{settings.http_host}:{settings.http_port}"
+    try:
+        await web.TCPSite(runner, settings.http_host, settings.http_port).start()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"cannot listen on {where}: the port is in use by another program; "
+                "stop it or set HTTP_PORT to a free port"
+            ) from None
+        raise ConfigError(
+            f"cannot listen on {where} ({exc.strerror or exc}): check HTTP_HOST and HTTP_PORT"
+        ) from None
+
+
+async def _start_telegram(application: Application, settings: Settings) -> None:
+    where = settings.telegram_api_url
     try:
         await application.initialize()
     except InvalidToken:
-        raise ConfigError("Telegram rejected BOT_TOKEN: copy it again from @BotFather") from None
+        # PTB's own message quotes the token. A server that is not a Bot API answers 404,
+        # which PTB reports the same way.
+        elsewhere = "" if where == _TELEGRAM else f", or {where} is not a Bot API server"
+        raise ConfigError(
+            f"Telegram rejected BOT_TOKEN: copy it again from @BotFather{elsewhere}"
+        ) from None
     except NetworkError as exc:
         raise ConfigError(
-            f"cannot reach the Telegram Bot API at {settings.telegram_api_url}: {exc}"
+            f"cannot reach the Telegram Bot API at {where} ({exc.message}): "
+            "check TELEGRAM_API_URL and the network"
         ) from None
+    except TelegramError as exc:
+        raise ConfigError(
+            f"the Telegram Bot API at {where} refused getMe ({exc.message}): "
+            "check TELEGRAM_API_URL and BOT_TOKEN"
+        ) from None
+    await application.start()
+
+
+async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Future[Parts] | None) -> None:
+    settings, application, shop = parts.settings, parts.telegram, parts.shop
     runner = web.AppRunner(parts.web, access_log=None)
-    await runner.setup()
     tasks: list[asyncio.Task[None]] = []
     try:
-        site = web.TCPSite(runner, settings.http_host, settings.http_port)
-        await site.start()
-        await application.start()
+        await _check_redis(settings, parts.limiter)
+        await runner.setup()
+        await _listen(runner, settings)
+        await _start_telegram(application, settings)
         if settings.telegram_mode is TelegramMode.WEBHOOK:
             await application.bot.set_webhook(
                 f"{settings.public_url.rstrip('/')}/telegram/webhook",
@@ -304,6 +428,7 @@ async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Future[Parts]
                     stop,
                     wake=refunds_due,
                     name="reconciliation",
+                    sooner=lambda longest: jobs.seconds_to_next_check(shop, longest),
                 ),
                 name="reconciliation",
             ),
@@ -330,7 +455,8 @@ async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Future[Parts]
         await stop.wait()
     finally:
         stop.set()
-        log.info("keyvend is stopping")
+        if tasks:  # it ran: say so; a failed start says why in one line, from its ConfigError
+            log.info("keyvend is stopping")
         if application.updater is not None and application.updater.running:
             await application.updater.stop()
         if tasks:
@@ -338,4 +464,9 @@ async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Future[Parts]
         if application.running:
             await application.stop()
         await application.shutdown()
+        # A failed initialize leaves the bot's HTTP sessions open and the application
+        # "not initialized", so its shutdown skips them; the bot's own closes them.
+        await application.bot.shutdown()
+        if parts.stripe is not None:
+            await parts.stripe.close()
         await runner.cleanup()

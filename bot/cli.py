@@ -1,24 +1,27 @@
 """The `keyvend` command line: run the shop, migrate, manage products and keys, check.
 
 Every command reads the same Settings as the bot. On bad input a command prints one line
-saying what is wrong to stderr and exits non-zero; it never prints a key.
+saying what is wrong to stderr and exits non-zero; it never prints a key. The one place that
+turns errors into that line is `main()`: 2 when keyvend cannot start with these settings (a
+`ConfigError`, or a database it cannot open), 1 when the command itself failed; a secret
+setting's value is blanked out of the line whatever raised it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from bot import logs
-from bot.keyfile import ConfigError, encryption_key
+from bot.keyfile import encryption_key
 from bot.migrate import migrate
-from bot.settings import Settings
+from bot.settings import ConfigError, Settings, load_settings
+from handlers.i18n import LANGUAGES
 from handlers.stars_invoice import MAX_STARS, MAX_SUBSCRIPTION_STARS
 from handlers.stars_invoice import PROVIDER as STARS_PROVIDER
 from store import catalogue, clients, inventory, reports
@@ -26,8 +29,8 @@ from store.catalogue import ProductChanges
 from store.check import check
 from store.crypto import KeyVault, KeyVaultError
 from store.db import Database
-from store.errors import StoreError
-from store.models import Period, ProductKind
+from store.errors import DatabaseUnavailable, StoreError
+from store.models import Allocation, Period, ProductKind
 from store.money import STARS, to_major
 
 _SETUP_HINT = (
@@ -46,21 +49,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "command"):
         parser.print_help()
         return 2
+    secrets: list[str] = []
     try:
-        settings = Settings()
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        field = str(error["loc"][0]).upper() if error["loc"] else "settings"
-        print(f"keyvend: {field}: {error['msg']}", file=sys.stderr)
-        return 2
-    logs.configure(settings.log_level, settings.secrets())
-    try:
+        settings = load_settings()
+        secrets = settings.secrets()
+        logs.configure(settings.log_level, secrets)
         return _run(args.command(settings, args))
-    except (Failure, ConfigError, StoreError, KeyVaultError) as exc:
-        print(f"keyvend: {exc}", file=sys.stderr)
+    except (ConfigError, DatabaseUnavailable) as exc:
+        _explain(exc, secrets)
+        return 2
+    except (Failure, StoreError, KeyVaultError) as exc:
+        _explain(exc, secrets)
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        # A bug, not a mistake in the settings: the traceback goes through the log handler,
+        # which scrubs the secrets a raw traceback could carry (URLs holding the bot token).
+        logging.getLogger(__name__).critical(
+            "keyvend stopped on an unexpected error", exc_info=True
+        )
+        return 1
+
+
+def _explain(exc: Exception, secrets: Sequence[str]) -> None:
+    """Print why the command failed, as one line without any secret's value."""
+    reason = " ".join(str(exc).split())
+    for secret in secrets:
+        reason = reason.replace(secret, "***")
+    print(f"keyvend: {reason}", file=sys.stderr)
 
 
 def _run(work: Awaitable[int | None]) -> int:
@@ -89,7 +106,7 @@ async def _with_db(
 async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     if settings.bot_token is None:
         env = ".env found" if Path(".env").exists() else "no .env here yet: cp .env.example .env"
-        raise Failure(_SETUP_HINT.format(env=env))
+        raise ConfigError(_SETUP_HINT.format(env=env))
     from bot.app import serve  # the bot's libraries load only for `run`: other commands start fast
 
     stop = asyncio.Event()
@@ -126,6 +143,8 @@ async def cmd_product_add(settings: Settings, args: argparse.Namespace) -> int:
             delivery_template=args.template or "",
             prices=_provider_prices(args),
             every=args.every,
+            category=args.category or "",
+            allocation=Allocation(args.allocation),
         )
         print(f"added {product.sku}: {product.name}, {_price(product)}")
         return 0
@@ -146,6 +165,8 @@ async def cmd_product_edit(settings: Settings, args: argparse.Namespace) -> int:
         active=args.active,
         language=args.lang,
         prices=_provider_prices(args, remove_with_zero=True),
+        category=args.category,
+        allocation=Allocation(args.allocation) if args.allocation else None,
     )
     if changes == ProductChanges(language=args.lang):
         raise Failure(
@@ -400,12 +421,16 @@ def _parser() -> argparse.ArgumentParser:
         choices=[p.value for p in Period],
         help="a subscription: paid every period, a new key each time",
     )
+    add.add_argument("--category", help="buyers see products grouped by category")
+    add.add_argument(
+        "--allocation", choices=[a.value for a in Allocation], default=Allocation.OLDEST.value
+    )
     add.set_defaults(command=cmd_product_add)
 
     edit = product.add_parser("edit", help="change a product")
     edit.add_argument("sku")
     edit.add_argument(
-        "--lang", choices=["en", "zh"], help="--name/--description set this language's text"
+        "--lang", choices=LANGUAGES, help="--name/--description set this language's text"
     )
     edit.add_argument("--name")
     edit.add_argument("--description")
@@ -416,6 +441,8 @@ def _parser() -> argparse.ArgumentParser:
     edit.add_argument("--low-stock", type=int)
     edit.add_argument("--template")
     edit.add_argument("--stars", type=int, help="price in Telegram Stars; 0: not sold for Stars")
+    edit.add_argument("--category", help='"" removes the category')
+    edit.add_argument("--allocation", choices=[a.value for a in Allocation])
     sale = edit.add_mutually_exclusive_group()
     sale.add_argument(
         "--active", dest="active", action="store_true", default=None, help="put on sale"

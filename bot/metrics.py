@@ -17,6 +17,10 @@ _COUNTERS = {
         ("type", "outcome"),
     ),
     "keyvend_webhook_rejected_total": ("Stripe webhook requests rejected, by reason", ("reason",)),
+    "keyvend_webhook_ignored_total": (
+        "Signed Stripe events ignored: no such order, or not its own checkout or payment",
+        ("reason",),
+    ),
     "keyvend_deliveries_total": ("Delivery attempts, by outcome", ("outcome",)),
     "keyvend_telegram_retry_after_total": ("Telegram 429 answers seen by the delivery worker", ()),
     "keyvend_ratelimit_fail_open_total": ("Rate-limit checks allowed because storage was down", ()),

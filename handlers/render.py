@@ -33,6 +33,11 @@ _LOCALE = {"en": "en_US", "zh": "zh_CN"}
 
 CATALOGUE = "cat"
 ORDERS = "ords"
+CATALOGUE_PAGE = 8  # products per page of the buyer's catalogue
+
+
+def category_data(group: int, page: int = 0) -> str:
+    return f"cg:{group}:{page}"
 
 
 def product_data(product_id: int, quantity: int = 1) -> str:
@@ -106,11 +111,37 @@ class Screen:
 # ---------------------------------------------------------------- buyer screens
 
 
-def catalogue(products: list[ProductView], language: str) -> Screen:
+def catalogue(
+    products: list[ProductView], language: str, group: int | None = None, page: int = 0
+) -> Screen:
+    """The buyer's catalogue: the categories, or one category's products a page at a time.
+
+    A shop without categories (or with one) goes straight to its products. `group` indexes
+    the sorted categories, uncategorised products last; a stale index shows the categories.
+    """
     if not products:
         return Screen(t(language, "Nothing is on sale right now. Please check back later."))
+    groups = sorted({p.category for p in products}, key=lambda c: (c == "", c))
+    other = t(language, "Other")
+    if group is None and len(groups) > 1:
+        rows = [
+            [
+                InlineKeyboardButton(
+                    f"{name or other} ({count})",
+                    callback_data=category_data(i),
+                )
+            ]
+            for i, name in enumerate(groups)
+            for count in [sum(p.category == name for p in products)]
+        ]
+        return Screen(t(language, "Pick a category:"), InlineKeyboardMarkup(rows))
+    if group is None or not 0 <= group < len(groups):
+        group = 0
+    shown = [p for p in products if p.category == groups[group]]
+    pages = max(1, -(-len(shown) // CATALOGUE_PAGE))
+    page = min(max(page, 0), pages - 1)
     rows = []
-    for p in products:
+    for p in shown[page * CATALOGUE_PAGE : (page + 1) * CATALOGUE_PAGE]:
         price = money(p.price_minor, p.currency, language)
         stock = (
             t(language, "sold out") if p.stock == 0 else t(language, "{n} left", n=_stock(p.stock))
@@ -122,7 +153,23 @@ def catalogue(products: list[ProductView], language: str) -> Screen:
                 )
             ]
         )
-    return Screen(t(language, "Pick a product:"), InlineKeyboardMarkup(rows))
+    turns = []
+    if page > 0:
+        turns.append(InlineKeyboardButton("‹", callback_data=category_data(group, page - 1)))
+    if pages > 1:
+        turns.append(
+            InlineKeyboardButton(f"{page + 1}/{pages}", callback_data=category_data(group, page))
+        )
+    if page < pages - 1:
+        turns.append(InlineKeyboardButton("›", callback_data=category_data(group, page + 1)))
+    if turns:
+        rows.append(turns)
+    if len(groups) > 1:
+        rows.append([InlineKeyboardButton(t(language, "« Categories"), callback_data=CATALOGUE)])
+    title = t(language, "Pick a product:")
+    if len(groups) > 1:
+        title = f"<b>{_e(groups[group]) or other}</b>\n{title}"
+    return Screen(title, InlineKeyboardMarkup(rows))
 
 
 def _stock(stock: int) -> str:

@@ -15,7 +15,7 @@ import logging
 from telegram import Update
 
 from handlers.context import KeyvendContext
-from handlers.i18n import language_of, t
+from handlers.i18n import t, user_language
 from handlers.stars_invoice import PROVIDER, order_of_payload, payment
 from store import orders
 from store.money import STARS
@@ -40,7 +40,7 @@ def _refusal(reason: NotPayable, language: str) -> str:
 async def pre_checkout(update: Update, context: KeyvendContext) -> None:
     """Say yes to a Stars payment only if its order can still be filled as invoiced."""
     query = update.pre_checkout_query
-    language = language_of(query.from_user.language_code)
+    language = user_language(query.from_user.language_code)
     order_id = order_of_payload(query.invoice_payload)
     reason: NotPayable | None = NotPayable.UNKNOWN
     if order_id is not None and query.currency.lower() == STARS:

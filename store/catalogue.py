@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from store.audit import audit
 from store.db import Database
 from store.errors import InvalidInput, NotFound
-from store.models import Key, KeyStatus, Period, Product, ProductKind, translated
+from store.models import Allocation, Key, KeyStatus, Period, Product, ProductKind, translated
 from store.money import MAX_AMOUNT, check_currency, to_minor
 
 # Buyers see exact stock up to this many; counting further would cost a scan per view.
@@ -22,7 +22,8 @@ STOCK_DISPLAY_CAP = 1000
 _SKU = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _PLACEHOLDERS = re.compile(r"\{(\w+)\}")
 TEMPLATE_FIELDS = frozenset({"key", "order", "product"})
-LANGUAGES = ("en", "zh")
+# Which languages exist is the edge's to say (handlers/i18n.py); the store keeps any code.
+_LANGUAGE = re.compile(r"^[a-z]{2,8}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,8 @@ class ProductView:
     translations: dict[str, dict[str, str]] = field(default_factory=dict)
     prices: dict[str, dict[str, Any]] = field(default_factory=dict)  # see Product.prices
     every: str | None = None  # a subscription product's period
+    category: str = ""
+    allocation: str = Allocation.OLDEST
 
     def name_in(self, language: str) -> str:
         return translated(self.translations, language, "name", self.name)
@@ -107,6 +110,8 @@ class ProductChanges:
     language: str | None = None  # name/description apply to this language's translation
     # A provider's own price: (amount, currency) sets it, None takes the product off it.
     prices: dict[str, tuple[int, str] | None] | None = None
+    category: str | None = None  # "" removes the category
+    allocation: Allocation | None = None
 
 
 def check_sku(sku: str) -> str:
@@ -115,6 +120,13 @@ def check_sku(sku: str) -> str:
             "SKU must be 1-64 letters, digits, '-' or '_', starting with a letter or digit"
         )
     return sku
+
+
+def check_category(category: str) -> str:
+    category = " ".join(category.split())
+    if len(category) > 64:
+        raise InvalidInput("a category name is at most 64 characters")
+    return category
 
 
 def check_template(template: str) -> str:
@@ -142,6 +154,8 @@ async def add_product(
     delivery_template: str = "",
     prices: dict[str, tuple[int, str]] | None = None,
     every: str | None = None,
+    category: str = "",
+    allocation: Allocation = Allocation.OLDEST,
     admin_id: int | None = None,
 ) -> ProductView:
     """Put a new product in the catalogue; `prices` are providers' own, {name: (amount, cur)}."""
@@ -165,6 +179,8 @@ async def add_product(
         delivery_template=check_template(delivery_template),
         active=True,
         created_at=datetime.now(UTC),
+        category=check_category(category),
+        allocation=Allocation(allocation),
     )
 
     async def work(session: AsyncSession) -> ProductView:
@@ -182,7 +198,8 @@ async def add_product(
 async def edit_product(
     db: Database, sku: str, changes: ProductChanges, *, admin_id: int | None = None
 ) -> ProductView:
-    """Change a product's name, price, limits, template or whether it is on sale."""
+    """Change a product's name, price, limits, template, category, allocation or whether it
+    is on sale."""
 
     async def work(session: AsyncSession) -> ProductView:
         product = await _by_sku(session, sku)
@@ -193,8 +210,8 @@ async def edit_product(
             product.price_minor = to_minor(changes.price, currency)
             product.currency = currency
         lang = changes.language
-        if lang and lang not in LANGUAGES:
-            raise InvalidInput(f"language must be one of {', '.join(LANGUAGES)}")
+        if lang and not _LANGUAGE.match(lang):
+            raise InvalidInput("language must be a language code such as en or zh")
         if lang and lang != "en":
             translations = {k: dict(v) for k, v in product.translations.items()}
             entry = translations.setdefault(lang, {})
@@ -223,6 +240,10 @@ async def edit_product(
             product.active = changes.active
         if changes.prices:
             product.prices = _with_prices(product.prices, changes.prices)
+        if changes.category is not None:
+            product.category = check_category(changes.category)
+        if changes.allocation is not None:
+            product.allocation = Allocation(changes.allocation)
         session.add(audit(admin_id, "product.edit", sku))
         return _view(product, stock=await _stock(session, product))
 
@@ -306,6 +327,8 @@ def _view(product: Product, *, stock: int) -> ProductView:
         translations=_translations(product.translations),
         prices={name: dict(entry) for name, entry in (product.prices or {}).items()},
         every=product.every,
+        category=product.category,
+        allocation=product.allocation,
     )
 
 

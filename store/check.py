@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from store.db import Database
@@ -116,7 +116,9 @@ async def _fulfilled_orders_hold_their_keys(session: AsyncSession) -> Finding:
         .where(
             Order.status.in_(_HOLDS_SOLD),
             Product.kind == ProductKind.UNIQUE,
-            func.coalesce(sold.c.n, 0) != Order.quantity,
+            # An order disputed before its payment was applied was never given keys.
+            func.coalesce(sold.c.n, 0)
+            != case((Order.fulfilled_at.is_(None), 0), else_=Order.quantity),
         )
         .order_by(Order.id)
     )

@@ -58,6 +58,11 @@ class ProductKind(StrEnum):
     SHARED = "shared"  # one code every buyer receives (a course password, say)
 
 
+class Allocation(StrEnum):
+    OLDEST = "oldest"  # keys are sold in the order they were imported
+    RANDOM = "random"  # any available key: a buyer cannot predict the next from the last
+
+
 class KeyStatus(StrEnum):
     AVAILABLE = "available"
     RESERVED = "reserved"
@@ -135,7 +140,11 @@ class Buyer(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     language: Mapped[str] = mapped_column(String(8), default="en")
+    # Set by /language: from then on the buyer's Telegram language no longer overrides it.
+    language_chosen: Mapped[bool] = mapped_column(Boolean, default=False)
+    username: Mapped[str | None] = mapped_column(String(64), index=True, default=None)
     blacklisted: Mapped[bool] = mapped_column(Boolean, default=False)
+    ban_reason: Mapped[str | None] = mapped_column(Text, default=None)
     first_seen: Mapped[datetime]
     last_seen: Mapped[datetime]
 
@@ -163,6 +172,8 @@ class Product(Base):
     delivery_template: Mapped[str] = mapped_column(Text, default="")
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime]
+    category: Mapped[str] = mapped_column(String(64), default="")  # "" is uncategorised
+    allocation: Mapped[str] = mapped_column(String(10), default=Allocation.OLDEST)
 
     def name_in(self, language: str) -> str:
         return translated(self.translations, language, "name", self.name)

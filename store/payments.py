@@ -32,6 +32,7 @@ class CheckoutStarted:
     # Where the buyer pays; None when the provider put its own pay button in the buyer's chat
     # (a Telegram invoice), so there is no link to show.
     url: str | None
+    expires_at: datetime | None = None  # when the provider closes it, if it says
 
 
 class CheckoutState(StrEnum):
