@@ -44,14 +44,7 @@ async def reconcile(shop: Shop, *, now: datetime | None = None) -> list[orders.R
     for pending in await orders.due_for_check(shop.db, now=now):
         moment = now or datetime.now(UTC)
         try:
-            result = await orders.confirm(
-                shop.db,
-                shop.gateways,
-                pending.order_id,
-                shop.stock_policy,
-                close_if_open=True,
-                now=now,
-            )
+            result = await shop.confirm(pending.order_id, close_if_open=True, now=now)
         except PaymentUnavailable:
             await orders.postpone_check(shop.db, pending.order_id, moment + _RETRY_UNREACHABLE)
             continue
@@ -65,7 +58,6 @@ async def reconcile(shop: Shop, *, now: datetime | None = None) -> list[orders.R
             await orders.postpone_check(shop.db, pending.order_id, moment + _RECHECK_OPEN)
         else:
             log.info("reconciliation settled order %s: %s", pending.order_id, result.outcome)
-            shop.settled(result)
         results.append(result)
     ended = await subscriptions.end_lapsed(shop.db, grace=_RENEWAL_GRACE, now=now)
     if ended:
@@ -73,7 +65,7 @@ async def reconcile(shop: Shop, *, now: datetime | None = None) -> list[orders.R
         shop.wake_delivery()
     await warn_of_renewals_short(shop, now=now)
     results += await apply_missed_payments(shop)
-    results += await make_refunds(shop)
+    results += await shop.make_owed_refunds()
     return results
 
 
@@ -122,24 +114,6 @@ async def seconds_to_next_check(shop: Shop, longest: float) -> float:
     if due is None:
         return longest
     return min(longest, max(0.0, (due - datetime.now(UTC)).total_seconds()))
-
-
-async def make_refunds(shop: Shop) -> list[orders.Result]:
-    """Return the money of orders that were paid with nothing left to give."""
-    results = []
-    for owed in await orders.refunds_due(shop.db):
-        gateway = shop.gateways.get(owed.provider)
-        if gateway is None or owed.payment_ref is None:
-            log.error("order %s needs a refund that cannot be made automatically", owed.order_id)
-            continue
-        try:
-            await gateway.refund(owed.order_id, owed.payment_ref, owed.paid_amount_minor)
-        except PaymentUnavailable:
-            continue  # tried again on the next pass
-        result = await orders.record_refund(shop.db, owed.order_id)
-        shop.settled(result)
-        results.append(result)
-    return results
 
 
 async def remove_expired_key_messages(shop: Shop, bot: Bot) -> int:

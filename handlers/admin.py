@@ -21,7 +21,7 @@ from handlers import render
 from handlers.buyer import stale_button, unknown
 from handlers.context import KeyvendContext
 from handlers.i18n import language_of, t
-from store import catalogue, inventory, orders
+from store import catalogue, inventory
 from store.errors import NotFound, OrderNotPayable, PaymentUnavailable
 
 log = logging.getLogger(__name__)
@@ -148,15 +148,11 @@ async def _import(
     shop = context.shop
     language = _language(update)
     try:
-        report = await inventory.restock(
-            shop.db, shop.vault, sku, parsed, source=source, admin_id=update.effective_user.id
-        )
+        report = await shop.restock(sku, parsed, source=source, admin_id=update.effective_user.id)
     except (NotFound, inventory.InvalidInput) as exc:
         await _reply(update, render.html.escape(str(exc)))
         return
     await _forget_message(update)
-    if report.backorders_fulfilled:
-        shop.wake_delivery()
     await _reply(update, render.restock_report(report, language))
 
 
@@ -186,7 +182,7 @@ async def confirm(update: Update, context: KeyvendContext) -> None:
         return
     order_id = int(context.args[0].lstrip("#"))
     try:
-        result = await orders.confirm(shop.db, shop.gateways, order_id, shop.stock_policy)
+        result = await shop.confirm(order_id)
     except (NotFound, OrderNotPayable, PaymentUnavailable) as exc:
         await _reply(
             update,
@@ -198,7 +194,6 @@ async def confirm(update: Update, context: KeyvendContext) -> None:
             ),
         )
         return
-    shop.settled(result)
     log.info("admin %s confirmed order %s: %s", update.effective_user.id, order_id, result.outcome)
     await _reply(
         update,
@@ -217,11 +212,7 @@ async def refund(update: Update, context: KeyvendContext) -> None:
         return
     order_id = int(context.args[0].lstrip("#"))
     try:
-        paid = await orders.paid_order(shop.db, order_id)
-        gateway = shop.gateways.get(paid.provider)
-        if gateway is None:
-            raise PaymentUnavailable(f"{paid.provider} payments are off in this shop")
-        await gateway.refund(order_id, paid.payment_ref, paid.paid_amount_minor)
+        result = await shop.refund(order_id, admin_id=admin_id)
     except (NotFound, OrderNotPayable, PaymentUnavailable) as exc:
         await _reply(
             update,
@@ -233,8 +224,6 @@ async def refund(update: Update, context: KeyvendContext) -> None:
             ),
         )
         return
-    result = await orders.record_refund(shop.db, order_id, admin_id=admin_id)
-    shop.settled(result)
     log.info("admin %s refunded order %s: %s", admin_id, order_id, result.outcome)
     await _reply(
         update,

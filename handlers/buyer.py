@@ -239,20 +239,16 @@ async def pay(update: Update, context: KeyvendContext) -> None:
         return
     await query.answer(t(language, "Preparing your checkout…"))
     try:
-        sale = await orders.checkout(
-            shop.db,
+        sale = await shop.checkout(
             gateway,
             buyer_id=user_id,
             language=language,
             product_id=int(product_id),
             quantity=int(quantity),
-            policy=shop.checkout_policy,
         )
     except StoreError as exc:
-        shop.counters.count("keyvend_checkouts_total", outcome=type(exc).__name__)
         await update.effective_chat.send_message(_checkout_refusal(exc, language))
         return
-    shop.counters.count("keyvend_checkouts_total", outcome="started")
     if sale.url is None:
         return  # the provider's own invoice, with its pay button, is in the chat already
     amount = render.money(sale.amount_minor, sale.currency, language)
@@ -319,7 +315,7 @@ async def _returned_from_payment(update: Update, context: KeyvendContext, order_
     if order.status == OrderStatus.PENDING and order.checkout_url:
         # If Stripe cannot answer now, the webhook or reconciliation settles the order.
         with contextlib.suppress(PaymentUnavailable, OrderNotPayable):
-            shop.settled(await orders.confirm(shop.db, shop.gateways, order_id, shop.stock_policy))
+            await shop.confirm(order_id)
         order = await orders.buyer_order(shop.db, order_id, user_id, language)
     await _show(update, render.order_detail(order, language))
 

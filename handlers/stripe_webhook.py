@@ -24,7 +24,6 @@ import stripe
 from aiohttp import web
 
 from handlers.context import SHOP, Shop
-from store import orders
 from store.errors import CheckoutNotRecorded, PaymentUnavailable
 from store.orders import Event, Outcome, Result
 from store.payments import CheckoutState, Payment
@@ -156,10 +155,8 @@ async def stripe_webhook(request: web.Request) -> web.Response:
         return _reply(503, "Stripe is unreachable; retry later")
     except CheckoutNotRecorded:
         return _reply(503, "the order's checkout is not recorded yet; retry later")
-    if result is not None:
-        if result.outcome in (Outcome.FOREIGN, Outcome.UNKNOWN_ORDER):
-            _ignored(shop, event, result)
-        shop.settled(result)
+    if result is not None and result.outcome in (Outcome.FOREIGN, Outcome.UNKNOWN_ORDER):
+        _ignored(shop, event, result)
     outcome = result.outcome.value if result else "ignored"
     shop.counters.count(
         "keyvend_webhook_events_total", type=str(event.get("type"))[:64], outcome=outcome
@@ -184,28 +181,24 @@ async def _apply(shop: Shop, event: dict[str, Any]) -> Result | None:
             if payment is None:
                 return None
             if payment.state is CheckoutState.AWAITING:
-                return await orders.awaiting_payment(
-                    shop.db,
-                    payment.order_id,
-                    checkout_ref=payment.checkout_ref,
-                    event=ledger,
-                    recheck_after=shop.checkout_policy.ttl * 12,
+                return await shop.awaiting_payment(
+                    payment.order_id, checkout_ref=payment.checkout_ref, event=ledger
                 )
             if payment.state is not CheckoutState.PAID:
                 raise BadEvent(f"{kind} for a session that is {obj.get('status')}")
             for pause in _RECORDING_WAITS:
                 try:
-                    return await orders.fulfil(shop.db, payment, shop.stock_policy, event=ledger)
+                    return await shop.fulfil(payment, ledger)
                 except CheckoutNotRecorded:
                     await asyncio.sleep(pause)
-            return await orders.fulfil(shop.db, payment, shop.stock_policy, event=ledger)
+            return await shop.fulfil(payment, ledger)
         case "checkout.session.expired" | "checkout.session.async_payment_failed":
             payment = payment_from_session(obj)
             if payment is None:
                 return None
             state = CheckoutState.EXPIRED if kind.endswith("expired") else CheckoutState.FAILED
-            return await orders.close_unpaid(
-                shop.db, payment.order_id, state, checkout_ref=payment.checkout_ref, event=ledger
+            return await shop.close_unpaid(
+                payment.order_id, state, checkout_ref=payment.checkout_ref, event=ledger
             )
         case "charge.refunded":
             amount, refunded = obj.get("amount"), obj.get("amount_refunded")
@@ -213,52 +206,19 @@ async def _apply(shop: Shop, event: dict[str, Any]) -> Result | None:
                 isinstance(amount, int) and isinstance(refunded, int) and refunded >= amount
             )
             metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-            named = _order_id(metadata.get("order_id"))
-            payment_ref = _ref(obj.get("payment_intent"))
-
-            async def refund(paid: Payment | None) -> Result:
-                return await orders.record_refund(
-                    shop.db, named, payment_ref=payment_ref, full=full, event=ledger, paid=paid
-                )
-
-            return await _verified(shop, refund)
+            return await shop.refunded(
+                _order_id(metadata.get("order_id")),
+                payment_ref=_ref(obj.get("payment_intent")),
+                full=full,
+                event=ledger,
+            )
         case "charge.dispute.created":
-            payment_ref = _ref(obj.get("payment_intent"))
-
-            async def dispute(paid: Payment | None, named: int | None = None) -> Result:
-                found = await orders.record_dispute(
-                    shop.db,
-                    named,
-                    payment_ref=payment_ref,
-                    blacklist=shop.blacklist_on_dispute,
-                    event=ledger,
-                    paid=paid,
-                )
-                if found.result.outcome is Outcome.DISPUTED:
-                    shop.notifier.alert("dispute", _dispute_alert(found, obj))
-                return found.result
-
-            result = await dispute(None)
-            if result.outcome is Outcome.UNKNOWN_ORDER and payment_ref:
-                # A dispute carries no order id: the payment's metadata names the order (a
-                # hint only: the order's own checkout must confirm the payment is its own).
-                named = await shop.stripe.order_of_payment(payment_ref)
-                result = await _verified(shop, lambda paid: dispute(paid, named))
-            return result
+            return await shop.disputed(
+                payment_ref=_ref(obj.get("payment_intent")),
+                event=ledger,
+                reason=str(obj.get("reason")),
+            )
     return None
-
-
-async def _verified(shop: Shop, record) -> Result:
-    """Record a refund or dispute; if its order's payment is not recorded yet (the payment
-    event is late or lost), ask Stripe about the order's own checkout and record it with
-    that report, so a payment of another integration never touches our order."""
-    result = await record(None)
-    if result.outcome is Outcome.UNVERIFIED:
-        paid = await orders.provider_report(shop.db, shop.gateways, result.order_id)
-        result = await record(paid)
-        if result.outcome is Outcome.UNVERIFIED:  # no checkout to ask about
-            result = Result(Outcome.FOREIGN, result.order_id)
-    return result
 
 
 def _ignored(shop: Shop, event: dict[str, Any], result: Result) -> None:
@@ -287,21 +247,6 @@ def _signed_at(header: str) -> int:
     `t`), once the SDK has verified the signature over it."""
     items = [item.split("=", 2) for item in header.split(",")]
     return int(next(item[1] for item in items if item[0] == "t"))
-
-
-def _dispute_alert(dispute: orders.DisputeResult, obj: dict[str, Any]) -> str:
-    result = dispute.result
-    lines = [
-        (
-            f"Dispute on order #{result.order_id} by buyer {result.buyer_id}: "
-            f"reason {str(obj.get('reason'))[:40]}."
-        ),
-        "Key reveals (evidence):" if dispute.reveals else "The keys were never shown to the buyer.",
-    ]
-    lines += [f"- {r.at:%Y-%m-%d %H:%M:%S} UTC, {r.how}" for r in dispute.reveals]
-    if dispute.blacklisted:
-        lines.append("The buyer is now blocked from buying.")
-    return "\n".join(lines)
 
 
 def _reply(status: int, reason: str) -> web.Response:
