@@ -276,7 +276,7 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
         notifier=notifier,
         counters=metrics,
         key_message_ttl=settings.key_message_ttl,
-        stripe=stripe,
+        card=stripe,
         stripe_webhook_secret=settings.stripe_webhook_secret.get_secret_value() if stripe else None,
         blacklist_on_dispute=settings.blacklist_on_dispute,
         gateways={StarsGateway.name: StarsGateway(application.bot)}
@@ -448,7 +448,7 @@ async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Future[Parts]
             settings.http_host,
             settings.http_port,
             settings.telegram_mode.value,
-            "on" if shop.stripe else "off (set STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET)",
+            "on" if shop.card else "off (set STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET)",
         )
         if started is not None:
             started.set_result(parts)

@@ -16,7 +16,7 @@ from typing import Any
 
 import stripe
 
-from handlers.stripe_webhook import payment_from_session
+from bot.stripe_webhook import payment_from_session
 from store.errors import PaymentUnavailable
 from store.payments import CheckoutRequest, CheckoutStarted, Payment
 

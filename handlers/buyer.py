@@ -193,7 +193,7 @@ def _card(
     shop = context.shop
     offers = [
         render.Offer(
-            name, unit, gateway.currency or product.currency, gateway is shop.stripe, product.every
+            name, unit, gateway.currency or product.currency, gateway is shop.card, product.every
         )
         for name, gateway in shop.gateways.items()
         if (unit := product.price_for(name, gateway.currency)) is not None
@@ -229,7 +229,7 @@ async def pay(update: Update, context: KeyvendContext) -> None:
     language = _language(update)
     user_id = update.effective_user.id
     _, product_id, quantity, *provider = query.data.split(":")
-    gateway = shop.gateways.get(provider[0]) if provider else shop.stripe
+    gateway = shop.gateways.get(provider[0]) if provider else shop.card
     if gateway is None:
         await _tell(update, t(language, "Payments are not set up yet in this shop."))
         return

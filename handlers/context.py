@@ -57,8 +57,9 @@ class Shop:
     notifier: Notifier
     counters: Counters
     key_message_ttl: timedelta
-    stripe: PaymentGateway | None = None
-    stripe_webhook_secret: str | None = None
+    # The card provider: offered first, and the one a pay button naming no provider means.
+    card: PaymentGateway | None = None
+    stripe_webhook_secret: str | None = None  # for bot/stripe_webhook.py
     blacklist_on_dispute: bool = False
     wake_delivery: Callable[[], None] = lambda: None
     wake_refunds: Callable[[], None] = lambda: None
@@ -70,9 +71,8 @@ class Shop:
     terms_text: str | None = None
 
     def __post_init__(self) -> None:
-        if self.stripe is not None:
-            # The card provider is offered first.
-            self.gateways = {self.stripe.name: self.stripe, **self.gateways}
+        if self.card is not None:
+            self.gateways = {self.card.name: self.card, **self.gateways}
 
     def is_admin(self, user_id: int | None) -> bool:
         return user_id is not None and user_id in self.admin_ids

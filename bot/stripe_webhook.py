@@ -1,9 +1,11 @@
-"""`POST /stripe/webhook`: Stripe's signed events, turned into order transitions.
+"""`POST /stripe/webhook`: Stripe's signed events, turned into the shop's use cases.
 
-The route reads at most 1 MiB of raw body, verifies the `Stripe-Signature` header on it
+Half of the Stripe adapter (bot/stripe_gateway.py is the other): everything that knows what a
+Stripe event or Checkout Session looks like is here, and what it means for an order is one
+call of the service layer (`Shop`). The route reads at most 1 MiB of raw body, verifies the `Stripe-Signature` header on it
 (HMAC-SHA256, 300 s tolerance either way: the SDK refuses only old timestamps, so one dated
 in the future is refused here) before parsing anything, and applies the event through one
-store function whose transaction also records the event id. It answers 2xx only after that
+service call whose transaction also records the event id. It answers 2xx only after that
 commit, so a crash before it makes Stripe send the event again, and a repeat changes
 nothing. Bad input is a 4xx with a one-line reason, never a 5xx; unknown event types and
 sessions that are not keyvend's are acknowledged and ignored. An event that names one of our
