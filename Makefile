@@ -8,7 +8,7 @@ DEV     := $(VENV)/.installed-dev
 ARGS   ?=
 TEST_WORKERS ?= 4
 
-.PHONY: run test bench check messages clean
+.PHONY: run test bench check messages clean demo demo-play
 
 $(RUNTIME): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ bench: $(DEV)
 
 check: $(RUNTIME)
 	$(BIN)/keyvend check
+
+# A whole sale against the tests' fake Telegram and Stripe: no accounts, no .env, nothing kept.
+demo: $(STAMP)
+	@$(BIN)/python -m tests.support.demo
+
+# The same shop, with you as the buyer: type messages, press buttons by number.
+demo-play: $(STAMP)
+	@$(BIN)/python -m tests.support.demo --interactive
 
 clean:
 	rm -rf $(VENV) *.egg-info

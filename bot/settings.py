@@ -73,11 +73,23 @@ class Settings(BaseSettings):
     rate_limit_updates: str = "30/minute"
     rate_limit_checkouts: str = "5/10 minutes"
     max_unpaid_orders: int = Field(3, ge=1)
+    # What one buyer's unpaid checkouts may hold of one product: the larger of the two.
+    hold_max_units: int = Field(10, ge=1)
+    hold_max_share: float = Field(0.25, ge=0, le=1)
     reconcile_interval: timedelta = timedelta(minutes=3)
     delivery_max_attempts: int = Field(12, ge=1)
     # How long a worker's claim on a delivery holds; a dead instance's claims lapse after it.
     delivery_lease: timedelta = timedelta(seconds=60)
     log_level: str = "INFO"
+
+    # Business API (/api/v1)
+    # How long a one-time download link works once issued.
+    download_ttl: timedelta = Field(timedelta(hours=1), gt=timedelta(0))
+    # smtp://user:password@host:port (smtps:// for TLS): unset, clients get no e-mail.
+    smtp_url: SecretStr | None = None
+    smtp_from: str = "keyvend@localhost"
+    rate_limit_api: str = "600/minute"  # per client token
+    rate_limit_api_ip: str = "1200/minute"  # per caller address, authenticated or not
 
     @field_validator("admin_ids", mode="before")
     @classmethod
@@ -95,9 +107,10 @@ class Settings(BaseSettings):
     @field_validator("checkout_ttl")
     @classmethod
     def _stripe_session_window(cls, value: timedelta) -> timedelta:
-        # Stripe only accepts expires_at between 30 minutes and 24 hours ahead.
-        if not timedelta(minutes=30) <= value <= timedelta(hours=24):
-            raise ValueError("CHECKOUT_TTL must be between 30 minutes and 24 hours")
+        # Stripe only accepts expires_at between 30 minutes and 24 hours ahead; a shorter
+        # reservation is ended by the shop, which then expires the Stripe session itself.
+        if not timedelta(minutes=1) <= value <= timedelta(hours=24):
+            raise ValueError("CHECKOUT_TTL must be between 1 minute and 24 hours")
         return value
 
     @field_validator("bot_token")
@@ -141,6 +154,7 @@ class Settings(BaseSettings):
         "redis_url",
         "stripe_api_base",
         "public_url",
+        "smtp_url",
         mode="before",
     )
     @classmethod
@@ -173,5 +187,6 @@ class Settings(BaseSettings):
             self.stripe_webhook_secret,
             self.key_encryption_key,
             self.telegram_webhook_secret,
+            self.smtp_url,
         ]
         return [v.get_secret_value() for v in values if v is not None]

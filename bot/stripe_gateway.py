@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import stripe
@@ -73,7 +74,11 @@ class StripeGateway:
             params=params,
             options={"idempotency_key": f"checkout-order-{order}"},
         )
-        return CheckoutStarted(ref=session["id"], url=session["url"])
+        return CheckoutStarted(
+            ref=session["id"],
+            url=session["url"],
+            expires_at=datetime.fromtimestamp(session["expires_at"], UTC),
+        )
 
     async def checkout_status(self, order_id: int, checkout_ref: str | None) -> Payment:
         session = await self._call(
