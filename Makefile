@@ -39,11 +39,11 @@ check: $(RUNTIME)
 	$(BIN)/keyvend check
 
 # A whole sale against the tests' fake Telegram and Stripe: no accounts, no .env, nothing kept.
-demo: $(STAMP)
+demo: $(DEV)
 	@$(BIN)/python -m tests.support.demo
 
 # The same shop, with you as the buyer: type messages, press buttons by number.
-demo-play: $(STAMP)
+demo-play: $(DEV)
 	@$(BIN)/python -m tests.support.demo --interactive
 
 clean:
