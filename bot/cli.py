@@ -212,12 +212,20 @@ async def cmd_keys_import(settings: Settings, args: argparse.Namespace) -> int:
         print(
             f"{report.sku}: added {report.added}, skipped {report.duplicates} duplicates, "
             f"rejected {report.rejected} lines ({report.empty} empty, {report.too_long} too long, "
-            f"{report.binary} binary); available now {report.available}"
+            f"{report.binary} binary, {report.not_utf8} not UTF-8); "
+            f"available now {report.available}"
         )
         if report.backorders_fulfilled:
             print(
                 f"filled {len(report.backorders_fulfilled)} backordered orders: the running bot delivers them"
             )
+        resave = " (save the file as UTF-8 and import it again)" if report.not_utf8 else ""
+        if report.rejected and not report.added:
+            raise Failure(
+                f"nothing imported from {args.file}: {report.rejected} lines rejected{resave}"
+            )
+        if resave:
+            print(f"{args.file}: {report.not_utf8} lines are not UTF-8{resave}", file=sys.stderr)
         return 0
 
     return await _with_db(settings, work)

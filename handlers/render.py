@@ -371,10 +371,12 @@ def restock_report(r: RestockReport, language: str) -> str:
         lines.append(
             t(
                 language,
-                "Rejected: {empty} empty, {too_long} over 1,000 characters, {binary} binary.",
+                "Rejected: {empty} empty, {too_long} over 1,000 characters, {binary} binary, "
+                "{not_utf8} not UTF-8 (save the file as UTF-8).",
                 empty=r.empty,
                 too_long=r.too_long,
                 binary=r.binary,
+                not_utf8=r.not_utf8,
             )
         )
     if r.backorders_fulfilled:

@@ -62,10 +62,11 @@ class ParsedKeys:
     empty: int = 0
     too_long: int = 0
     binary: int = 0
+    not_utf8: int = 0
 
     @property
     def rejected(self) -> int:
-        return self.empty + self.too_long + self.binary
+        return self.empty + self.too_long + self.binary + self.not_utf8
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +77,13 @@ class RestockReport:
     empty: int
     too_long: int
     binary: int
+    not_utf8: int
     backorders_fulfilled: tuple[int, ...]
     available: int
 
     @property
     def rejected(self) -> int:
-        return self.empty + self.too_long + self.binary
+        return self.empty + self.too_long + self.binary + self.not_utf8
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +106,10 @@ class StockLevels:
 def parse_keys(data: bytes | str, *, is_csv: bool = False) -> ParsedKeys:
     """One key per line: trimmed; blank, over-long and binary lines rejected.
 
-    Bytes (an uploaded file) are decoded line by line, so one bad line is rejected on its
-    own instead of spoiling the file. In a .csv the first column is the key and a header
-    row is skipped.
+    Bytes (an uploaded file) are decoded as UTF-8 line by line, so one bad line is rejected
+    on its own instead of spoiling the file. A line in another encoding (Latin-1, GBK...) is
+    counted as not UTF-8 rather than guessed at: a key decoded wrongly would be sold and not
+    redeem. In a .csv the first column is the key and a header row is skipped.
     """
     parsed = ParsedKeys()
     # Only CR/LF end a line: str.splitlines() would also split on \x0b, \x0c, \x1c-\x1e, \x85,
@@ -125,7 +128,7 @@ def parse_keys(data: bytes | str, *, is_csv: bool = False) -> ParsedKeys:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
-                parsed.binary += 1
+                parsed.not_utf8 += 1
                 continue
         else:
             line = raw
@@ -197,11 +200,12 @@ async def restock(
             empty=parsed.empty,
             too_long=parsed.too_long,
             binary=parsed.binary,
+            not_utf8=parsed.not_utf8,
             backorders_fulfilled=tuple(fulfilled),
             available=available,
         )
 
-    if not rows and not parsed.rejected:
+    if not rows and parsed.rejected == parsed.empty:  # blank lines are no more than nothing
         raise InvalidInput("no keys found: send one key per line")
     return await db.write(work)
 

@@ -118,7 +118,7 @@ async def test_a_txt_upload_is_imported_with_bad_lines_rejected(shop: Shop) -> N
     report, message_id = await _send_keys(shop, document=("keys.txt", content))
 
     assert "added 2, skipped 2 duplicates, rejected 4 lines" in report
-    assert "1 empty, 1 over 1,000 characters, 2 binary" in report
+    assert "1 empty, 1 over 1,000 characters, 1 binary, 1 not UTF-8" in report
     stored = await stored_keys(shop, "GAME")
     assert [key for _, key in stored] == ["OLD-1", "OLD-2", "TXT-1", "TXT-2"]
     _assert_encrypted(stored)
