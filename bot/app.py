@@ -35,7 +35,7 @@ from telegram.ext import (
 from bot import jobs
 from bot import web as web_routes
 from bot.delivery import DeliveryWorker
-from bot.keyfile import ConfigError, encryption_key
+from bot.keyfile import ConfigError, encryption_key, open_vault
 from bot.metrics import Metrics
 from bot.migrate import migrate
 from bot.notifier import AdminNotifier
@@ -214,11 +214,11 @@ async def serve(
     settings: Settings, stop: asyncio.Event, *, started: asyncio.Future[Parts] | None = None
 ) -> None:
     """Run the shop until `stop` is set; `started` gets the running parts once it is up."""
-    vault = KeyVault(encryption_key(settings))
+    secrets = encryption_key(settings)
     db = Database(settings.database_url)
     try:
         await migrate(db)
-        parts = assemble(settings, db, vault)
+        parts = assemble(settings, db, await open_vault(db, secrets))
         await _run(parts, stop, started)
     finally:
         await db.dispose()

@@ -16,12 +16,12 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from bot import logs
-from bot.keyfile import ConfigError, encryption_key
+from bot.keyfile import ConfigError, encryption_key, open_vault
 from bot.migrate import migrate
 from bot.settings import Settings
-from store import catalogue, inventory, reports
+from store import catalogue, inventory, reports, vault
 from store.catalogue import ProductChanges
-from store.check import check
+from store.check import KEY_SAMPLE, check
 from store.crypto import KeyVault, KeyVaultError
 from store.db import Database
 from store.errors import StoreError
@@ -71,12 +71,15 @@ def _run(work: Awaitable[int | None]) -> int:
 
 
 async def _with_db(
-    settings: Settings, work: Callable[[Database], Awaitable[int | None]]
+    settings: Settings, work: Callable[[Database, KeyVault], Awaitable[int | None]]
 ) -> int | None:
+    """Run `work` on the migrated database and its vault: a KEY_ENCRYPTION_KEY that does not
+    match the database is refused before any work starts."""
+    secrets = encryption_key(settings)
     db = Database(settings.database_url)
     try:
         await migrate(db)
-        return await work(db)
+        return await work(db, await open_vault(db, secrets))
     finally:
         await db.dispose()
 
@@ -99,17 +102,18 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    await _with_db(settings, lambda db: _done("database is up to date"))
-    return 0
-
-
-async def _done(message: str) -> int:
-    print(message)
+    # The one command that needs no key: it changes the schema, never a key.
+    db = Database(settings.database_url)
+    try:
+        await migrate(db)
+    finally:
+        await db.dispose()
+    print("database is up to date")
     return 0
 
 
 async def cmd_product_add(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(db: Database) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
         product = await catalogue.add_product(
             db,
             args.sku,
@@ -147,7 +151,7 @@ async def cmd_product_edit(settings: Settings, args: argparse.Namespace) -> int:
             "nothing to change: give at least one option, see `keyvend product edit --help`"
         )
 
-    async def work(db: Database) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
         product = await catalogue.edit_product(db, args.sku, changes)
         print(
             f"updated {product.sku}: {product.name}, {_price(product)}, {'on sale' if product.active else 'off sale'}"
@@ -158,7 +162,7 @@ async def cmd_product_edit(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_product_list(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(db: Database) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
         products = {p.sku: p for p in await catalogue.list_products(db, active_only=False)}
         levels = await inventory.stock_levels(db)
         if not levels:
@@ -183,9 +187,8 @@ async def cmd_keys_import(settings: Settings, args: argparse.Namespace) -> int:
         data = sys.stdin.buffer.read() if args.file == "-" else path.read_bytes()
     except OSError as exc:
         raise Failure(f"cannot read {args.file}: {exc.strerror}") from None
-    vault = KeyVault(encryption_key(settings))
 
-    async def work(db: Database) -> int:
+    async def work(db: Database, vault: KeyVault) -> int:
         parsed = inventory.parse_keys(data, is_csv=path.suffix.lower() == ".csv")
         report = await inventory.restock(db, vault, args.sku, parsed, source="cli")
         print(
@@ -203,7 +206,7 @@ async def cmd_keys_import(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(db: Database) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
         stats = await reports.sales(db)
         for period in stats.periods:
             label = "today" if period.days == 1 else f"last {period.days} days"
@@ -230,8 +233,13 @@ async def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(db: Database) -> int:
-        findings = await check(db, max_attempts=settings.delivery_max_attempts)
+    async def work(db: Database, vault: KeyVault) -> int:
+        findings = await check(
+            db,
+            max_attempts=settings.delivery_max_attempts,
+            vault=vault,
+            sample=None if args.full else KEY_SAMPLE,
+        )
         for finding in findings:
             print(f"{'ok  ' if finding.ok else 'FAIL'} {finding.invariant}: {finding.description}")
             for violation in finding.violations:
@@ -239,6 +247,26 @@ async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
         failed = [f for f in findings if not f.ok]
         print("all invariants hold" if not failed else f"{len(failed)} invariant checks failed")
         return 1 if failed else 0
+
+    return await _with_db(settings, work)
+
+
+async def cmd_keys_reencrypt(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(db: Database, keys: KeyVault) -> int:
+        def progress(total: int) -> None:
+            print(f"rewrote {total} keys so far", file=sys.stderr, flush=True)
+
+        report = await vault.reencrypt(db, keys, progress=progress)
+        if report.remaining:
+            raise Failure(
+                f"rewrote {report.rewritten} keys; {report.remaining} were in use by a sale "
+                "every time and are still under an older key: run `keyvend keys reencrypt` again"
+            )
+        print(
+            f"rewrote {report.rewritten} keys: every key is under key id {keys.key_ids[0]}; "
+            "run `keyvend check --full`, then remove the other keys from KEY_ENCRYPTION_KEY"
+        )
+        return 0
 
     return await _with_db(settings, work)
 
@@ -268,9 +296,13 @@ def _parser() -> argparse.ArgumentParser:
         command=cmd_migrate
     )
     commands.add_parser("stats", help="orders, revenue and stock").set_defaults(command=cmd_stats)
-    commands.add_parser("check", help="verify the invariants on the database").set_defaults(
-        command=cmd_check
+    verify = commands.add_parser("check", help="verify the invariants on the database")
+    verify.add_argument(
+        "--full",
+        action="store_true",
+        help=f"decrypt every stored key (default: a random {KEY_SAMPLE:,})",
     )
+    verify.set_defaults(command=cmd_check)
     commands.add_parser("keygen", help="print a new KEY_ENCRYPTION_KEY").set_defaults(
         command=cmd_keygen
     )
@@ -322,6 +354,9 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("sku")
     load.add_argument("file")
     load.set_defaults(command=cmd_keys_import)
+    keys.add_parser(
+        "reencrypt", help="rewrite every key under the first KEY_ENCRYPTION_KEY (rotation)"
+    ).set_defaults(command=cmd_keys_reencrypt)
     return parser
 
 

@@ -223,7 +223,7 @@ async def _keyvend_check(settings: Settings) -> tuple[int, str]:
     """
     report = io.StringIO()
     with redirect_stdout(report):
-        code = await cli.cmd_check(settings, argparse.Namespace())
+        code = await cli.cmd_check(settings, argparse.Namespace(full=True))
     return code, report.getvalue()
 
 
