@@ -19,7 +19,7 @@ from bot import logs
 from bot.keyfile import ConfigError, encryption_key, open_vault
 from bot.migrate import migrate
 from bot.settings import Settings
-from store import catalogue, inventory, reports, vault
+from store import catalogue, inventory, reports
 from store.catalogue import ProductChanges
 from store.check import KEY_SAMPLE, check
 from store.crypto import KeyVault, KeyVaultError
@@ -27,6 +27,7 @@ from store.db import Database
 from store.errors import StoreError
 from store.models import ProductKind
 from store.money import to_major
+from store.vault import reencrypt
 
 _SETUP_HINT = (
     "BOT_TOKEN is not set. Create a bot with @BotFather in Telegram and put its token in .env "
@@ -252,18 +253,23 @@ async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_keys_reencrypt(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(db: Database, keys: KeyVault) -> int:
-        def progress(total: int) -> None:
-            print(f"rewrote {total} keys so far", file=sys.stderr, flush=True)
+    async def work(db: Database, vault: KeyVault) -> int:
+        shown = 0
 
-        report = await vault.reencrypt(db, keys, progress=progress)
+        def progress(total: int) -> None:
+            nonlocal shown
+            if total - shown >= 10_000:
+                shown = total
+                print(f"rewrote {total} keys so far", file=sys.stderr, flush=True)
+
+        report = await reencrypt(db, vault, progress=progress)
         if report.remaining:
             raise Failure(
                 f"rewrote {report.rewritten} keys; {report.remaining} were in use by a sale "
                 "every time and are still under an older key: run `keyvend keys reencrypt` again"
             )
         print(
-            f"rewrote {report.rewritten} keys: every key is under key id {keys.key_ids[0]}; "
+            f"rewrote {report.rewritten} keys: every key is under key id {vault.key_ids[0]}; "
             "run `keyvend check --full`, then remove the other keys from KEY_ENCRYPTION_KEY"
         )
         return 0

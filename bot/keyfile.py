@@ -40,8 +40,8 @@ def encryption_key(settings: Settings) -> str:
     with os.fdopen(descriptor, "w") as file:
         file.write(key + "\n")
     log.warning(
-        "generated a key encryption key in %s: back it up together with the database; "
-        "without it the stored keys cannot be read",
+        "generated a key encryption key in %s: back it up, apart from the database's "
+        "backups; without it the stored keys cannot be read",
         path,
     )
     return key

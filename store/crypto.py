@@ -197,11 +197,20 @@ class KeyVault:
                 return kek.digest_key
         return None
 
+    def __reduce__(self) -> tuple[object, tuple[str, bytes]]:
+        # A process pool (big imports encrypted off the event loop) gets an equal vault.
+        secrets = ",".join(base64.urlsafe_b64encode(k.raw).decode("ascii") for k in self._keks)
+        return _rebuilt, (secrets, self._digest_key)
+
     def with_digest_key(self, digest_key: bytes) -> KeyVault:
         """This vault, digesting under a database's own digest key."""
         vault = copy.copy(self)
         vault._digest_key = digest_key
         return vault
+
+
+def _rebuilt(secrets: str, digest_key: bytes) -> KeyVault:
+    return KeyVault(secrets, digest_key=digest_key)
 
 
 def _open_v1(kek: _Kek, ciphertext: bytes) -> bytes | None:
