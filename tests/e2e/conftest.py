@@ -193,7 +193,8 @@ class Afterwards:
     outputs: list[str] = field(default_factory=list)  # CLI stdout/stderr and the like
 
     def uses(self, settings: Settings) -> None:
-        self.databases.setdefault(settings.database_url, settings)
+        # The latest settings: after a key rotation only the new key opens the database.
+        self.databases[settings.database_url] = settings
 
 
 @pytest.fixture

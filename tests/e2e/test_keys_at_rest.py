@@ -1,5 +1,6 @@
 """The real `keyvend` command line on SQLite and PostgreSQL: a wrong KEY_ENCRYPTION_KEY is
-refused by every command in one line, and a rotation runs start to finish.
+refused by every command in one line, and a rotation runs start to finish — from the
+command line alone, and on a running shop that keeps selling through it.
 
 The attack this closes: started with another key, keyvend used to import the same keys a
 second time (their digests differ), `keyvend check` said all was well, and the shop took
@@ -8,6 +9,8 @@ payments for keys it could never decrypt.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,8 @@ from bot.settings import Settings
 from store.crypto import KeyVault
 from store.db import Database
 from store.models import Key, Product
-from tests.e2e.conftest import run_cli
+from tests.e2e.conftest import Launch, run_cli
+from tests.e2e.helpers import checkout, key_message, new_keys, pay, press, stock
 
 OLD, NEW, STRANGER = KeyVault.generate(), KeyVault.generate(), KeyVault.generate()
 KEYS = ["AAAA-1111", "BBBB-{order}-2222", "CCCC-3333"]
@@ -103,3 +107,32 @@ async def test_a_rotation_from_the_command_line(database_url: str, stocked_shop:
     assert retired.returncode != 0
     assert "does not match this database" in retired.stderr
     assert all(k not in again.stdout + rewritten.stdout + checked.stdout for k in KEYS)
+
+
+async def test_a_running_shop_rotates_its_key_and_keeps_selling(
+    launch: Launch, key_secret: str, tmp_path: Path
+) -> None:
+    new, keys = KeyVault.generate(), new_keys(30, "GAME")
+    async with launch() as shop:
+        await stock(shop, "GAME", keys)
+        first = await checkout(shop, 3001, "GAME")
+        await pay(shop, first)
+        delivered = (await key_message(shop, 3001)).spoiler_texts()
+
+    async with launch(key_encryption_key=f"{new},{key_secret}") as shop:
+        rotating = asyncio.create_task(shop.cli("keys", "reencrypt"))
+        for buyer in range(3002, 3007):  # buyers keep buying while the keys are rewritten
+            sale = await checkout(shop, buyer, "GAME")
+            await pay(shop, sale)
+            assert len((await key_message(shop, buyer)).spoiler_texts()) == 1
+        rewritten = await rotating
+        assert rewritten.returncode == 0, rewritten.stderr
+        old_keys = tmp_path / "old.txt"
+        old_keys.write_text(f"{keys[0]}\n{keys[-1]}\n")
+        again = await shop.cli("keys", "import", "GAME", str(old_keys))
+        assert "added 0, skipped 2 duplicates" in again.stdout, again
+
+    async with launch(key_encryption_key=new) as shop:  # the old key is gone
+        since = time.monotonic()
+        await press(shop.telegram, 3001, 1, f"k:{first.order_id}")  # "show my keys again"
+        assert (await key_message(shop, 3001, since=since)).spoiler_texts() == delivered
