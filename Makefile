@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench check messages clean
+.PHONY: run test bench check messages clean demo demo-play
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ bench: $(STAMP)
 
 check: $(STAMP)
 	$(BIN)/keyvend check
+
+# A whole sale against the tests' fake Telegram and Stripe: no accounts, no .env, nothing kept.
+demo: $(STAMP)
+	@$(BIN)/python -m tests.support.demo
+
+# The same shop, with you as the buyer: type messages, press buttons by number.
+demo-play: $(STAMP)
+	@$(BIN)/python -m tests.support.demo --interactive
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -34,6 +34,7 @@ from telegram.ext import (
 
 from bot import jobs
 from bot import web as web_routes
+from bot.client_outbox import ClientOutboxWorker, Smtp
 from bot.delivery import DeliveryWorker
 from bot.keyfile import ConfigError, encryption_key, open_vault
 from bot.metrics import Metrics
@@ -44,6 +45,7 @@ from bot.settings import OutOfStockPolicy, Settings, TelegramMode
 from bot.stripe_gateway import StripeGateway
 from bot.telegram_api import AiohttpRequest, SendPace
 from handlers import admin, buyer
+from handlers.api import ApiConfig
 from handlers.context import KeyvendContext, Shop
 from handlers.i18n import language_of, t
 from store.crypto import KeyVault
@@ -149,6 +151,7 @@ class Parts:
     limiter: RateLimiter
     metrics: Metrics
     web: web.Application
+    client_outbox: ClientOutboxWorker
 
 
 def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
@@ -161,6 +164,8 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
             "updates": settings.rate_limit_updates,
             "checkouts": settings.rate_limit_checkouts,
             "notices": "1/minute",
+            "api_token": settings.rate_limit_api,
+            "api_ip": settings.rate_limit_api_ip,
         },
         redis_url=settings.redis_url,
         metrics=metrics,
@@ -205,9 +210,31 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
         lease=settings.delivery_lease,
     )
     shop.wake_delivery = worker.wake
+    smtp = None
+    if settings.smtp_url is not None:
+        try:
+            smtp = Smtp.from_url(settings.smtp_url.get_secret_value(), settings.smtp_from)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    client_worker = ClientOutboxWorker(shop, metrics, owner=worker.owner, smtp=smtp)
+    shop.wake_client_outbox = client_worker.wake
     secret = telegram_secret(settings) if settings.telegram_mode is TelegramMode.WEBHOOK else None
-    server = web_routes.build(shop, metrics, limiter, telegram=application, telegram_secret=secret)
-    return Parts(settings, db, shop, application, worker, notifier, limiter, metrics, server)
+    api_config = ApiConfig(
+        download_ttl=settings.download_ttl,
+        email=settings.smtp_url is not None,
+        public_url=settings.public_url,
+    )
+    server = web_routes.build(
+        shop,
+        metrics,
+        limiter,
+        telegram=application,
+        telegram_secret=secret,
+        api_config=api_config,
+    )
+    return Parts(
+        settings, db, shop, application, worker, notifier, limiter, metrics, server, client_worker
+    )
 
 
 async def serve(
@@ -255,6 +282,7 @@ async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Future[Parts]
         tasks = [
             asyncio.create_task(parts.worker.run(stop), name="delivery"),
             asyncio.create_task(parts.notifier.run(stop), name="notifier"),
+            asyncio.create_task(parts.client_outbox.run(stop), name="client-outbox"),
             asyncio.create_task(
                 jobs.every(
                     settings.reconcile_interval.total_seconds(),

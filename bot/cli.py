@@ -19,7 +19,7 @@ from bot import logs
 from bot.keyfile import ConfigError, encryption_key, open_vault
 from bot.migrate import migrate
 from bot.settings import Settings
-from store import catalogue, inventory, reports
+from store import catalogue, clients, inventory, reports
 from store.catalogue import ProductChanges
 from store.check import KEY_SAMPLE, check
 from store.crypto import KeyVault, KeyVaultError
@@ -282,6 +282,88 @@ async def cmd_keygen(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_client_add(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
+        new = await clients.add_client(
+            db,
+            args.name,
+            currency=args.currency,
+            balance=args.balance,
+            credit=args.credit,
+            webhook_url=args.webhook,
+            email=args.email,
+            review_over=args.review_over,
+        )
+        c = new.client
+        print(
+            f"added client {c.name}: balance {c.money(c.balance_minor)}, "
+            f"credit {c.money(c.credit_minor)}. Its API token (shown only now):"
+        )
+        print(new.token)
+        if new.webhook_secret:
+            print(f"webhook signing secret: {new.webhook_secret}")
+        return 0
+
+    return await _with_db(settings, work)
+
+
+async def cmd_client_list(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
+        found = await clients.list_clients(db)
+        if not found:
+            print("no clients yet: keyvend client add NAME --balance 100.00 --currency usd")
+        for c in found:
+            state = "  (disabled)" if c.disabled else ""
+            review = f"  review over {c.review_over}" if c.review_over else ""
+            print(
+                f"{c.name:<24} balance {c.money(c.balance_minor):>16}  "
+                f"credit {c.money(c.credit_minor):>14}  {c.email or '-'}  "
+                f"{c.webhook_url or '-'}{review}{state}"
+            )
+        return 0
+
+    return await _with_db(settings, work)
+
+
+async def cmd_client_topup(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
+        c = await clients.topup(db, args.name, args.amount)
+        print(f"{c.name}: balance now {c.money(c.balance_minor)}")
+        return 0
+
+    return await _with_db(settings, work)
+
+
+async def cmd_client_token(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
+        token = await clients.new_token(db, args.name)
+        print(f"new API token for {args.name} (the old one no longer works; shown only now):")
+        print(token)
+        return 0
+
+    return await _with_db(settings, work)
+
+
+async def cmd_client_disable(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
+        c = await clients.disable(db, args.name)
+        print(f"{c.name} is disabled: its token is refused from now on")
+        return 0
+
+    return await _with_db(settings, work)
+
+
+async def cmd_client_review(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
+        status = await clients.decide_review(
+            db, args.order, approve=args.approve, email=settings.smtp_url is not None
+        )
+        print(f"order {args.order} is {status}")
+        return 0
+
+    return await _with_db(settings, work)
+
+
 def _price(product: catalogue.ProductView) -> str:
     return f"{to_major(product.price_minor, product.currency)} {product.currency.upper()}"
 
@@ -363,6 +445,40 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_parser(
         "reencrypt", help="rewrite every key under the first KEY_ENCRYPTION_KEY (rotation)"
     ).set_defaults(command=cmd_keys_reencrypt)
+
+    client = commands.add_parser("client", help="business clients of the HTTP API").add_subparsers(
+        title="client commands"
+    )
+    new = client.add_parser("add", help="add a client and print its API token once")
+    new.add_argument("name")
+    new.add_argument("--balance", help="opening balance, e.g. 100.00")
+    new.add_argument("--currency", default="usd", help="three-letter code, e.g. usd")
+    new.add_argument("--credit", help="how far below zero the balance may go, e.g. 50.00")
+    new.add_argument("--webhook", help="https URL that gets signed order.fulfilled callbacks")
+    new.add_argument("--email", help="address that gets each order's spreadsheet")
+    new.add_argument(
+        "--review-over", type=int, help="orders of more keys than this wait for an admin"
+    )
+    new.set_defaults(command=cmd_client_add)
+    client.add_parser("list", help="list clients with balances").set_defaults(
+        command=cmd_client_list
+    )
+    top = client.add_parser("topup", help="add money to a client's balance")
+    top.add_argument("name")
+    top.add_argument("amount", help="e.g. 250.00")
+    top.set_defaults(command=cmd_client_topup)
+    token = client.add_parser("token", help="issue a new API token; the old one stops working")
+    token.add_argument("name")
+    token.set_defaults(command=cmd_client_token)
+    off = client.add_parser("disable", help="refuse the client's token from now on")
+    off.add_argument("name")
+    off.set_defaults(command=cmd_client_disable)
+    review = client.add_parser("review", help="approve or reject a client order in review")
+    review.add_argument("order", type=int)
+    decision = review.add_mutually_exclusive_group(required=True)
+    decision.add_argument("--approve", action="store_true", help="fulfil it")
+    decision.add_argument("--reject", action="store_true", help="refund it to the balance")
+    review.set_defaults(command=cmd_client_review)
     return parser
 
 

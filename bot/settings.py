@@ -79,6 +79,15 @@ class Settings(BaseSettings):
     delivery_lease: timedelta = timedelta(seconds=60)
     log_level: str = "INFO"
 
+    # Business API (/api/v1)
+    # How long a one-time download link works once issued.
+    download_ttl: timedelta = Field(timedelta(hours=1), gt=timedelta(0))
+    # smtp://user:password@host:port (smtps:// for TLS): unset, clients get no e-mail.
+    smtp_url: SecretStr | None = None
+    smtp_from: str = "keyvend@localhost"
+    rate_limit_api: str = "600/minute"  # per client token
+    rate_limit_api_ip: str = "1200/minute"  # per caller address, authenticated or not
+
     @field_validator("admin_ids", mode="before")
     @classmethod
     def _parse_admin_ids(cls, value: object) -> object:
@@ -141,6 +150,7 @@ class Settings(BaseSettings):
         "redis_url",
         "stripe_api_base",
         "public_url",
+        "smtp_url",
         mode="before",
     )
     @classmethod
@@ -173,6 +183,7 @@ class Settings(BaseSettings):
             self.stripe_webhook_secret,
             self.key_encryption_key,
             self.telegram_webhook_secret,
+            self.smtp_url,
         ]
         found = [v.get_secret_value() for v in values if v is not None]
         if self.key_encryption_key is not None:

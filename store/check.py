@@ -17,12 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from store.crypto import KeyVault, KeyVaultError
 from store.db import Database
 from store.models import (
+    Client,
+    ClientEvent,
     Delivery,
     DeliveryKind,
     DeliveryStatus,
     ImportBatch,
     Key,
     KeyStatus,
+    LedgerEntry,
     Order,
     OrderStatus,
     Product,
@@ -74,6 +77,7 @@ async def check(
             await _imported_equals_states(session),
             await _paid_orders_are_settled(session, now),
             await _deliveries_within_budget(session, max_attempts),
+            await _balances_match_ledgers(session),
         ]
         if vault is not None:
             findings.append(await _keys_decrypt(session, vault, sample))
@@ -184,7 +188,11 @@ async def _paid_orders_are_settled(session: AsyncSession, now: datetime) -> Find
         .outerjoin(
             Delivery, and_(Delivery.order_id == Order.id, Delivery.kind == DeliveryKind.KEYS)
         )
-        .where(Order.status == OrderStatus.FULFILLED, Delivery.id.is_(None))
+        # A business client's order is delivered through its event (webhook, feed, e-mail).
+        .outerjoin(ClientEvent, ClientEvent.order_id == Order.id)
+        .where(
+            Order.status == OrderStatus.FULFILLED, Delivery.id.is_(None), ClientEvent.id.is_(None)
+        )
         .order_by(Order.id),
     )
     return Finding(
@@ -205,6 +213,32 @@ async def _deliveries_within_budget(session: AsyncSession, max_attempts: int) ->
     stuck = await _ids(session, query)
     return Finding(
         "I4", "no delivery is stuck past its retry budget", tuple(f"delivery {d}" for d in stuck)
+    )
+
+
+async def _balances_match_ledgers(session: AsyncSession) -> Finding:
+    """Every business client's balance is the sum of its ledger, and within its credit."""
+    ledger = (
+        select(LedgerEntry.client_id, func.sum(LedgerEntry.amount_minor).label("n"))
+        .group_by(LedgerEntry.client_id)
+        .subquery()
+    )
+    query = (
+        select(Client.name)
+        .outerjoin(ledger, ledger.c.client_id == Client.id)
+        .where(
+            or_(
+                func.coalesce(ledger.c.n, 0) != Client.balance_minor,
+                Client.balance_minor < -Client.credit_minor,
+            )
+        )
+        .order_by(Client.name)
+    )
+    names = await _ids(session, query)
+    return Finding(
+        "money",
+        "every client's balance equals its ledger and stays within its credit",
+        tuple(f"client {n}" for n in names),
     )
 
 

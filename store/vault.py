@@ -11,7 +11,8 @@ the new KEK is refused — it could not read what is written next. An empty data
 the first KEK; a database from before the record is adopted only if a listed KEK decrypts
 its newest key and a listed KEK's digest key reproduces that key's stored digest.
 
-`reencrypt` rewrites, batch by batch, every key not yet under the first KEK. It changes the
+`reencrypt` rewrites, batch by batch, every sealed value not yet under the first KEK: the
+keys, and the business API's download tokens (SEALED lists them). It changes the
 ciphertext column only, with an update conditional on the old ciphertext, so a concurrent
 sale or reveal (which reads the old ciphertext, still readable by the listed old KEK) is
 never broken and a key's status and order are never touched. On PostgreSQL a key locked by
@@ -33,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from store.buyers import dialect_insert
 from store.crypto import KeyVault, KeyVaultError
 from store.db import Database
-from store.models import Key, VaultRecord
+from store.models import Download, Key, VaultRecord
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +42,14 @@ _RECORD_ID = 1
 _OPEN_ATTEMPTS = 3
 _PASSES = 3
 BATCH = 500
+# Every column holding a value sealed with the vault: what a rotation must rewrite.
+SEALED = (Key.ciphertext, Download.token_ciphertext)
 
 
 @dataclass(frozen=True, slots=True)
 class Reencryption:
     rewritten: int
-    remaining: int  # keys still under an older KEK: in use by a sale during every pass
+    remaining: int  # values still under an older KEK: in use by a sale during every pass
 
 
 async def open_vault(db: Database, secrets: str, *, now: datetime | None = None) -> KeyVault:
@@ -155,56 +158,60 @@ async def reencrypt(
     batch: int = BATCH,
     progress: Callable[[int], None] | None = None,
 ) -> Reencryption:
-    """Rewrite every key not under the first KEK; `progress` hears the running total."""
+    """Rewrite every sealed value not under the first KEK; `progress` hears the running
+    total."""
     rewritten = 0
     for _ in range(_PASSES):
-        after: int | None = 0
-        while after is not None:
-            count, after = await db.write(_rewrite_batch, vault, after, batch)
-            rewritten += count
-            if count and progress is not None:
-                progress(rewritten)
-        remaining = await db.read(_count_stale, vault)
+        for column in SEALED:
+            after: int | None = 0
+            while after is not None:
+                count, after = await db.write(_rewrite_batch, vault, column, after, batch)
+                rewritten += count
+                if count and progress is not None:
+                    progress(rewritten)
+        remaining = sum([await db.read(_count_stale, vault, column) for column in SEALED])
         if not remaining:
             break
     return Reencryption(rewritten=rewritten, remaining=remaining)
 
 
-def _stale(vault: KeyVault):
+def _stale(vault: KeyVault, column):
     header = vault.current_header
-    return func.substr(Key.ciphertext, 1, len(header)) != header
+    return func.substr(column, 1, len(header)) != header
 
 
 async def _rewrite_batch(
-    session: AsyncSession, vault: KeyVault, after: int, batch: int
+    session: AsyncSession, vault: KeyVault, column, after: int, batch: int
 ) -> tuple[int, int | None]:
+    table, row_id = column.class_.__table__, column.class_.id
     rows = (
         await session.execute(
-            select(Key.id, Key.ciphertext)
-            .where(Key.id > after, _stale(vault))
-            .order_by(Key.id)
+            select(row_id, column)
+            .where(row_id > after, _stale(vault, column))
+            .order_by(row_id)
             .limit(batch)
-            # A key a sale holds is skipped, not waited for: the next pass takes it.
+            # A row a sale holds is skipped, not waited for: the next pass takes it.
             .with_for_update(skip_locked=True)
         )
     ).all()
     if not rows:
         return 0, None
-    keys = Key.__table__
     count = 0
-    for key_id, old in rows:
+    for found_id, old in rows:
         try:
             new = vault.seal(vault.open(old))
         except KeyVaultError as exc:
-            raise KeyVaultError(f"key id {key_id}: {exc}") from None
+            raise KeyVaultError(f"{table.name} id {found_id}: {exc}") from None
         result = await session.execute(
-            keys.update()
-            .where(keys.c.id == key_id, keys.c.ciphertext == old)
-            .values(ciphertext=new)
+            table.update()
+            .where(table.c.id == found_id, table.c[column.key] == old)
+            .values({column.key: new})
         )
         count += result.rowcount
     return count, rows[-1].id
 
 
-async def _count_stale(session: AsyncSession, vault: KeyVault) -> int:
-    return await session.scalar(select(func.count()).select_from(Key).where(_stale(vault)))
+async def _count_stale(session: AsyncSession, vault: KeyVault, column) -> int:
+    return await session.scalar(
+        select(func.count()).select_from(column.class_).where(_stale(vault, column))
+    )

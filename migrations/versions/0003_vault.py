@@ -7,7 +7,7 @@ The record is written by the first command that opens the database with a key
 (store/vault.py), not here: a migration has no key.
 
 Revision ID: 0003
-Revises: 0002
+Revises: 0006 (0006 reached main first: a database already at 0006 must still get this)
 Create Date: 2026-11-27 10:00:00
 """
 
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0003"
-down_revision: str | None = "0002"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -11,6 +11,7 @@ stay readable, and a database from before the record is adopted only by its own 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.fernet import Fernet
@@ -20,7 +21,7 @@ from store import inventory, orders
 from store.check import check
 from store.crypto import KeyVault, KeyVaultError
 from store.db import Database
-from store.models import Key, KeyStatus, VaultRecord
+from store.models import Download, Key, KeyStatus, VaultRecord
 from store.vault import open_vault, reencrypt
 from tests.store.conftest import REFUND, FakeGateway, invariants_hold, open_order, scalar, stocked
 
@@ -125,6 +126,18 @@ async def test_rotation_keeps_duplicates_caught_and_ends_with_the_new_key_alone(
     sold = await open_order(db, gateway, 1, buyer=7)
     await orders.fulfil(db, gateway.payment(sold), REFUND)
     await open_order(db, gateway, 1, buyer=8)  # a reservation, left open
+    link = Download(  # a business client's download link: sealed with the vault too
+        order_id=sold,
+        token_hash=b"h" * 32,
+        token_ciphertext=KeyVault(OLD).encrypt("dl_live-link"),
+        created_at=datetime.now(UTC),
+        expires_at=datetime.now(UTC) + timedelta(hours=1),
+    )
+
+    async def add_link(session):
+        session.add(link)
+
+    await db.write(add_link)
     before = [(i, s, o) for i, _, s, o in await stored(db)]
 
     rotating = await open_vault(db, f"{NEW},{OLD}")
@@ -135,10 +148,11 @@ async def test_rotation_keeps_duplicates_caught_and_ends_with_the_new_key_alone(
 
     report = await reencrypt(db, rotating, batch=2)
 
-    assert (report.rewritten, report.remaining) == (len(keys), 0)
+    assert (report.rewritten, report.remaining) == (len(keys) + 1, 0)
     assert all(rotating.is_current(c) for _, c, _, _ in await stored(db))
     assert [(i, s, o) for i, _, s, o in await stored(db)][: len(before)] == before
     done = await open_vault(db, NEW)
+    assert done.decrypt(await scalar(db, select(Download.token_ciphertext))) == "dl_live-link"
     assert await texts(db, done) == [*keys, "FRESH-1"]
     assert (await restock(db, done, keys[1], "FRESH-1", "FRESH-2")).added == 1
     assert (await reencrypt(db, done)).rewritten == 0  # a rerun has nothing left to do
