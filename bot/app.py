@@ -41,7 +41,7 @@ from bot import jobs
 from bot import web as web_routes
 from bot.client_outbox import ClientOutboxWorker, Smtp
 from bot.delivery import DeliveryWorker
-from bot.keyfile import ConfigError, encryption_key
+from bot.keyfile import ConfigError, encryption_key, open_vault
 from bot.metrics import Metrics
 from bot.migrate import migrate
 from bot.notifier import AdminNotifier
@@ -326,7 +326,7 @@ async def serve(
     try:
         # The database first: its key file is written beside it only once it opens.
         await migrate(db)
-        parts = assemble(settings, db, KeyVault(encryption_key(settings)))
+        parts = assemble(settings, db, await open_vault(db, encryption_key(settings)))
         await _run(parts, stop, started)
     finally:
         await db.dispose()

@@ -346,7 +346,11 @@ class Settings(BaseSettings):
             self.telegram_webhook_secret,
             self.smtp_url,
         ]
-        return [v.get_secret_value() for v in values if v is not None]
+        found = [v.get_secret_value() for v in values if v is not None]
+        if self.key_encryption_key is not None:
+            # During a rotation it lists several keys: each one is a secret on its own.
+            found += [k.strip() for k in self.key_encryption_key.get_secret_value().split(",")]
+        return found
 
 
 def load_settings() -> Settings:

@@ -8,6 +8,7 @@ inside a spoiler in a message the delivery worker sends with `protect_content`.
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -15,7 +16,7 @@ from babel.numbers import format_currency
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 from handlers.i18n import t, tn
-from store.catalogue import STOCK_DISPLAY_CAP, ProductView
+from store.catalogue import STOCK_DISPLAY_CAP, TEMPLATE_FIELDS, ProductView
 from store.deliveries import Job
 from store.inventory import RestockReport, StockLevels
 from store.models import DeliveryKind, OrderStatus
@@ -24,6 +25,7 @@ from store.orders import OrderView
 from store.reports import Stats
 
 MESSAGE_LIMIT = 4096
+_PLACEHOLDER = re.compile(r"\{(" + "|".join(TEMPLATE_FIELDS) + r")\}")
 _LOCALE = {"en": "en_US", "zh": "zh_CN"}
 
 
@@ -346,11 +348,10 @@ def _key_block(job: Job, key: str) -> str:
     template = _e(job.template) if job.template else "{key}"
     if "{key}" not in template:
         template = "{key}\n" + template
-    return (
-        template.replace("{key}", spoiler)
-        .replace("{order}", str(job.order_id))
-        .replace("{product}", _e(job.product_name))
-    )
+    values = {"key": spoiler, "order": str(job.order_id), "product": _e(job.product_name)}
+    # One pass: a substituted value is never scanned again, so a key that reads "{order}"
+    # (or a product named "{key}") arrives exactly as written.
+    return _PLACEHOLDER.sub(lambda match: values[match[1]], template)
 
 
 # ---------------------------------------------------------------- admin screens

@@ -294,6 +294,23 @@ class Reveal(Base):
     delete_after: Mapped[datetime | None] = mapped_column(default=None)
 
 
+class VaultRecord(Base):
+    """The database's one record of its key encryption key (store/vault.py).
+
+    `key_check` is the check value of the KEK that encrypts today: a KEY_ENCRYPTION_KEY
+    that does not list it is refused before anything is read or written. `digest_key` is
+    the database's fixed duplicate-digest key, encrypted under that KEK.
+    """
+
+    __tablename__ = "vault"
+
+    # Always 1: one record per database, so two first starts cannot both record one.
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    key_check: Mapped[bytes] = mapped_column(LargeBinary(32))
+    digest_key: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[datetime]
+
+
 class AuditEntry(Base):
     __tablename__ = "audit_log"
 
