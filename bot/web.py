@@ -49,13 +49,19 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Report whether the database and Redis answer: ok, degraded (no Redis) or down."""
+    """Report whether the database and Redis answer: ok, degraded (no Redis) or down, and
+    where rate limits are counted (`local`: in this process, per instance)."""
     database = await request.app[SHOP].db.ping()
     limiter = request.app[LIMITER]
     redis = await limiter.ping() if limiter.shared else None
     status = "down" if not database else "degraded" if redis is False else "ok"
     return web.json_response(
-        {"status": status, "database": database, "redis": redis},
+        {
+            "status": status,
+            "database": database,
+            "redis": redis,
+            "rate_limits": "local" if limiter.local else "redis",
+        },
         status=503 if status == "down" else 200,
     )
 

@@ -36,16 +36,21 @@ REDIS = "redis://127.0.0.1:6379/14"
 
 
 async def test_healthz_without_redis(shop: Shop) -> None:
-    assert await health(shop) == {"status": "ok", "database": True, "redis": None}
+    assert await health(shop) == {
+        "status": "ok",
+        "database": True,
+        "redis": None,
+        "rate_limits": "local",
+    }
 
 
 @pytest.mark.parametrize(
     ("redis_url", "expected"),
     [
-        (REDIS, {"status": "ok", "database": True, "redis": True}),
+        (REDIS, {"status": "ok", "database": True, "redis": True, "rate_limits": "redis"}),
         (
             f"redis://127.0.0.1:{free_port()}/0",
-            {"status": "degraded", "database": True, "redis": False},
+            {"status": "degraded", "database": True, "redis": False, "rate_limits": "local"},
         ),
     ],
     ids=["redis", "redis unreachable"],
@@ -61,7 +66,7 @@ async def test_healthz_with_redis(
     config = shop_settings(sqlite_url, telegram, stripe_api, key_secret, redis_url=redis_url)
     async with running(config, telegram, stripe_api) as shop:
         assert await health(shop) == expected  # 200 even when degraded
-        # Degraded is not down: with the limiter failing open, buyers still buy.
+        # Degraded is not down: with limits counted in the process, buyers still buy.
         await stock(shop, "GAME", 1)
         sale = await checkout(shop, BUYER, "GAME")
         assert await order_status(shop, sale.order_id) == OrderStatus.PENDING
