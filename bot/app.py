@@ -206,7 +206,16 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
     )
     shop.wake_delivery = worker.wake
     secret = telegram_secret(settings) if settings.telegram_mode is TelegramMode.WEBHOOK else None
-    server = web_routes.build(shop, metrics, limiter, telegram=application, telegram_secret=secret)
+    server = web_routes.build(
+        shop,
+        metrics,
+        limiter,
+        telegram=application,
+        telegram_secret=secret,
+        metrics_token=(
+            settings.metrics_token.get_secret_value() if settings.metrics_token else None
+        ),
+    )
     return Parts(settings, db, shop, application, worker, notifier, limiter, metrics, server)
 
 

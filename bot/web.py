@@ -28,6 +28,7 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter", RateLimiter)
 TELEGRAM: web.AppKey[Application] = web.AppKey("telegram", Application)
 TELEGRAM_SECRET: web.AppKey[str] = web.AppKey("telegram_secret", str)
+METRICS_TOKEN: web.AppKey[str] = web.AppKey("metrics_token", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -67,6 +68,19 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text; only to the bearer of METRICS_TOKEN when one is set."""
+    token = request.app.get(METRICS_TOKEN)
+    if token is not None:
+        scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
+        # Constant-time: the comparison must not tell a prober how much of the token it has.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            offered.strip().encode(), token.encode()
+        ):
+            return web.json_response(
+                {"error": "metrics need Authorization: Bearer <METRICS_TOKEN>"},
+                status=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
     registry = request.app[METRICS]
     return web.Response(body=registry.render(), headers={"Content-Type": registry.content_type})
 
@@ -95,12 +109,15 @@ def build(
     *,
     telegram: Application | None = None,
     telegram_secret: str | None = None,
+    metrics_token: str | None = None,
 ) -> web.Application:
     """The aiohttp application with every route keyvend serves."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_guard])
     app[SHOP] = shop
     app[METRICS] = registry
     app[LIMITER] = limiter
+    if metrics_token is not None:
+        app[METRICS_TOKEN] = metrics_token
     app.router.add_post("/stripe/webhook", stripe_webhook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

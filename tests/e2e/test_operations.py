@@ -109,6 +109,47 @@ async def test_metrics_count_webhooks_transitions_and_deliveries(shop: Shop) -> 
         assert private not in body
 
 
+METRICS_TOKEN = "metrics-0f3c9a7e51d24b88a6"
+
+
+async def test_metrics_with_a_token_set_answer_only_the_bearer_of_it(
+    sqlite_url: str, telegram, stripe_api, key_secret: str
+) -> None:
+    # In webhook mode the port is public: without the token, /metrics tells anyone the shop's
+    # sales rate. /healthz stays open for the load balancer.
+    config = shop_settings(
+        sqlite_url, telegram, stripe_api, key_secret, metrics_token=METRICS_TOKEN
+    )
+    async with running(config, telegram, stripe_api) as shop:
+        url = f"{shop.url}/metrics"
+        refused = {}
+        for name, headers in {
+            "none": {},
+            "wrong token": {"Authorization": "Bearer metrics-0f3c9a7e51d24b88a7"},
+            "a prefix of it": {"Authorization": f"Bearer {METRICS_TOKEN[:-1]}"},
+            "another scheme": {"Authorization": f"Basic {METRICS_TOKEN}"},
+            "no scheme": {"Authorization": METRICS_TOKEN},
+        }.items():
+            async with shop.http.get(url, headers=headers) as response:
+                refused[name] = (response.status, await response.text())
+        async with shop.http.get(
+            url, headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+        ) as response:
+            allowed, body = response.status, await response.text()
+        assert (await health(shop))["status"] == "ok"
+
+    assert all(status == 401 for status, _ in refused.values()), refused
+    assert all("keyvend_" not in text and METRICS_TOKEN not in text for _, text in refused.values())
+    assert allowed == 200 and "keyvend_checkouts_total" in body
+
+
+def test_an_empty_metrics_token_leaves_metrics_open_and_a_placeholder_is_refused() -> None:
+    # `METRICS_TOKEN=` as copied from .env.example must not demand an empty bearer token.
+    assert Settings(_env_file=None, metrics_token="").metrics_token is None
+    with pytest.raises(ValueError, match="placeholder"):
+        Settings(_env_file=None, metrics_token="changeme")
+
+
 # ---------------------------------------------------------------- logs
 
 
