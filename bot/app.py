@@ -1,6 +1,8 @@
 """The composition root: builds every part of keyvend from Settings and runs them in one loop.
 
-`serve()` migrates the database, then runs together, until told to stop: the Telegram
+`serve()` migrates the database, checks what it depends on (Redis when configured, the HTTP
+port, then the Bot API, local things first) and turns each failure into a one-line
+`ConfigError`, then runs together, until told to stop: the Telegram
 application (polling, or webhook updates fed by the aiohttp server), the aiohttp server
 (Stripe webhook, Telegram webhook, /healthz, /metrics), the delivery worker, the admin
 notifier, reconciliation with Stripe, and the removal of expired key messages. Nothing is
@@ -10,16 +12,19 @@ created at import time; everything hangs off the objects built here.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
 import socket
 import uuid
+import warnings
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from telegram import Update
-from telegram.error import InvalidToken, NetworkError
+from telegram.error import InvalidToken, NetworkError, TelegramError
 from telegram.ext import (
     Application,
     ApplicationBuilder,
@@ -34,8 +39,9 @@ from telegram.ext import (
 
 from bot import jobs
 from bot import web as web_routes
+from bot.client_outbox import ClientOutboxWorker, Smtp
 from bot.delivery import DeliveryWorker
-from bot.keyfile import ConfigError, encryption_key
+from bot.keyfile import ConfigError, encryption_key, open_vault
 from bot.metrics import Metrics
 from bot.migrate import migrate
 from bot.notifier import AdminNotifier
@@ -43,7 +49,16 @@ from bot.ratelimit import RateLimiter
 from bot.settings import OutOfStockPolicy, Settings, TelegramMode
 from bot.stripe_gateway import StripeGateway
 from bot.telegram_api import AiohttpRequest, SendPace
-from handlers import admin, buyer
+from handlers import (
+    admin,
+    admin_buyers,
+    admin_orders,
+    admin_products,
+    admin_reports,
+    buyer,
+    language,
+)
+from handlers.api import ApiConfig
 from handlers.context import KeyvendContext, Shop
 from handlers.i18n import language_of, t
 from store.crypto import KeyVault
@@ -54,6 +69,7 @@ from store.orders import OutOfStockPolicy as StockPolicy
 log = logging.getLogger(__name__)
 
 _EXPIRY_INTERVAL = 10.0
+_TELEGRAM = Settings.model_fields["telegram_api_url"].default
 
 
 def telegram_secret(settings: Settings) -> str:
@@ -85,7 +101,8 @@ def build_telegram(settings: Settings) -> Application:
 
 def add_handlers(application: Application) -> None:
     """All routing of updates, in one place."""
-    application.add_handler(TypeHandler(Update, buyer.throttle), group=-1)
+    application.add_handler(TypeHandler(Update, buyer.throttle), group=-2)
+    application.add_handler(TypeHandler(Update, language.load_language), group=-1)
     application.add_handler(
         ConversationHandler(
             entry_points=[CommandHandler("restock", admin.restock)],
@@ -99,15 +116,67 @@ def add_handlers(application: Application) -> None:
             conversation_timeout=600,
         )
     )
+    typed = filters.TEXT & ~filters.COMMAND
+    with warnings.catch_warnings():
+        # PTB warns that a button starting a conversation is tracked per chat, not per
+        # message: per chat is what is meant (the admin types the value into the chat).
+        warnings.filterwarnings("ignore", message=".*per_message.*")
+        edit_product = ConversationHandler(
+            entry_points=[
+                CallbackQueryHandler(
+                    admin_products.edit_field, pattern=r"^ae:\d{1,9}:\w{1,8}:\w{0,8}$"
+                )
+            ],
+            states={
+                admin_products.AWAITING_VALUE: [MessageHandler(typed, admin_products.receive_value)]
+            },
+            fallbacks=[CommandHandler("cancel", admin_products.cancel)],
+            conversation_timeout=600,
+        )
+        new_product = ConversationHandler(
+            entry_points=[CommandHandler("newproduct", admin_products.new_product)],
+            states={
+                admin_products.NEW_SKU: [MessageHandler(typed, admin_products.new_sku)],
+                admin_products.NEW_NAME: [MessageHandler(typed, admin_products.new_name)],
+                admin_products.NEW_PRICE: [MessageHandler(typed, admin_products.new_price)],
+                admin_products.NEW_KIND: [
+                    CallbackQueryHandler(admin_products.new_kind, pattern=r"^nk:\w{1,8}$")
+                ],
+                admin_products.NEW_TEMPLATE: [
+                    MessageHandler(typed | filters.Regex(r"^/skip"), admin_products.new_template)
+                ],
+            },
+            fallbacks=[CommandHandler("cancel", admin_products.cancel)],
+            conversation_timeout=600,
+        )
     application.add_handlers(
         [
             CommandHandler("start", buyer.start),
             CommandHandler("buy", buyer.buy),
             CommandHandler("orders", buyer.my_orders),
             CommandHandler("help", buyer.help_command),
-            CommandHandler("stats", admin.stats),
+            CommandHandler("stats", admin_reports.stats),
+            CommandHandler("export", admin_reports.export),
             CommandHandler("confirm", admin.confirm),
+            CommandHandler("products", admin_products.products),
+            CommandHandler("ban", admin_buyers.ban),
+            CommandHandler("unban", admin_buyers.unban),
+            CommandHandler("banned", admin_buyers.banned),
+            CommandHandler("audit", admin_buyers.show_audit),
+            CommandHandler("order", admin_orders.order),
+            CommandHandler("find", admin_orders.find),
+            CommandHandler("language", language.language),
             CallbackQueryHandler(buyer.show_catalogue, pattern=r"^cat$"),
+            # After the catalogue button, which a button without data has always reached.
+            edit_product,
+            new_product,
+            CallbackQueryHandler(language.choose, pattern=r"^lang:\w{1,8}$"),
+            CallbackQueryHandler(admin_products.show_products, pattern=r"^apl$"),
+            CallbackQueryHandler(admin_products.show_product, pattern=r"^ap:\d{1,9}$"),
+            CallbackQueryHandler(admin_orders.open_order, pattern=r"^ao:\d{1,9}$"),
+            CallbackQueryHandler(admin_orders.resend_keys, pattern=r"^ar:\d{1,9}$"),
+            CallbackQueryHandler(admin_orders.ban_buyer, pattern=r"^ab:\d{1,9}$"),
+            CallbackQueryHandler(buyer.show_category, pattern=r"^cg:\d{1,3}:\d{1,4}$"),
             CallbackQueryHandler(buyer.show_product, pattern=r"^p:\d{1,9}:\d{1,3}$"),
             CallbackQueryHandler(buyer.pay, pattern=r"^pay:\d{1,9}:\d{1,3}$"),
             CallbackQueryHandler(buyer.my_orders, pattern=r"^ords$"),
@@ -149,6 +218,8 @@ class Parts:
     limiter: RateLimiter
     metrics: Metrics
     web: web.Application
+    client_outbox: ClientOutboxWorker
+    stripe: StripeGateway | None = None
 
 
 def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
@@ -161,6 +232,8 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
             "updates": settings.rate_limit_updates,
             "checkouts": settings.rate_limit_checkouts,
             "notices": "1/minute",
+            "api_token": settings.rate_limit_api,
+            "api_ip": settings.rate_limit_api_ip,
         },
         redis_url=settings.redis_url,
         metrics=metrics,
@@ -181,7 +254,10 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
         vault=vault,
         admin_ids=settings.admin_ids,
         checkout_policy=CheckoutPolicy(
-            max_unpaid=settings.max_unpaid_orders, ttl=settings.checkout_ttl
+            max_unpaid=settings.max_unpaid_orders,
+            ttl=settings.checkout_ttl,
+            hold_max_units=settings.hold_max_units,
+            hold_max_share=settings.hold_max_share,
         ),
         stock_policy=StockPolicy(
             backorder=settings.out_of_stock_policy is OutOfStockPolicy.BACKORDER
@@ -205,7 +281,20 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
         lease=settings.delivery_lease,
     )
     shop.wake_delivery = worker.wake
+    smtp = None
+    if settings.smtp_url is not None:
+        try:
+            smtp = Smtp.from_url(settings.smtp_url.get_secret_value(), settings.smtp_from)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    client_worker = ClientOutboxWorker(shop, metrics, owner=worker.owner, smtp=smtp)
+    shop.wake_client_outbox = client_worker.wake
     secret = telegram_secret(settings) if settings.telegram_mode is TelegramMode.WEBHOOK else None
+    api_config = ApiConfig(
+        download_ttl=settings.download_ttl,
+        email=settings.smtp_url is not None,
+        public_url=settings.public_url,
+    )
     server = web_routes.build(
         shop,
         metrics,
@@ -215,41 +304,96 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
         metrics_token=(
             settings.metrics_token.get_secret_value() if settings.metrics_token else None
         ),
+        api_config=api_config,
     )
-    return Parts(settings, db, shop, application, worker, notifier, limiter, metrics, server)
+    return Parts(
+        settings,
+        db,
+        shop,
+        application,
+        worker,
+        notifier,
+        limiter,
+        metrics,
+        server,
+        client_worker,
+        stripe,
+    )
 
 
 async def serve(
     settings: Settings, stop: asyncio.Event, *, started: asyncio.Future[Parts] | None = None
 ) -> None:
     """Run the shop until `stop` is set; `started` gets the running parts once it is up."""
-    vault = KeyVault(encryption_key(settings))
     db = Database(settings.database_url)
     try:
+        # The database first: its key file is written beside it only once it opens.
         await migrate(db)
-        parts = assemble(settings, db, vault)
+        parts = assemble(settings, db, await open_vault(db, encryption_key(settings)))
         await _run(parts, stop, started)
     finally:
         await db.dispose()
 
 
-async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Future[Parts] | None) -> None:
-    settings, application, shop = parts.settings, parts.telegram, parts.shop
+async def _check_redis(settings: Settings, limiter: RateLimiter) -> None:
+    # Down while running, limits fail open; down at start, it is a wrong address or a Redis
+    # never started, and running on without the limits the operator asked for hides that.
+    if limiter.shared and not await limiter.ping():
+        address = urlsplit(settings.redis_url)  # host and port only: the URL may hold a password
+        raise ConfigError(
+            f"Redis does not answer at {address.hostname}:{address.port or 6379} (REDIS_URL): "
+            "start it, or leave REDIS_URL empty to keep rate limits in this process"
+        )
+
+
+async def _listen(runner: web.AppRunner, settings: Settings) -> None:
+    where = f"{settings.http_host}:{settings.http_port}"
+    try:
+        await web.TCPSite(runner, settings.http_host, settings.http_port).start()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"cannot listen on {where}: the port is in use by another program; "
+                "stop it or set HTTP_PORT to a free port"
+            ) from None
+        raise ConfigError(
+            f"cannot listen on {where} ({exc.strerror or exc}): check HTTP_HOST and HTTP_PORT"
+        ) from None
+
+
+async def _start_telegram(application: Application, settings: Settings) -> None:
+    where = settings.telegram_api_url
     try:
         await application.initialize()
     except InvalidToken:
-        raise ConfigError("Telegram rejected BOT_TOKEN: copy it again from @BotFather") from None
+        # PTB's own message quotes the token. A server that is not a Bot API answers 404,
+        # which PTB reports the same way.
+        elsewhere = "" if where == _TELEGRAM else f", or {where} is not a Bot API server"
+        raise ConfigError(
+            f"Telegram rejected BOT_TOKEN: copy it again from @BotFather{elsewhere}"
+        ) from None
     except NetworkError as exc:
         raise ConfigError(
-            f"cannot reach the Telegram Bot API at {settings.telegram_api_url}: {exc}"
+            f"cannot reach the Telegram Bot API at {where} ({exc.message}): "
+            "check TELEGRAM_API_URL and the network"
         ) from None
+    except TelegramError as exc:
+        raise ConfigError(
+            f"the Telegram Bot API at {where} refused getMe ({exc.message}): "
+            "check TELEGRAM_API_URL and BOT_TOKEN"
+        ) from None
+    await application.start()
+
+
+async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Future[Parts] | None) -> None:
+    settings, application, shop = parts.settings, parts.telegram, parts.shop
     runner = web.AppRunner(parts.web, access_log=None)
-    await runner.setup()
     tasks: list[asyncio.Task[None]] = []
     try:
-        site = web.TCPSite(runner, settings.http_host, settings.http_port)
-        await site.start()
-        await application.start()
+        await _check_redis(settings, parts.limiter)
+        await runner.setup()
+        await _listen(runner, settings)
+        await _start_telegram(application, settings)
         if settings.telegram_mode is TelegramMode.WEBHOOK:
             await application.bot.set_webhook(
                 f"{settings.public_url.rstrip('/')}/telegram/webhook",
@@ -264,6 +408,7 @@ async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Future[Parts]
         tasks = [
             asyncio.create_task(parts.worker.run(stop), name="delivery"),
             asyncio.create_task(parts.notifier.run(stop), name="notifier"),
+            asyncio.create_task(parts.client_outbox.run(stop), name="client-outbox"),
             asyncio.create_task(
                 jobs.every(
                     settings.reconcile_interval.total_seconds(),
@@ -271,6 +416,7 @@ async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Future[Parts]
                     stop,
                     wake=refunds_due,
                     name="reconciliation",
+                    sooner=lambda longest: jobs.seconds_to_next_check(shop, longest),
                 ),
                 name="reconciliation",
             ),
@@ -297,7 +443,8 @@ async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Future[Parts]
         await stop.wait()
     finally:
         stop.set()
-        log.info("keyvend is stopping")
+        if tasks:  # it ran: say so; a failed start says why in one line, from its ConfigError
+            log.info("keyvend is stopping")
         if application.updater is not None and application.updater.running:
             await application.updater.stop()
         if tasks:
@@ -305,4 +452,9 @@ async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Future[Parts]
         if application.running:
             await application.stop()
         await application.shutdown()
+        # A failed initialize leaves the bot's HTTP sessions open and the application
+        # "not initialized", so its shutdown skips them; the bot's own closes them.
+        await application.bot.shutdown()
+        if parts.stripe is not None:
+            await parts.stripe.close()
         await runner.cleanup()

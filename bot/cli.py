@@ -1,32 +1,36 @@
 """The `keyvend` command line: run the shop, migrate, manage products and keys, check.
 
 Every command reads the same Settings as the bot. On bad input a command prints one line
-saying what is wrong to stderr and exits non-zero; it never prints a key.
+saying what is wrong to stderr and exits non-zero; it never prints a key. The one place that
+turns errors into that line is `main()`: 2 when keyvend cannot start with these settings (a
+`ConfigError`, or a database it cannot open), 1 when the command itself failed; a secret
+setting's value is blanked out of the line whatever raised it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from bot import logs
-from bot.keyfile import ConfigError, encryption_key
+from bot.keyfile import encryption_key, open_vault
 from bot.migrate import migrate
-from bot.settings import Settings
-from store import catalogue, inventory, reports
+from bot.settings import ConfigError, Settings, load_settings
+from handlers.i18n import LANGUAGES
+from store import catalogue, clients, inventory, reports
 from store.catalogue import ProductChanges
-from store.check import check
+from store.check import KEY_SAMPLE, check
 from store.crypto import KeyVault, KeyVaultError
 from store.db import Database
-from store.errors import StoreError
-from store.models import ProductKind
+from store.errors import DatabaseUnavailable, StoreError
+from store.models import Allocation, ProductKind
 from store.money import to_major
+from store.vault import reencrypt
 
 _SETUP_HINT = (
     "BOT_TOKEN is not set. Create a bot with @BotFather in Telegram and put its token in .env "
@@ -44,21 +48,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "command"):
         parser.print_help()
         return 2
+    secrets: list[str] = []
     try:
-        settings = Settings()
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        field = str(error["loc"][0]).upper() if error["loc"] else "settings"
-        print(f"keyvend: {field}: {error['msg']}", file=sys.stderr)
-        return 2
-    logs.configure(settings.log_level, settings.secrets())
-    try:
+        settings = load_settings()
+        secrets = settings.secrets()
+        logs.configure(settings.log_level, secrets)
         return _run(args.command(settings, args))
-    except (Failure, ConfigError, StoreError, KeyVaultError) as exc:
-        print(f"keyvend: {exc}", file=sys.stderr)
+    except (ConfigError, DatabaseUnavailable) as exc:
+        _explain(exc, secrets)
+        return 2
+    except (Failure, StoreError, KeyVaultError) as exc:
+        _explain(exc, secrets)
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        # A bug, not a mistake in the settings: the traceback goes through the log handler,
+        # which scrubs the secrets a raw traceback could carry (URLs holding the bot token).
+        logging.getLogger(__name__).critical(
+            "keyvend stopped on an unexpected error", exc_info=True
+        )
+        return 1
+
+
+def _explain(exc: Exception, secrets: Sequence[str]) -> None:
+    """Print why the command failed, as one line without any secret's value."""
+    reason = " ".join(str(exc).split())
+    for secret in secrets:
+        reason = reason.replace(secret, "***")
+    print(f"keyvend: {reason}", file=sys.stderr)
 
 
 def _run(work: Awaitable[int | None]) -> int:
@@ -71,12 +89,15 @@ def _run(work: Awaitable[int | None]) -> int:
 
 
 async def _with_db(
-    settings: Settings, work: Callable[[Database], Awaitable[int | None]]
+    settings: Settings, work: Callable[[Database, KeyVault], Awaitable[int | None]]
 ) -> int | None:
+    """Run `work` on the migrated database and its vault: a KEY_ENCRYPTION_KEY that does not
+    match the database is refused before any work starts."""
+    secrets = encryption_key(settings)
     db = Database(settings.database_url)
     try:
         await migrate(db)
-        return await work(db)
+        return await work(db, await open_vault(db, secrets))
     finally:
         await db.dispose()
 
@@ -87,7 +108,7 @@ async def _with_db(
 async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     if settings.bot_token is None:
         env = ".env found" if Path(".env").exists() else "no .env here yet: cp .env.example .env"
-        raise Failure(_SETUP_HINT.format(env=env))
+        raise ConfigError(_SETUP_HINT.format(env=env))
     from bot.app import serve  # the bot's libraries load only for `run`: other commands start fast
 
     stop = asyncio.Event()
@@ -99,17 +120,18 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    await _with_db(settings, lambda db: _done("database is up to date"))
-    return 0
-
-
-async def _done(message: str) -> int:
-    print(message)
+    # The one command that needs no key: it changes the schema, never a key.
+    db = Database(settings.database_url)
+    try:
+        await migrate(db)
+    finally:
+        await db.dispose()
+    print("database is up to date")
     return 0
 
 
 async def cmd_product_add(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(db: Database) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
         product = await catalogue.add_product(
             db,
             args.sku,
@@ -122,6 +144,8 @@ async def cmd_product_add(settings: Settings, args: argparse.Namespace) -> int:
             max_per_buyer=args.max_per_buyer,
             low_stock_threshold=args.low_stock,
             delivery_template=args.template or "",
+            category=args.category or "",
+            allocation=Allocation(args.allocation),
         )
         print(f"added {product.sku}: {product.name}, {_price(product)}")
         return 0
@@ -141,13 +165,15 @@ async def cmd_product_edit(settings: Settings, args: argparse.Namespace) -> int:
         delivery_template=args.template,
         active=args.active,
         language=args.lang,
+        category=args.category,
+        allocation=Allocation(args.allocation) if args.allocation else None,
     )
     if changes == ProductChanges(language=args.lang):
         raise Failure(
             "nothing to change: give at least one option, see `keyvend product edit --help`"
         )
 
-    async def work(db: Database) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
         product = await catalogue.edit_product(db, args.sku, changes)
         print(
             f"updated {product.sku}: {product.name}, {_price(product)}, {'on sale' if product.active else 'off sale'}"
@@ -158,7 +184,7 @@ async def cmd_product_edit(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_product_list(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(db: Database) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
         products = {p.sku: p for p in await catalogue.list_products(db, active_only=False)}
         levels = await inventory.stock_levels(db)
         if not levels:
@@ -183,27 +209,34 @@ async def cmd_keys_import(settings: Settings, args: argparse.Namespace) -> int:
         data = sys.stdin.buffer.read() if args.file == "-" else path.read_bytes()
     except OSError as exc:
         raise Failure(f"cannot read {args.file}: {exc.strerror}") from None
-    vault = KeyVault(encryption_key(settings))
 
-    async def work(db: Database) -> int:
+    async def work(db: Database, vault: KeyVault) -> int:
         parsed = inventory.parse_keys(data, is_csv=path.suffix.lower() == ".csv")
         report = await inventory.restock(db, vault, args.sku, parsed, source="cli")
         print(
             f"{report.sku}: added {report.added}, skipped {report.duplicates} duplicates, "
             f"rejected {report.rejected} lines ({report.empty} empty, {report.too_long} too long, "
-            f"{report.binary} binary); available now {report.available}"
+            f"{report.binary} binary, {report.not_utf8} not UTF-8); "
+            f"available now {report.available}"
         )
         if report.backorders_fulfilled:
             print(
                 f"filled {len(report.backorders_fulfilled)} backordered orders: the running bot delivers them"
             )
+        resave = " (save the file as UTF-8 and import it again)" if report.not_utf8 else ""
+        if report.rejected and not report.added:
+            raise Failure(
+                f"nothing imported from {args.file}: {report.rejected} lines rejected{resave}"
+            )
+        if resave:
+            print(f"{args.file}: {report.not_utf8} lines are not UTF-8{resave}", file=sys.stderr)
         return 0
 
     return await _with_db(settings, work)
 
 
 async def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(db: Database) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
         stats = await reports.sales(db)
         for period in stats.periods:
             label = "today" if period.days == 1 else f"last {period.days} days"
@@ -230,8 +263,13 @@ async def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(db: Database) -> int:
-        findings = await check(db, max_attempts=settings.delivery_max_attempts)
+    async def work(db: Database, vault: KeyVault) -> int:
+        findings = await check(
+            db,
+            max_attempts=settings.delivery_max_attempts,
+            vault=vault,
+            sample=None if args.full else KEY_SAMPLE,
+        )
         for finding in findings:
             print(f"{'ok  ' if finding.ok else 'FAIL'} {finding.invariant}: {finding.description}")
             for violation in finding.violations:
@@ -243,9 +281,116 @@ async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     return await _with_db(settings, work)
 
 
+async def cmd_keys_reencrypt(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(db: Database, vault: KeyVault) -> int:
+        shown = 0
+
+        def progress(total: int) -> None:
+            nonlocal shown
+            if total - shown >= 10_000:
+                shown = total
+                print(f"rewrote {total} keys so far", file=sys.stderr, flush=True)
+
+        report = await reencrypt(db, vault, progress=progress)
+        if report.remaining:
+            raise Failure(
+                f"rewrote {report.rewritten} keys; {report.remaining} were in use by a sale "
+                "every time and are still under an older key: run `keyvend keys reencrypt` again"
+            )
+        print(
+            f"rewrote {report.rewritten} keys: every key is under key id {vault.key_ids[0]}; "
+            "run `keyvend check --full`, then remove the other keys from KEY_ENCRYPTION_KEY"
+        )
+        return 0
+
+    return await _with_db(settings, work)
+
+
 async def cmd_keygen(settings: Settings, args: argparse.Namespace) -> int:
     print(KeyVault.generate())
     return 0
+
+
+async def cmd_client_add(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
+        new = await clients.add_client(
+            db,
+            args.name,
+            currency=args.currency,
+            balance=args.balance,
+            credit=args.credit,
+            webhook_url=args.webhook,
+            email=args.email,
+            review_over=args.review_over,
+        )
+        c = new.client
+        print(
+            f"added client {c.name}: balance {c.money(c.balance_minor)}, "
+            f"credit {c.money(c.credit_minor)}. Its API token (shown only now):"
+        )
+        print(new.token)
+        if new.webhook_secret:
+            print(f"webhook signing secret: {new.webhook_secret}")
+        return 0
+
+    return await _with_db(settings, work)
+
+
+async def cmd_client_list(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
+        found = await clients.list_clients(db)
+        if not found:
+            print("no clients yet: keyvend client add NAME --balance 100.00 --currency usd")
+        for c in found:
+            state = "  (disabled)" if c.disabled else ""
+            review = f"  review over {c.review_over}" if c.review_over else ""
+            print(
+                f"{c.name:<24} balance {c.money(c.balance_minor):>16}  "
+                f"credit {c.money(c.credit_minor):>14}  {c.email or '-'}  "
+                f"{c.webhook_url or '-'}{review}{state}"
+            )
+        return 0
+
+    return await _with_db(settings, work)
+
+
+async def cmd_client_topup(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
+        c = await clients.topup(db, args.name, args.amount)
+        print(f"{c.name}: balance now {c.money(c.balance_minor)}")
+        return 0
+
+    return await _with_db(settings, work)
+
+
+async def cmd_client_token(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
+        token = await clients.new_token(db, args.name)
+        print(f"new API token for {args.name} (the old one no longer works; shown only now):")
+        print(token)
+        return 0
+
+    return await _with_db(settings, work)
+
+
+async def cmd_client_disable(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
+        c = await clients.disable(db, args.name)
+        print(f"{c.name} is disabled: its token is refused from now on")
+        return 0
+
+    return await _with_db(settings, work)
+
+
+async def cmd_client_review(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
+        status = await clients.decide_review(
+            db, args.order, approve=args.approve, email=settings.smtp_url is not None
+        )
+        print(f"order {args.order} is {status}")
+        return 0
+
+    return await _with_db(settings, work)
 
 
 def _price(product: catalogue.ProductView) -> str:
@@ -268,9 +413,13 @@ def _parser() -> argparse.ArgumentParser:
         command=cmd_migrate
     )
     commands.add_parser("stats", help="orders, revenue and stock").set_defaults(command=cmd_stats)
-    commands.add_parser("check", help="verify the invariants on the database").set_defaults(
-        command=cmd_check
+    verify = commands.add_parser("check", help="verify the invariants on the database")
+    verify.add_argument(
+        "--full",
+        action="store_true",
+        help=f"decrypt every stored key (default: a random {KEY_SAMPLE:,})",
     )
+    verify.set_defaults(command=cmd_check)
     commands.add_parser("keygen", help="print a new KEY_ENCRYPTION_KEY").set_defaults(
         command=cmd_keygen
     )
@@ -291,12 +440,16 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--max-per-buyer", type=int)
     add.add_argument("--low-stock", type=int, default=5, help="alert when stock falls to this")
     add.add_argument("--template", help="how to redeem; may use {key}, {order}, {product}")
+    add.add_argument("--category", help="buyers see products grouped by category")
+    add.add_argument(
+        "--allocation", choices=[a.value for a in Allocation], default=Allocation.OLDEST.value
+    )
     add.set_defaults(command=cmd_product_add)
 
     edit = product.add_parser("edit", help="change a product")
     edit.add_argument("sku")
     edit.add_argument(
-        "--lang", choices=["en", "zh"], help="--name/--description set this language's text"
+        "--lang", choices=LANGUAGES, help="--name/--description set this language's text"
     )
     edit.add_argument("--name")
     edit.add_argument("--description")
@@ -306,6 +459,8 @@ def _parser() -> argparse.ArgumentParser:
     edit.add_argument("--max-per-buyer", type=int, help="0 removes the limit")
     edit.add_argument("--low-stock", type=int)
     edit.add_argument("--template")
+    edit.add_argument("--category", help='"" removes the category')
+    edit.add_argument("--allocation", choices=[a.value for a in Allocation])
     sale = edit.add_mutually_exclusive_group()
     sale.add_argument(
         "--active", dest="active", action="store_true", default=None, help="put on sale"
@@ -322,6 +477,43 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("sku")
     load.add_argument("file")
     load.set_defaults(command=cmd_keys_import)
+    keys.add_parser(
+        "reencrypt", help="rewrite every key under the first KEY_ENCRYPTION_KEY (rotation)"
+    ).set_defaults(command=cmd_keys_reencrypt)
+
+    client = commands.add_parser("client", help="business clients of the HTTP API").add_subparsers(
+        title="client commands"
+    )
+    new = client.add_parser("add", help="add a client and print its API token once")
+    new.add_argument("name")
+    new.add_argument("--balance", help="opening balance, e.g. 100.00")
+    new.add_argument("--currency", default="usd", help="three-letter code, e.g. usd")
+    new.add_argument("--credit", help="how far below zero the balance may go, e.g. 50.00")
+    new.add_argument("--webhook", help="https URL that gets signed order.fulfilled callbacks")
+    new.add_argument("--email", help="address that gets each order's spreadsheet")
+    new.add_argument(
+        "--review-over", type=int, help="orders of more keys than this wait for an admin"
+    )
+    new.set_defaults(command=cmd_client_add)
+    client.add_parser("list", help="list clients with balances").set_defaults(
+        command=cmd_client_list
+    )
+    top = client.add_parser("topup", help="add money to a client's balance")
+    top.add_argument("name")
+    top.add_argument("amount", help="e.g. 250.00")
+    top.set_defaults(command=cmd_client_topup)
+    token = client.add_parser("token", help="issue a new API token; the old one stops working")
+    token.add_argument("name")
+    token.set_defaults(command=cmd_client_token)
+    off = client.add_parser("disable", help="refuse the client's token from now on")
+    off.add_argument("name")
+    off.set_defaults(command=cmd_client_disable)
+    review = client.add_parser("review", help="approve or reject a client order in review")
+    review.add_argument("order", type=int)
+    decision = review.add_mutually_exclusive_group(required=True)
+    decision.add_argument("--approve", action="store_true", help="fulfil it")
+    decision.add_argument("--reject", action="store_true", help="refund it to the balance")
+    review.set_defaults(command=cmd_client_review)
     return parser
 
 

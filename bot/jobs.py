@@ -65,6 +65,18 @@ async def reconcile(shop: Shop, *, now: datetime | None = None) -> list[orders.R
     return results
 
 
+async def seconds_to_next_check(shop: Shop, longest: float) -> float:
+    """How long reconciliation may sleep: until the next open order is due, `longest` at most.
+
+    A reservation shorter than Stripe's 30-minute minimum ends when the shop closes the
+    Stripe session, so the pass must run when it is due, not up to an interval later.
+    """
+    due = await orders.next_check(shop.db)
+    if due is None:
+        return longest
+    return min(longest, max(0.0, (due - datetime.now(UTC)).total_seconds()))
+
+
 async def make_refunds(shop: Shop) -> list[orders.Result]:
     """Return the money of orders that were paid with nothing left to give."""
     results = []
@@ -101,15 +113,26 @@ async def remove_expired_key_messages(shop: Shop, bot: Bot) -> int:
 
 
 async def every(
-    interval: float, job, stop: asyncio.Event, *, wake: asyncio.Event | None = None, name: str
+    interval: float,
+    job,
+    stop: asyncio.Event,
+    *,
+    wake: asyncio.Event | None = None,
+    name: str,
+    sooner=None,
 ) -> None:
-    """Run `job()` now and then every `interval` seconds (sooner when woken) until `stop`."""
+    """Run `job()` now and then every `interval` seconds (sooner when woken, or when
+    `await sooner(interval)` says so) until `stop`."""
     events = (stop,) if wake is None else (stop, wake)
     while not stop.is_set():
         if wake is not None:
             wake.clear()  # before the pass: a wake-up during it means "run again"
+        pause = interval
         try:
             await job()
+            if sooner is not None:
+                # Never spin: at least a second between passes.
+                pause = max(1.0, await sooner(interval))
         except Exception:  # a failing pass must not end the job
             log.exception("%s failed; will run again", name)
-        await wait_any(*events, timeout=interval)
+        await wait_any(*events, timeout=pause)

@@ -17,6 +17,10 @@ _COUNTERS = {
         ("type", "outcome"),
     ),
     "keyvend_webhook_rejected_total": ("Stripe webhook requests rejected, by reason", ("reason",)),
+    "keyvend_webhook_ignored_total": (
+        "Signed Stripe events ignored: no such order, or not its own checkout or payment",
+        ("reason",),
+    ),
     "keyvend_deliveries_total": ("Delivery attempts, by outcome", ("outcome",)),
     "keyvend_telegram_retry_after_total": ("Telegram 429 answers seen by the delivery worker", ()),
     "keyvend_ratelimit_fallback_total": (
@@ -24,6 +28,11 @@ _COUNTERS = {
         (),
     ),
     "keyvend_alerts_total": ("Admin alerts raised, by kind", ("kind",)),
+    "keyvend_api_orders_total": ("Business API orders placed, by status", ("status",)),
+    "keyvend_client_deliveries_total": (
+        "Client webhook calls and e-mails, by channel and outcome",
+        ("channel", "outcome"),
+    ),
 }
 
 

@@ -20,6 +20,11 @@ def _config(connection: Connection) -> Config:
 
 
 async def migrate(db: Database, revision: str = "head") -> None:
-    """Apply every migration up to `revision` in one transaction."""
+    """Apply every migration up to `revision` in one transaction.
+
+    Every command that opens the database starts here, so this is where a database that
+    cannot be opened is reported, in one line (`DatabaseUnavailable`).
+    """
+    await db.connect()
     async with db.engine.begin() as connection:
         await connection.run_sync(lambda sync: command.upgrade(_config(sync), revision))

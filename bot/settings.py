@@ -3,6 +3,9 @@
 One `Settings` object is built at start-up by the composition root and passed down; nothing
 else reads the environment. Secrets are `SecretStr` so they never show up in a repr or a log
 line, and obvious placeholders copied from `.env.example` are refused with a one-line reason.
+Every value is checked here, at start-up, not when it is first used: `load_settings()` turns
+the first bad one into a `ConfigError` naming the variable and what to write instead, and
+never echoes a value that could be secret (database and Redis addresses may hold passwords).
 """
 
 from __future__ import annotations
@@ -11,12 +14,85 @@ import re
 from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+import limits
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from redis.connection import parse_url as parse_redis_url
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 _PLACEHOLDER = re.compile(r"change.?me|your[-_ ]|placeholder|x{6,}|<.*>|\.\.\.", re.IGNORECASE)
 _BOT_TOKEN = re.compile(r"^\d{3,}:[A-Za-z0-9_-]{30,}$")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# The async drivers keyvend runs on, by database.
+_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+_DATABASE_EXAMPLES = (
+    "sqlite+aiosqlite:///keyvend.db or postgresql+asyncpg://user:password@host:5432/keyvend"
+)
+
+
+class ConfigError(Exception):
+    """The settings cannot run a shop; the message says what to set."""
+
+
+# ---------------------------------------------------------------- durations
+
+_SECONDS_PER_UNIT = {
+    **dict.fromkeys(["s", "sec", "secs", "second", "seconds"], 1),
+    **dict.fromkeys(["m", "min", "mins", "minute", "minutes"], 60),
+    **dict.fromkeys(["h", "hr", "hrs", "hour", "hours"], 3600),
+    **dict.fromkeys(["d", "day", "days"], 86400),
+    **dict.fromkeys(["w", "week", "weeks"], 7 * 86400),
+}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]+)")
+_HUMAN_DURATION = re.compile(r"(?:\d+(?:\.\d+)?\s*[a-z]+\s*)+")
+_SECONDS = re.compile(r"-?\d+(?:\.\d+)?")
+_ISO_DURATION = TypeAdapter(timedelta)
+
+
+def parse_duration(value: object) -> object:
+    """`30m`, `15 min`, `1h 30m`, `90s`, `2 days`, ISO 8601 (`PT30M`) or a number of seconds."""
+    if not isinstance(value, str):
+        return value  # a timedelta or a number from code: pydantic takes it as it is
+    text = value.strip().lower()
+    if _SECONDS.fullmatch(text):
+        return timedelta(seconds=float(text))
+    if _HUMAN_DURATION.fullmatch(text):
+        seconds = 0.0
+        for amount, unit in _DURATION_PART.findall(text):
+            if unit not in _SECONDS_PER_UNIT:
+                raise ValueError(f"{unit!r} is not a unit of time: use s, m, h, d or w")
+            seconds += float(amount) * _SECONDS_PER_UNIT[unit]
+        return timedelta(seconds=seconds)
+    try:
+        return _ISO_DURATION.validate_python(text.upper())
+    except ValidationError:
+        raise ValueError(
+            f"{value.strip()!r} is not a duration: write it like 30m, 15 min, 1h, 90s, 2 days "
+            "or PT30M"
+        ) from None
+
+
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("must be longer than zero")
+    return value
+
+
+# A length of time that must be positive, in any form `parse_duration` reads.
+Duration = Annotated[timedelta, BeforeValidator(parse_duration), AfterValidator(_positive)]
 
 
 class TelegramMode(StrEnum):
@@ -68,18 +144,30 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = None
 
     # Shop behaviour
-    checkout_ttl: timedelta = timedelta(minutes=30)
-    key_message_ttl: timedelta = timedelta(minutes=15)
+    checkout_ttl: Duration = timedelta(minutes=30)
+    key_message_ttl: Duration = timedelta(minutes=15)
     out_of_stock_policy: OutOfStockPolicy = OutOfStockPolicy.REFUND
     blacklist_on_dispute: bool = False
     rate_limit_updates: str = "30/minute"
     rate_limit_checkouts: str = "5/10 minutes"
     max_unpaid_orders: int = Field(3, ge=1)
-    reconcile_interval: timedelta = timedelta(minutes=3)
+    # What one buyer's unpaid checkouts may hold of one product: the larger of the two.
+    hold_max_units: int = Field(10, ge=1)
+    hold_max_share: float = Field(0.25, ge=0, le=1)
+    reconcile_interval: Duration = timedelta(minutes=3)
     delivery_max_attempts: int = Field(12, ge=1)
     # How long a worker's claim on a delivery holds; a dead instance's claims lapse after it.
-    delivery_lease: timedelta = timedelta(seconds=60)
+    delivery_lease: Duration = timedelta(seconds=60)
     log_level: str = "INFO"
+
+    # Business API (/api/v1)
+    # How long a one-time download link works once issued.
+    download_ttl: Duration = timedelta(hours=1)
+    # smtp://user:password@host:port (smtps:// for TLS): unset, clients get no e-mail.
+    smtp_url: SecretStr | None = None
+    smtp_from: str = "keyvend@localhost"
+    rate_limit_api: str = "600/minute"  # per client token
+    rate_limit_api_ip: str = "1200/minute"  # per caller address, authenticated or not
 
     @field_validator("admin_ids", mode="before")
     @classmethod
@@ -94,12 +182,94 @@ class Settings(BaseSettings):
                 ) from None
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        # Only the scheme is ever quoted back: the rest of the address may hold a password.
+        try:
+            url = make_url(value)
+        except (ArgumentError, ValueError):
+            raise ValueError(
+                f"DATABASE_URL is not a database address: write it like {_DATABASE_EXAMPLES}"
+            ) from None
+        database = url.drivername.partition("+")[0]
+        database = "postgresql" if database == "postgres" else database
+        if database not in _DRIVERS:
+            raise ValueError(
+                f"DATABASE_URL: keyvend does not run on {database}; use {_DATABASE_EXAMPLES}"
+            )
+        if url.drivername != _DRIVERS[database]:
+            raise ValueError(
+                f"DATABASE_URL must start with {_DRIVERS[database]}:// "
+                f"(keyvend's async driver), not {url.drivername}://"
+            )
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            scheme_ok = urlsplit(value).scheme in ("redis", "rediss")
+            parse_redis_url(value)
+        except ValueError:
+            scheme_ok = False
+        if not scheme_ok:
+            raise ValueError(
+                "REDIS_URL is not a Redis address: write it like redis://127.0.0.1:6379/0 "
+                "(rediss:// for TLS), or leave it empty for in-process limits"
+            )
+        return value
+
+    @field_validator("telegram_api_url", "stripe_api_base", "public_url")
+    @classmethod
+    def _check_http_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        try:
+            parts = urlsplit(value)
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+        except ValueError:  # a port that is not a number
+            valid = False
+        if not valid:
+            raise ValueError(
+                f"{info.field_name.upper()} must be an address starting with https:// "
+                "(or http://), like https://api.telegram.org"
+            )
+        return value
+
+    @field_validator(
+        "rate_limit_updates", "rate_limit_checkouts", "rate_limit_api", "rate_limit_api_ip"
+    )
+    @classmethod
+    def _check_rate_limit(cls, value: str, info: ValidationInfo) -> str:
+        try:
+            limit = limits.parse(value)
+        except ValueError:
+            limit = None
+        if limit is None or limit.amount < 1:
+            raise ValueError(
+                f"{info.field_name.upper()}={value.strip()!r} is not a rate limit: write it like "
+                "30/minute or 5/10 minutes"
+            )
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in _LOG_LEVELS:
+            raise ValueError(f"LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}")
+        return level
+
     @field_validator("checkout_ttl")
     @classmethod
     def _stripe_session_window(cls, value: timedelta) -> timedelta:
-        # Stripe only accepts expires_at between 30 minutes and 24 hours ahead.
-        if not timedelta(minutes=30) <= value <= timedelta(hours=24):
-            raise ValueError("CHECKOUT_TTL must be between 30 minutes and 24 hours")
+        # Stripe only accepts expires_at between 30 minutes and 24 hours ahead; a shorter
+        # reservation is ended by the shop, which then expires the Stripe session itself.
+        if not timedelta(minutes=1) <= value <= timedelta(hours=24):
+            raise ValueError("CHECKOUT_TTL must be between 1 minute and 24 hours")
         return value
 
     @field_validator("bot_token")
@@ -144,6 +314,7 @@ class Settings(BaseSettings):
         "redis_url",
         "stripe_api_base",
         "public_url",
+        "smtp_url",
         mode="before",
     )
     @classmethod
@@ -177,5 +348,29 @@ class Settings(BaseSettings):
             self.key_encryption_key,
             self.telegram_webhook_secret,
             self.metrics_token,
+            self.smtp_url,
         ]
-        return [v.get_secret_value() for v in values if v is not None]
+        found = [v.get_secret_value() for v in values if v is not None]
+        if self.key_encryption_key is not None:
+            # During a rotation it lists several keys: each one is a secret on its own.
+            found += [k.strip() for k in self.key_encryption_key.get_secret_value().split(",")]
+        return found
+
+
+def load_settings() -> Settings:
+    """The settings from the environment and `.env`, or a `ConfigError` in one line.
+
+    The line names the first variable at fault and what to write instead; it never quotes
+    the value (pydantic's messages do not, and ours quote only values that cannot be secret).
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        first = errors[0]
+        reason = first["msg"].removeprefix("Value error, ")
+        name = str(first["loc"][0]).upper() if first["loc"] else ""
+        if name and not reason.startswith(name):
+            reason = f"{name}: {reason}"
+        more = f" (and {len(errors) - 1} more setting(s) to fix)" if len(errors) > 1 else ""
+        raise ConfigError(reason + more) from None

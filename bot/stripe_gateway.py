@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import stripe
@@ -37,12 +38,17 @@ class StripeGateway:
         max_network_retries: int = 2,
     ) -> None:
         self._success_url = success_url
+        self._http = stripe.HTTPXClient(timeout=timeout)
         self._client = stripe.StripeClient(
             secret_key,
             base_addresses={"api": api_base} if api_base else None,
-            http_client=stripe.HTTPXClient(timeout=timeout),
+            http_client=self._http,
             max_network_retries=max_network_retries,
         )
+
+    async def close(self) -> None:
+        """Close the HTTP connections to Stripe."""
+        await self._http.close_async()
 
     async def start_checkout(self, request: CheckoutRequest) -> CheckoutStarted:
         order = str(request.order_id)
@@ -73,7 +79,11 @@ class StripeGateway:
             params=params,
             options={"idempotency_key": f"checkout-order-{order}"},
         )
-        return CheckoutStarted(ref=session["id"], url=session["url"])
+        return CheckoutStarted(
+            ref=session["id"],
+            url=session["url"],
+            expires_at=datetime.fromtimestamp(session["expires_at"], UTC),
+        )
 
     async def checkout_status(self, order_id: int, checkout_ref: str | None) -> Payment:
         session = await self._call(

@@ -98,7 +98,9 @@ class AiohttpRequest(BaseRequest):
         except TimeoutError as exc:
             raise TimedOut from exc
         except aiohttp.ClientError as exc:
-            raise NetworkError(f"aiohttp.{type(exc).__name__}: {exc}") from exc
+            # The URL's path holds the bot token, and some of aiohttp's errors quote the URL.
+            reason = str(exc).replace(url, "<Bot API URL>")
+            raise NetworkError(f"aiohttp.{type(exc).__name__}: {reason}") from exc
 
     @staticmethod
     def _body(request_data: RequestData | None) -> aiohttp.FormData | dict[str, str] | None:

@@ -19,6 +19,7 @@ from telegram.ext import Application
 
 from bot.metrics import Metrics
 from bot.ratelimit import RateLimiter
+from handlers import api
 from handlers.context import SHOP, Shop
 from handlers.stripe_webhook import MAX_BODY, stripe_webhook
 
@@ -110,6 +111,7 @@ def build(
     telegram: Application | None = None,
     telegram_secret: str | None = None,
     metrics_token: str | None = None,
+    api_config: api.ApiConfig | None = None,
 ) -> web.Application:
     """The aiohttp application with every route keyvend serves."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_guard])
@@ -125,4 +127,6 @@ def build(
         app[TELEGRAM] = telegram
         app[TELEGRAM_SECRET] = telegram_secret
         app.router.add_post("/telegram/webhook", telegram_webhook)
+    if api_config is not None:
+        app.add_subapp(api.PREFIX, api.build(api_config))
     return app

@@ -1,4 +1,4 @@
-"""Admin handlers: restock from the chat, sales and stock, settling an order with Stripe.
+"""Admin handlers: restock from the chat, settling an order with Stripe.
 
 Only users in ADMIN_IDS reach these; anyone else gets exactly the answer an unknown command
 gets, and the attempt is logged. A message carrying keys (pasted or uploaded) is deleted
@@ -26,10 +26,10 @@ from telegram.error import TelegramError
 from telegram.ext import ConversationHandler
 
 from handlers import render
-from handlers.buyer import unknown
+from handlers.buyer import stale_button, unknown
 from handlers.context import KeyvendContext
 from handlers.i18n import language_of, t
-from store import catalogue, inventory, orders, reports
+from store import catalogue, inventory, orders
 from store.errors import NotFound, OrderNotPayable, PaymentUnavailable
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,21 @@ def admin_only(handler: Handler) -> Handler:
         if not context.shop.is_admin(user.id if user else None):
             log.warning("non-admin %s tried %s", user.id if user else None, handler.__name__)
             await unknown(update, context)
+            return ConversationHandler.END
+        return await handler(update, context)
+
+    return guarded
+
+
+def admin_button(handler: Handler) -> Handler:
+    """Let admins' button presses through; answer anyone else's as a button that expired."""
+
+    @functools.wraps(handler)
+    async def guarded(update: Update, context: KeyvendContext) -> object:
+        user = update.effective_user
+        if not context.shop.is_admin(user.id if user else None):
+            log.warning("non-admin %s pressed %s", user.id if user else None, handler.__name__)
+            await stale_button(update, context)
             return ConversationHandler.END
         return await handler(update, context)
 
@@ -258,16 +273,6 @@ async def cancel(update: Update, context: KeyvendContext) -> int:
     context.user_data.pop("restock_sku", None)
     await _reply(update, t(_language(update), "Restock cancelled."))
     return ConversationHandler.END
-
-
-@admin_only
-async def stats(update: Update, context: KeyvendContext) -> None:
-    """Orders and revenue for today, 7 and 30 days; stock per product with low stock marked."""
-    db = context.shop.db
-    await _reply(
-        update,
-        render.stats(await reports.sales(db), await inventory.stock_levels(db), _language(update)),
-    )
 
 
 @admin_only

@@ -18,10 +18,11 @@ from telegram.ext import ApplicationHandlerStop
 
 from handlers import render
 from handlers.context import KeyvendContext
-from handlers.i18n import language_of, t
+from handlers.i18n import t, user_language
 from store import buyers, catalogue, orders
 from store.errors import (
     Blacklisted,
+    HoldLimit,
     InvalidInput,
     NotFound,
     OrderNotPayable,
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 def _language(update: Update) -> str:
     user = update.effective_user
-    return language_of(user.language_code if user else None)
+    return user_language(user.language_code if user else None)
 
 
 async def _show(update: Update, screen: render.Screen, *, edit: bool = False) -> None:
@@ -68,19 +69,28 @@ async def _tell(update: Update, text: str) -> None:
 
 
 async def throttle(update: Update, context: KeyvendContext) -> None:
-    """Stop a user who sends more updates than the limit allows, and say until when."""
-    user = update.effective_user
-    if user is None or context.shop.is_admin(user.id):
+    """Stop a user (or a chat without one) that sends more updates than the limit allows."""
+    user, chat = update.effective_user, update.effective_chat
+    if user is not None and context.shop.is_admin(user.id):
         return
-    retry_at = await context.shop.limiter.hit("updates", user.id)
+    # Updates without a sender (channel posts) count against their chat; a chat id never
+    # collides with a user's id (channels and groups are negative).
+    sender = user.id if user is not None else chat.id if chat is not None else None
+    if sender is None:
+        return
+    retry_at = await context.shop.limiter.hit("updates", sender)
     if retry_at is None:
         return
     # Say so once a minute at most: answering every excess update would spend the bot's own
     # sending budget, which key deliveries share, on one flooding user.
     if update.callback_query is not None:
         await update.callback_query.answer(_try_again(retry_at, _language(update)), show_alert=True)
-    elif update.message is not None and await context.shop.limiter.hit("notices", user.id) is None:
-        await update.effective_chat.send_message(_try_again(retry_at, _language(update)))
+    elif (
+        user is not None
+        and update.message is not None
+        and await context.shop.limiter.hit("notices", user.id) is None
+    ):
+        await chat.send_message(_try_again(retry_at, _language(update)))
     raise ApplicationHandlerStop
 
 
@@ -92,12 +102,17 @@ def _try_again(retry_at: datetime, language: str) -> str:
 async def start(update: Update, context: KeyvendContext) -> None:
     """Show the catalogue, or open a product (`buy_SKU`) or an order (`paid_ID`) from a link."""
     language = _language(update)
-    await buyers.remember(context.shop.db, update.effective_user.id, language)
+    user = update.effective_user
+    await buyers.remember(context.shop.db, user.id, language, username=user.username)
     payload = context.args[0] if context.args else ""
     if payload.startswith("buy_"):
         await _open_product(update, context, sku=payload.removeprefix("buy_"), quantity=1)
-    elif payload.startswith("paid_") and payload.removeprefix("paid_").isdigit():
-        await _returned_from_payment(update, context, int(payload.removeprefix("paid_")))
+    elif payload.startswith("paid_"):
+        order_id = _number(payload.removeprefix("paid_"))
+        if order_id is None:
+            await _tell(update, t(language, "Order not found."))
+        else:
+            await _returned_from_payment(update, context, order_id)
     else:
         await _show(
             update, render.catalogue(await catalogue.list_products(context.shop.db), language)
@@ -115,16 +130,35 @@ async def show_catalogue(update: Update, context: KeyvendContext) -> None:
     )
 
 
+async def show_category(update: Update, context: KeyvendContext) -> None:
+    """Replace the pressed message with a page of one category (`cg:<category>:<page>`)."""
+    await update.callback_query.answer()
+    _, group, page = update.callback_query.data.split(":")
+    language = _language(update)
+    products = await catalogue.list_products(context.shop.db)
+    await _show(update, render.catalogue(products, language, int(group), int(page)), edit=True)
+
+
 async def buy(update: Update, context: KeyvendContext) -> None:
     """Open a product by SKU: `/buy SKU [QTY]`."""
     language = _language(update)
     args = context.args or []
-    if not args or len(args) > 2 or (len(args) == 2 and not args[1].isdigit()):
+    quantity = _number(args[1]) if len(args) == 2 else 1
+    if not args or len(args) > 2 or quantity is None:
         await _tell(update, t(language, "Usage: /buy SKU [quantity], for example /buy GAME-KEY 2"))
         return
-    await _open_product(
-        update, context, sku=args[0], quantity=int(args[1]) if len(args) == 2 else 1
-    )
+    await _open_product(update, context, sku=args[0], quantity=quantity)
+
+
+_MAX_NUMBER = 999_999_999  # the widest id or quantity the database columns hold (9 digits)
+
+
+def _number(text: str) -> int | None:
+    """A positive number typed by a buyer: ASCII digits only (`str.isdigit` also accepts "²",
+    which `int` refuses), and small enough for an id column; None otherwise."""
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(_MAX_NUMBER)):
+        return None
+    return int(text)
 
 
 async def _open_product(
@@ -221,6 +255,14 @@ def _checkout_refusal(exc: StoreError, language: str) -> str:
             return t(language, "Sorry, this product just sold out.")
         case OutOfStock(available=n):
             return t(language, "Sorry, only {n} left — please choose a smaller quantity.", n=n)
+        case HoldLimit(allowed=n, cap=cap):
+            return t(
+                language,
+                "Your unpaid checkouts already hold as much of this product as one buyer may "
+                "({cap}): you can add {n} more. Pay or let one expire first (see /orders).",
+                cap=cap,
+                n=n,
+            )
         case OverLimit(allowed=0):
             return t(
                 language, "You have already bought as many of this product as the shop allows."

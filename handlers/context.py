@@ -56,6 +56,7 @@ class Shop:
     blacklist_on_dispute: bool = False
     wake_delivery: Callable[[], None] = lambda: None
     wake_refunds: Callable[[], None] = lambda: None
+    wake_client_outbox: Callable[[], None] = lambda: None  # client webhooks and e-mails
     gateways: dict[str, PaymentGateway] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

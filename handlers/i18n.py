@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gettext
 import io
+from contextvars import ContextVar
 from functools import cache
 from pathlib import Path
 
@@ -20,12 +21,28 @@ LANGUAGES = ("en", "zh")
 DEFAULT = "en"
 DOMAIN = "messages"
 LOCALES = Path(__file__).resolve().parent / "locales"
+NAMES = {"en": "English", "zh": "中文"}  # each language in its own words, for /language
+
+# The language the user of the update being handled chose with /language. PTB handles each
+# update in a task of its own and awaits that update's handlers in it, so what the first
+# handler group sets here is what that update's later handlers see, and nothing else does.
+_chosen: ContextVar[str | None] = ContextVar("chosen_language", default=None)
 
 
 def language_of(code: str | None) -> str:
     """The supported language closest to a Telegram `language_code` ("zh-hans" -> "zh")."""
     base = (code or "").split("-")[0].lower()
     return base if base in LANGUAGES else DEFAULT
+
+
+def use_chosen(language: str | None) -> None:
+    """Answer the rest of this update in `language` (the user's /language choice), if given."""
+    _chosen.set(language if language in LANGUAGES else None)
+
+
+def user_language(code: str | None) -> str:
+    """The language to answer a user in: their /language choice, else their Telegram one."""
+    return _chosen.get() or language_of(code)
 
 
 @cache

@@ -8,6 +8,7 @@ inside a spoiler in a message the delivery worker sends with `protect_content`.
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -15,7 +16,7 @@ from babel.numbers import format_currency
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 from handlers.i18n import t, tn
-from store.catalogue import STOCK_DISPLAY_CAP, ProductView
+from store.catalogue import STOCK_DISPLAY_CAP, TEMPLATE_FIELDS, ProductView
 from store.deliveries import Job
 from store.inventory import RestockReport, StockLevels
 from store.models import DeliveryKind, OrderStatus
@@ -24,6 +25,7 @@ from store.orders import OrderView
 from store.reports import Stats
 
 MESSAGE_LIMIT = 4096
+_PLACEHOLDER = re.compile(r"\{(" + "|".join(TEMPLATE_FIELDS) + r")\}")
 _LOCALE = {"en": "en_US", "zh": "zh_CN"}
 
 
@@ -32,6 +34,11 @@ _LOCALE = {"en": "en_US", "zh": "zh_CN"}
 
 CATALOGUE = "cat"
 ORDERS = "ords"
+CATALOGUE_PAGE = 8  # products per page of the buyer's catalogue
+
+
+def category_data(group: int, page: int = 0) -> str:
+    return f"cg:{group}:{page}"
 
 
 def product_data(product_id: int, quantity: int = 1) -> str:
@@ -89,11 +96,37 @@ class Screen:
 # ---------------------------------------------------------------- buyer screens
 
 
-def catalogue(products: list[ProductView], language: str) -> Screen:
+def catalogue(
+    products: list[ProductView], language: str, group: int | None = None, page: int = 0
+) -> Screen:
+    """The buyer's catalogue: the categories, or one category's products a page at a time.
+
+    A shop without categories (or with one) goes straight to its products. `group` indexes
+    the sorted categories, uncategorised products last; a stale index shows the categories.
+    """
     if not products:
         return Screen(t(language, "Nothing is on sale right now. Please check back later."))
+    groups = sorted({p.category for p in products}, key=lambda c: (c == "", c))
+    other = t(language, "Other")
+    if group is None and len(groups) > 1:
+        rows = [
+            [
+                InlineKeyboardButton(
+                    f"{name or other} ({count})",
+                    callback_data=category_data(i),
+                )
+            ]
+            for i, name in enumerate(groups)
+            for count in [sum(p.category == name for p in products)]
+        ]
+        return Screen(t(language, "Pick a category:"), InlineKeyboardMarkup(rows))
+    if group is None or not 0 <= group < len(groups):
+        group = 0
+    shown = [p for p in products if p.category == groups[group]]
+    pages = max(1, -(-len(shown) // CATALOGUE_PAGE))
+    page = min(max(page, 0), pages - 1)
     rows = []
-    for p in products:
+    for p in shown[page * CATALOGUE_PAGE : (page + 1) * CATALOGUE_PAGE]:
         price = money(p.price_minor, p.currency, language)
         stock = (
             t(language, "sold out") if p.stock == 0 else t(language, "{n} left", n=_stock(p.stock))
@@ -105,7 +138,23 @@ def catalogue(products: list[ProductView], language: str) -> Screen:
                 )
             ]
         )
-    return Screen(t(language, "Pick a product:"), InlineKeyboardMarkup(rows))
+    turns = []
+    if page > 0:
+        turns.append(InlineKeyboardButton("‹", callback_data=category_data(group, page - 1)))
+    if pages > 1:
+        turns.append(
+            InlineKeyboardButton(f"{page + 1}/{pages}", callback_data=category_data(group, page))
+        )
+    if page < pages - 1:
+        turns.append(InlineKeyboardButton("›", callback_data=category_data(group, page + 1)))
+    if turns:
+        rows.append(turns)
+    if len(groups) > 1:
+        rows.append([InlineKeyboardButton(t(language, "« Categories"), callback_data=CATALOGUE)])
+    title = t(language, "Pick a product:")
+    if len(groups) > 1:
+        title = f"<b>{_e(groups[group]) or other}</b>\n{title}"
+    return Screen(title, InlineKeyboardMarkup(rows))
 
 
 def _stock(stock: int) -> str:
@@ -299,11 +348,10 @@ def _key_block(job: Job, key: str) -> str:
     template = _e(job.template) if job.template else "{key}"
     if "{key}" not in template:
         template = "{key}\n" + template
-    return (
-        template.replace("{key}", spoiler)
-        .replace("{order}", str(job.order_id))
-        .replace("{product}", _e(job.product_name))
-    )
+    values = {"key": spoiler, "order": str(job.order_id), "product": _e(job.product_name)}
+    # One pass: a substituted value is never scanned again, so a key that reads "{order}"
+    # (or a product named "{key}") arrives exactly as written.
+    return _PLACEHOLDER.sub(lambda match: values[match[1]], template)
 
 
 # ---------------------------------------------------------------- admin screens
@@ -324,10 +372,12 @@ def restock_report(r: RestockReport, language: str) -> str:
         lines.append(
             t(
                 language,
-                "Rejected: {empty} empty, {too_long} over 1,000 characters, {binary} binary.",
+                "Rejected: {empty} empty, {too_long} over 1,000 characters, {binary} binary, "
+                "{not_utf8} not UTF-8 (save the file as UTF-8).",
                 empty=r.empty,
                 too_long=r.too_long,
                 binary=r.binary,
+                not_utf8=r.not_utf8,
             )
         )
     if r.backorders_fulfilled:

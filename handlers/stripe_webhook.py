@@ -1,18 +1,23 @@
 """`POST /stripe/webhook`: Stripe's signed events, turned into order transitions.
 
 The route reads at most 1 MiB of raw body, verifies the `Stripe-Signature` header on it
-(HMAC-SHA256, 300 s tolerance) before parsing anything, and applies the event through one
+(HMAC-SHA256, 300 s tolerance either way: the SDK refuses only old timestamps, so one dated
+in the future is refused here) before parsing anything, and applies the event through one
 store function whose transaction also records the event id. It answers 2xx only after that
 commit, so a crash before it makes Stripe send the event again, and a repeat changes
 nothing. Bad input is a 4xx with a one-line reason, never a 5xx; unknown event types and
-sessions that are not keyvend's are acknowledged and ignored.
+sessions that are not keyvend's are acknowledged and ignored. An event that names one of our
+orders but not the checkout or payment recorded for it (another integration on the same
+Stripe account) is acknowledged, ignored, logged with its ids and counted in
+`keyvend_webhook_ignored_total`.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 import stripe
@@ -20,7 +25,7 @@ from aiohttp import web
 
 from handlers.context import SHOP, Shop
 from store import orders
-from store.errors import NotFound, OrderNotPayable, PaymentUnavailable
+from store.errors import CheckoutNotRecorded, PaymentUnavailable
 from store.orders import Event, Outcome, Result
 from store.payments import CheckoutState, Payment
 
@@ -31,6 +36,9 @@ MAX_ID = 255  # the width of the id columns
 MAX_AMOUNT = 99_999_999  # Stripe's per-charge ceiling (store.money)
 TOLERANCE = 300
 PROVIDER = "stripe"
+# How long a payment for an order whose checkout is still being recorded waits for it (the
+# recording commits within milliseconds of Stripe answering) before Stripe is told to retry.
+_RECORDING_WAITS = (0.05, 0.1, 0.2, 0.4, 0.8)
 
 
 class BadEvent(ValueError):
@@ -127,6 +135,10 @@ async def stripe_webhook(request: web.Request) -> web.Response:
     except (UnicodeDecodeError, stripe.SignatureVerificationError):
         shop.counters.count("keyvend_webhook_rejected_total", reason="signature")
         return _reply(400, "invalid signature")
+    if _signed_at(header) > time.time() + TOLERANCE:
+        # A valid signature dated ahead would stay replayable until long after it was made.
+        shop.counters.count("keyvend_webhook_rejected_total", reason="signature")
+        return _reply(400, "signature timestamp is in the future")
     try:
         event = json.loads(payload)
         if not isinstance(event, dict):
@@ -142,7 +154,11 @@ async def stripe_webhook(request: web.Request) -> web.Response:
     except PaymentUnavailable:
         # Applying this event needs an answer from Stripe that did not come: Stripe retries.
         return _reply(503, "Stripe is unreachable; retry later")
+    except CheckoutNotRecorded:
+        return _reply(503, "the order's checkout is not recorded yet; retry later")
     if result is not None:
+        if result.outcome in (Outcome.FOREIGN, Outcome.UNKNOWN_ORDER):
+            _ignored(shop, event, result)
         shop.settled(result)
     outcome = result.outcome.value if result else "ignored"
     shop.counters.count(
@@ -177,6 +193,11 @@ async def _apply(shop: Shop, event: dict[str, Any]) -> Result | None:
                 )
             if payment.state is not CheckoutState.PAID:
                 raise BadEvent(f"{kind} for a session that is {obj.get('status')}")
+            for pause in _RECORDING_WAITS:
+                try:
+                    return await orders.fulfil(shop.db, payment, shop.stock_policy, event=ledger)
+                except CheckoutNotRecorded:
+                    await asyncio.sleep(pause)
             return await orders.fulfil(shop.db, payment, shop.stock_policy, event=ledger)
         case "checkout.session.expired" | "checkout.session.async_payment_failed":
             payment = payment_from_session(obj)
@@ -192,49 +213,80 @@ async def _apply(shop: Shop, event: dict[str, Any]) -> Result | None:
                 isinstance(amount, int) and isinstance(refunded, int) and refunded >= amount
             )
             metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-            return await orders.record_refund(
-                shop.db,
-                _order_id(metadata.get("order_id")),
-                payment_ref=_ref(obj.get("payment_intent")),
-                full=full,
-                event=ledger,
-            )
+            named = _order_id(metadata.get("order_id"))
+            payment_ref = _ref(obj.get("payment_intent"))
+
+            async def refund(paid: Payment | None) -> Result:
+                return await orders.record_refund(
+                    shop.db, named, payment_ref=payment_ref, full=full, event=ledger, paid=paid
+                )
+
+            return await _verified(shop, refund)
         case "charge.dispute.created":
             payment_ref = _ref(obj.get("payment_intent"))
-            dispute = await orders.record_dispute(
-                shop.db,
-                None,
-                payment_ref=payment_ref,
-                blacklist=shop.blacklist_on_dispute,
-                event=ledger,
-            )
-            if dispute.result.outcome is Outcome.UNKNOWN_ORDER and payment_ref:
-                dispute = await _dispute_before_payment(shop, payment_ref, ledger)
-            if dispute.result.outcome is Outcome.DISPUTED:
-                shop.notifier.alert("dispute", _dispute_alert(dispute, obj))
-            return dispute.result
+
+            async def dispute(paid: Payment | None, named: int | None = None) -> Result:
+                found = await orders.record_dispute(
+                    shop.db,
+                    named,
+                    payment_ref=payment_ref,
+                    blacklist=shop.blacklist_on_dispute,
+                    event=ledger,
+                    paid=paid,
+                )
+                if found.result.outcome is Outcome.DISPUTED:
+                    shop.notifier.alert("dispute", _dispute_alert(found, obj))
+                return found.result
+
+            result = await dispute(None)
+            if result.outcome is Outcome.UNKNOWN_ORDER and payment_ref:
+                # A dispute carries no order id: the payment's metadata names the order (a
+                # hint only: the order's own checkout must confirm the payment is its own).
+                named = await shop.stripe.order_of_payment(payment_ref)
+                result = await _verified(shop, lambda paid: dispute(paid, named))
+            return result
     return None
 
 
-async def _dispute_before_payment(
-    shop: Shop, payment_ref: str, ledger: Event
-) -> orders.DisputeResult:
-    """A dispute for a payment not applied yet (its event is late or lost): settle the order
-    from what Stripe says, then record the dispute against it."""
-    order_id = await shop.stripe.order_of_payment(payment_ref)
-    if order_id is None:
-        return await orders.record_dispute(
-            shop.db, None, payment_ref=None, blacklist=False, event=ledger
-        )
-    with contextlib.suppress(NotFound, OrderNotPayable):
-        shop.settled(await orders.confirm(shop.db, shop.gateways, order_id, shop.stock_policy))
-    return await orders.record_dispute(
-        shop.db,
-        order_id,
-        payment_ref=payment_ref,
-        blacklist=shop.blacklist_on_dispute,
-        event=ledger,
+async def _verified(shop: Shop, record) -> Result:
+    """Record a refund or dispute; if its order's payment is not recorded yet (the payment
+    event is late or lost), ask Stripe about the order's own checkout and record it with
+    that report, so a payment of another integration never touches our order."""
+    result = await record(None)
+    if result.outcome is Outcome.UNVERIFIED:
+        paid = await orders.provider_report(shop.db, shop.gateways, result.order_id)
+        result = await record(paid)
+        if result.outcome is Outcome.UNVERIFIED:  # no checkout to ask about
+            result = Result(Outcome.FOREIGN, result.order_id)
+    return result
+
+
+def _ignored(shop: Shop, event: dict[str, Any], result: Result) -> None:
+    """Log and count an event that names no order of ours, or not our order's own payment."""
+    obj = event["data"]["object"]
+    shop.counters.count("keyvend_webhook_ignored_total", reason=result.outcome.value)
+    log.warning(
+        "ignored Stripe event %s (%s): %s for order %s (object %s, payment %s)",
+        str(event.get("id"))[:MAX_ID],
+        str(event.get("type"))[:64],
+        "not this shop's checkout or payment"
+        if result.outcome is Outcome.FOREIGN
+        else "no such order",
+        result.order_id,
+        str(obj.get("id"))[:MAX_ID],
+        str(_ref_or_none(obj.get("payment_intent")))[:MAX_ID],
     )
+
+
+def _ref_or_none(value: object) -> object:
+    return value.get("id") if isinstance(value, dict) else value
+
+
+def _signed_at(header: str) -> int:
+    """The `t=` timestamp of a Stripe-Signature header, read as the SDK reads it (the first
+    `t`), once the SDK has verified the signature over it."""
+    items = [item.split("=", 2) for item in header.split(",")]
+    return int(next(item[1] for item in items if item[0] == "t"))
 
 
 def _dispute_alert(dispute: orders.DisputeResult, obj: dict[str, Any]) -> str:

@@ -10,23 +10,35 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from store.models import Delivery, DeliveryKind, DeliveryStatus, Key, KeyStatus, Order
+from store.models import (
+    Allocation,
+    Delivery,
+    DeliveryKind,
+    DeliveryStatus,
+    Key,
+    KeyStatus,
+    Order,
+    Product,
+)
 
 
 async def take_keys(
     session: AsyncSession, product_id: int, order_id: int, count: int, *, status: KeyStatus
 ) -> int:
-    """Give up to `count` of the oldest available keys to an order; return how many it got.
+    """Give up to `count` available keys to an order; return how many it got.
 
+    Keys go oldest first, or at random for a product whose allocation says so (a random
+    pick scans the product's available keys: the price of keys a buyer cannot predict).
     `status` is RESERVED at checkout, or SOLD when a payment arrives with nothing reserved.
     """
+    allocation = await session.scalar(select(Product.allocation).where(Product.id == product_id))
     candidates = (
         select(Key.id)
         .where(Key.product_id == product_id, Key.status == KeyStatus.AVAILABLE)
-        .order_by(Key.id)
+        .order_by(func.random() if allocation == Allocation.RANDOM else Key.id)
         .limit(count)
         .with_for_update(skip_locked=True)
         .scalar_subquery()

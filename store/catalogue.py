@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from store.audit import audit
 from store.db import Database
 from store.errors import InvalidInput, NotFound
-from store.models import Key, KeyStatus, Product, ProductKind, translated
+from store.models import Allocation, Key, KeyStatus, Product, ProductKind, translated
 from store.money import check_currency, to_minor
 
 # Buyers see exact stock up to this many; counting further would cost a scan per view.
@@ -22,7 +22,8 @@ STOCK_DISPLAY_CAP = 1000
 _SKU = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _PLACEHOLDERS = re.compile(r"\{(\w+)\}")
 TEMPLATE_FIELDS = frozenset({"key", "order", "product"})
-LANGUAGES = ("en", "zh")
+# Which languages exist is the edge's to say (handlers/i18n.py); the store keeps any code.
+_LANGUAGE = re.compile(r"^[a-z]{2,8}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,8 @@ class ProductView:
     active: bool
     stock: int  # available to buy now, capped at STOCK_DISPLAY_CAP
     translations: dict[str, dict[str, str]] = field(default_factory=dict)
+    category: str = ""
+    allocation: str = Allocation.OLDEST
 
     def name_in(self, language: str) -> str:
         return translated(self.translations, language, "name", self.name)
@@ -66,6 +69,8 @@ class ProductChanges:
     delivery_template: str | None = None
     active: bool | None = None
     language: str | None = None  # name/description apply to this language's translation
+    category: str | None = None  # "" removes the category
+    allocation: Allocation | None = None
 
 
 def check_sku(sku: str) -> str:
@@ -74,6 +79,13 @@ def check_sku(sku: str) -> str:
             "SKU must be 1-64 letters, digits, '-' or '_', starting with a letter or digit"
         )
     return sku
+
+
+def check_category(category: str) -> str:
+    category = " ".join(category.split())
+    if len(category) > 64:
+        raise InvalidInput("a category name is at most 64 characters")
+    return category
 
 
 def check_template(template: str) -> str:
@@ -99,6 +111,8 @@ async def add_product(
     max_per_buyer: int | None = None,
     low_stock_threshold: int = 5,
     delivery_template: str = "",
+    category: str = "",
+    allocation: Allocation = Allocation.OLDEST,
     admin_id: int | None = None,
 ) -> ProductView:
     """Put a new product in the catalogue."""
@@ -120,6 +134,8 @@ async def add_product(
         delivery_template=check_template(delivery_template),
         active=True,
         created_at=datetime.now(UTC),
+        category=check_category(category),
+        allocation=Allocation(allocation),
     )
 
     async def work(session: AsyncSession) -> ProductView:
@@ -137,7 +153,8 @@ async def add_product(
 async def edit_product(
     db: Database, sku: str, changes: ProductChanges, *, admin_id: int | None = None
 ) -> ProductView:
-    """Change a product's name, price, limits, template or whether it is on sale."""
+    """Change a product's name, price, limits, template, category, allocation or whether it
+    is on sale."""
 
     async def work(session: AsyncSession) -> ProductView:
         product = await _by_sku(session, sku)
@@ -148,8 +165,8 @@ async def edit_product(
             product.price_minor = to_minor(changes.price, currency)
             product.currency = currency
         lang = changes.language
-        if lang and lang not in LANGUAGES:
-            raise InvalidInput(f"language must be one of {', '.join(LANGUAGES)}")
+        if lang and not _LANGUAGE.match(lang):
+            raise InvalidInput("language must be a language code such as en or zh")
         if lang and lang != "en":
             translations = {k: dict(v) for k, v in product.translations.items()}
             entry = translations.setdefault(lang, {})
@@ -176,6 +193,10 @@ async def edit_product(
             product.delivery_template = check_template(changes.delivery_template)
         if changes.active is not None:
             product.active = changes.active
+        if changes.category is not None:
+            product.category = check_category(changes.category)
+        if changes.allocation is not None:
+            product.allocation = Allocation(changes.allocation)
         session.add(audit(admin_id, "product.edit", sku))
         return _view(product, stock=await _stock(session, product))
 
@@ -257,6 +278,8 @@ def _view(product: Product, *, stock: int) -> ProductView:
         active=product.active,
         stock=stock,
         translations=_translations(product.translations),
+        category=product.category,
+        allocation=product.allocation,
     )
 
 

@@ -21,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import event, make_url, text
+from sqlalchemy import URL, event, make_url, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -36,6 +38,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from store import sqlite
+from store.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,9 @@ _RETRIES = 8
 _PG_RETRYABLE = {"40001", "40P01", "55P03"}
 # Units of work committed together at most (bounds how long the write lock is held).
 _GROUP_LIMIT = 64
+# Seconds PostgreSQL may take to accept a connection: an address that drops packets fails
+# start-up in this time instead of asyncpg's default minute.
+_CONNECT_TIMEOUT = 10.0
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -84,7 +90,12 @@ class Database:
                 async_creator=partial(sqlite.connect, make_url(url).database or ":memory:")
             )
         else:
-            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            kwargs.update(
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_pre_ping=True,
+                connect_args={"timeout": _CONNECT_TIMEOUT},
+            )
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             _configure_sqlite(self.engine, busy_timeout)
@@ -151,6 +162,15 @@ class Database:
                 else:
                     unit.done.set_exception(value)
 
+    async def connect(self) -> None:
+        """Open one connection now, so that a database that cannot be used fails start-up
+        with `DatabaseUnavailable` saying why, rather than the first unit of work."""
+        try:
+            async with self.engine.connect():
+                return
+        except (OSError, DBAPIError) as exc:
+            raise DatabaseUnavailable(_why_unavailable(make_url(self.url), exc)) from None
+
     async def ping(self) -> bool:
         try:
             async with self.engine.connect() as conn:
@@ -186,6 +206,44 @@ async def _run_group(session: AsyncSession, group: list[_Unit]) -> list[tuple[bo
         else:
             outcomes.append((True, value))
     return outcomes
+
+
+def _why_unavailable(url: URL, exc: OSError | DBAPIError) -> str:
+    """One line on why the database at `url` cannot be opened; never its password."""
+    if url.get_backend_name() == "sqlite":
+        path = Path(url.database or "")
+        folder = path.resolve().parent
+        if not folder.is_dir():
+            what = "is not a folder" if folder.exists() else "does not exist"
+            return (
+                f"cannot open the SQLite database {path}: {folder} {what}; "
+                "create the folder or fix DATABASE_URL"
+            )
+        reason = getattr(exc, "orig", exc)
+        return (
+            f"cannot open the SQLite database {path} ({reason}): the file and its folder "
+            "must be writable; check DATABASE_URL"
+        )
+    where = f"{url.host or 'localhost'}:{url.port or 5432}"
+    if isinstance(exc, socket.gaierror):
+        return f"the database host {url.host!r} in DATABASE_URL cannot be found: check its name"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"no database answers at {where}: start PostgreSQL or fix DATABASE_URL"
+    if isinstance(exc, TimeoutError):
+        return (
+            f"the database at {where} did not answer within {_CONNECT_TIMEOUT:g} s: "
+            "check that it runs and DATABASE_URL points at it"
+        )
+    if isinstance(exc, OSError):
+        return f"cannot reach the database at {where} ({exc.strerror or exc}): check DATABASE_URL"
+    # asyncpg's own error, the server's words (a missing database or role, a wrong password).
+    cause = getattr(exc.orig, "__cause__", None) or exc.orig
+    if getattr(cause, "sqlstate", None) == "3D000":
+        return (
+            f"database {url.database!r} does not exist at {where}: create it "
+            f"(createdb {url.database}) or fix DATABASE_URL"
+        )
+    return f"the database at {where} refused the connection ({cause}): check DATABASE_URL"
 
 
 def _configure_sqlite(engine: AsyncEngine, busy_timeout: float) -> None:

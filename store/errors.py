@@ -36,6 +36,14 @@ class OverLimit(StoreError):
         self.allowed = allowed
 
 
+class HoldLimit(OverLimit):
+    """One buyer's unpaid checkouts would hold more of a product than the shop lets one hold."""
+
+    def __init__(self, allowed: int, cap: int) -> None:
+        super().__init__(allowed)
+        self.cap = cap
+
+
 class TooManyUnpaid(StoreError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"already {limit} unpaid orders")
@@ -50,5 +58,14 @@ class PaymentUnavailable(StoreError):
     """The payment provider could not start or check a payment right now."""
 
 
+class CheckoutNotRecorded(StoreError):
+    """A payment names an order whose checkout is still being recorded: ask again shortly."""
+
+
 class OrderNotPayable(StoreError):
     """The order is past the point where it can be paid or confirmed."""
+
+
+class DatabaseUnavailable(StoreError):
+    """The database cannot be opened (down, unknown, missing, unwritable); the message says
+    what to fix and never holds the password of DATABASE_URL."""

@@ -74,10 +74,11 @@ class ParsedKeys:
     empty: int = 0
     too_long: int = 0
     binary: int = 0
+    not_utf8: int = 0
 
     @property
     def rejected(self) -> int:
-        return self.empty + self.too_long + self.binary
+        return self.empty + self.too_long + self.binary + self.not_utf8
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,12 +89,13 @@ class RestockReport:
     empty: int
     too_long: int
     binary: int
+    not_utf8: int
     backorders_fulfilled: tuple[int, ...]
     available: int
 
     @property
     def rejected(self) -> int:
-        return self.empty + self.too_long + self.binary
+        return self.empty + self.too_long + self.binary + self.not_utf8
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,10 +118,12 @@ class StockLevels:
 def parse_keys(data: bytes | str, *, is_csv: bool = False, first: bool = True) -> ParsedKeys:
     """One key per line: trimmed; blank, over-long and binary lines rejected.
 
-    Bytes (an uploaded file) are decoded line by line, so one bad line is rejected on its
-    own instead of spoiling the file. In a .csv the first column is the key and a header
-    row is skipped. `first=False`: `data` continues a file, so its first line is neither
-    the file's byte-order mark nor its header.
+    Bytes (an uploaded file) are decoded as UTF-8 line by line, so one bad line is rejected
+    on its own instead of spoiling the file. A line in another encoding (Latin-1, GBK...) is
+    counted as not UTF-8 rather than guessed at: a key decoded wrongly would be sold and not
+    redeem. In a .csv the first column is the key and a header row is skipped.
+    `first=False`: `data` continues a file, so its first line is neither the file's
+    byte-order mark nor its header.
     """
     parsed = ParsedKeys()
     # Only CR/LF end a line: str.splitlines() would also split on \x0b, \x0c, \x1c-\x1e, \x85,
@@ -138,7 +142,7 @@ def parse_keys(data: bytes | str, *, is_csv: bool = False, first: bool = True) -
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
-                parsed.binary += 1
+                parsed.not_utf8 += 1
                 continue
         else:
             line = raw
@@ -224,6 +228,7 @@ def _batches(keys: ParsedKeys | Iterable[ParsedKeys], size: int) -> Iterator[Par
         pending.empty += parsed.empty
         pending.too_long += parsed.too_long
         pending.binary += parsed.binary
+        pending.not_utf8 += parsed.not_utf8
         while len(pending.keys) >= size:
             rest = pending.keys[size:]
             del pending.keys[size:]
@@ -279,7 +284,11 @@ async def restock(
     now = now or datetime.now(UTC)
     batches = _batches(keys, LIVE_BATCH if live else IMPORT_BATCH)
     prepared = await asyncio.to_thread(_prepare, batches, vault, live)
-    if prepared is None:
+    # A batch without keys comes last: if the first has none, the import has none. Blank
+    # lines are no more than nothing.
+    if prepared is None or (
+        not prepared.parsed.keys and prepared.parsed.rejected == prepared.parsed.empty
+    ):
         raise InvalidInput("no keys found: send one key per line")
     batch_id: int | None = None
     seen = added = 0
@@ -301,6 +310,7 @@ async def restock(
         rejected.empty += parsed.empty
         rejected.too_long += parsed.too_long
         rejected.binary += parsed.binary
+        rejected.not_utf8 += parsed.not_utf8
         fulfilled.extend(filled)
         if progress is not None:
             await progress(seen)
@@ -322,6 +332,7 @@ async def restock(
         empty=rejected.empty,
         too_long=rejected.too_long,
         binary=rejected.binary,
+        not_utf8=rejected.not_utf8,
         backorders_fulfilled=tuple(fulfilled),
         available=await db.write(finish),
     )

@@ -58,6 +58,11 @@ class ProductKind(StrEnum):
     SHARED = "shared"  # one code every buyer receives (a course password, say)
 
 
+class Allocation(StrEnum):
+    OLDEST = "oldest"  # keys are sold in the order they were imported
+    RANDOM = "random"  # any available key: a buyer cannot predict the next from the last
+
+
 class KeyStatus(StrEnum):
     AVAILABLE = "available"
     RESERVED = "reserved"
@@ -83,6 +88,12 @@ class DeliveryKind(StrEnum):
     BACKORDERED = "backordered"  # notice: paid, keys follow at restock
     REFUNDED = "refunded"  # notice: money returned
     REVIEW = "review"  # notice: payment is being checked by the seller
+
+
+# The buyer of every order placed over the business API: no Telegram user (their ids are
+# positive), so nothing is ever sent to a chat for it; `Order.client_id` says whose it is.
+API_BUYER = 0
+BALANCE_PROVIDER = "balance"  # paid from a business client's prepaid balance
 
 
 class DeliveryStatus(StrEnum):
@@ -114,7 +125,11 @@ class Buyer(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     language: Mapped[str] = mapped_column(String(8), default="en")
+    # Set by /language: from then on the buyer's Telegram language no longer overrides it.
+    language_chosen: Mapped[bool] = mapped_column(Boolean, default=False)
+    username: Mapped[str | None] = mapped_column(String(64), index=True, default=None)
     blacklisted: Mapped[bool] = mapped_column(Boolean, default=False)
+    ban_reason: Mapped[str | None] = mapped_column(Text, default=None)
     first_seen: Mapped[datetime]
     last_seen: Mapped[datetime]
 
@@ -137,6 +152,8 @@ class Product(Base):
     delivery_template: Mapped[str] = mapped_column(Text, default="")
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime]
+    category: Mapped[str] = mapped_column(String(64), default="")  # "" is uncategorised
+    allocation: Mapped[str] = mapped_column(String(10), default=Allocation.OLDEST)
 
     def name_in(self, language: str) -> str:
         return translated(self.translations, language, "name", self.name)
@@ -180,6 +197,7 @@ class Order(Base):
         Index(None, "buyer_id", "id"),
         Index(None, "status", "check_after"),
         Index(None, "payment_ref"),
+        Index(None, "client_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -204,6 +222,8 @@ class Order(Base):
     paid_currency: Mapped[str | None] = mapped_column(String(3), default=None)
     fulfilled_at: Mapped[datetime | None] = mapped_column(default=None)
     closed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Set for an order a business client placed over the API (its buyer is then API_BUYER).
+    client_id: Mapped[int | None] = mapped_column(ForeignKey("clients.id"), default=None)
     # The one key every buyer of a shared-key product receives. (Not a foreign key: keys
     # already point at orders, and a cycle of constraints would make schema changes painful.)
     shared_key_id: Mapped[int | None] = mapped_column(Integer, default=None)
@@ -274,6 +294,23 @@ class Reveal(Base):
     delete_after: Mapped[datetime | None] = mapped_column(default=None)
 
 
+class VaultRecord(Base):
+    """The database's one record of its key encryption key (store/vault.py).
+
+    `key_check` is the check value of the KEK that encrypts today: a KEY_ENCRYPTION_KEY
+    that does not list it is refused before anything is read or written. `digest_key` is
+    the database's fixed duplicate-digest key, encrypted under that KEK.
+    """
+
+    __tablename__ = "vault"
+
+    # Always 1: one record per database, so two first starts cannot both record one.
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    key_check: Mapped[bytes] = mapped_column(LargeBinary(32))
+    digest_key: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[datetime]
+
+
 class AuditEntry(Base):
     __tablename__ = "audit_log"
 
@@ -282,3 +319,110 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(40))
     detail: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime]
+
+
+# ---------------------------------------------------------------- business clients (the API)
+
+
+class Client(Base):
+    """A business client or web shop ordering over the HTTP API, paying from a balance."""
+
+    __tablename__ = "clients"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    # SHA-256 of the bearer token (see store/clients.py for why a fast hash is right here).
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    # The running total of the client's ledger, kept here so that a charge is one
+    # conditional UPDATE (balance - amount >= -credit) whose row count is checked.
+    balance_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    credit_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Orders of more keys than this wait in the admins' review queue (None: never).
+    review_over: Mapped[int | None] = mapped_column(Integer, default=None)
+    webhook_url: Mapped[str | None] = mapped_column(Text, default=None)
+    webhook_secret: Mapped[str | None] = mapped_column(String(80), default=None)
+    email: Mapped[str | None] = mapped_column(String(254), default=None)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime]
+
+
+class LedgerEntry(Base):
+    """One movement of a client's money: a top-up, an order's charge, a refund."""
+
+    __tablename__ = "client_ledger"
+    __table_args__ = (Index(None, "client_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    client_id: Mapped[int] = mapped_column(ForeignKey("clients.id"))
+    kind: Mapped[str] = mapped_column(String(16))  # "topup", "order", "refund"
+    amount_minor: Mapped[int] = mapped_column(BigInteger)  # signed: a charge is negative
+    balance_after_minor: Mapped[int] = mapped_column(BigInteger)
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"), default=None)
+    created_at: Mapped[datetime]
+
+
+class ApiRequest(Base):
+    """An `Idempotency-Key` a client used, the request it came with and the order it made."""
+
+    __tablename__ = "api_requests"
+    __table_args__ = (UniqueConstraint("client_id", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    client_id: Mapped[int] = mapped_column(ForeignKey("clients.id"))
+    key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"), default=None)
+    created_at: Mapped[datetime]
+
+
+class Download(Base):
+    """A one-time link to an order's keys as a spreadsheet."""
+
+    __tablename__ = "downloads"
+    __table_args__ = (Index(None, "order_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"))
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    # The token encrypted with the key vault, so the order's page can show a live link again.
+    token_ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None] = mapped_column(default=None)
+    used_ip: Mapped[str | None] = mapped_column(String(45), default=None)
+
+
+class ClientEvent(Base):
+    """Something a client is told about (`order.fulfilled`): the feed of /api/v1/events."""
+
+    __tablename__ = "client_events"
+    __table_args__ = (Index(None, "client_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    client_id: Mapped[int] = mapped_column(ForeignKey("clients.id"))
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"))
+    type: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime]
+
+
+class ClientDelivery(Base):
+    """The clients' outbox: an event to POST to a webhook, or an order's keys to e-mail."""
+
+    __tablename__ = "client_deliveries"
+    __table_args__ = (
+        Index(None, "status", "next_attempt_at"),
+        UniqueConstraint("event_id", "channel"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("client_events.id"))
+    channel: Mapped[str] = mapped_column(String(8))  # "webhook" or "email"
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    lease_owner: Mapped[str | None] = mapped_column(String(64), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_error: Mapped[str | None] = mapped_column(String(200), default=None)
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -10,17 +10,24 @@ order, have the effect of one.
     pending --paid--> fulfilled | backordered | refund_pending -> refunded | review
     pending --expired / failed--> expired | cancelled
     fulfilled --refund--> refunded        fulfilled --dispute--> disputed
+    pending --dispute before its payment--> disputed (no keys given)
     backordered --restock--> fulfilled
+
+A provider event moves an order only when it is about the order's own checkout (the
+session id recorded when the checkout opened) or its own payment (the payment id recorded
+when it was paid). Another integration on the same provider account can name our order
+ids too: its events are answered FOREIGN and change nothing.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from store import allocation
@@ -29,6 +36,8 @@ from store.buyers import dialect_insert, touch
 from store.db import Database
 from store.errors import (
     Blacklisted,
+    CheckoutNotRecorded,
+    HoldLimit,
     InvalidInput,
     NotFound,
     OrderNotPayable,
@@ -82,6 +91,8 @@ class Outcome(StrEnum):
     UNCHANGED = "unchanged"  # already in the state the event would bring
     DUPLICATE = "duplicate"  # this event was applied before
     UNKNOWN_ORDER = "unknown_order"
+    FOREIGN = "foreign"  # names our order, but not its checkout or payment: ignored
+    UNVERIFIED = "unverified"  # the order's payment is not recorded yet: ask the provider
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +104,10 @@ class OutOfStockPolicy:
 class CheckoutPolicy:
     max_unpaid: int
     ttl: timedelta
+    # What one buyer's unpaid checkouts may hold of one product: the larger of a number of
+    # keys and a share of the keys on sale, so small shops and small orders are untouched.
+    hold_max_units: int = 10
+    hold_max_share: float = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +239,7 @@ async def checkout(
             _close_unpaid, opened.order_id, OrderStatus.CANCELLED, None, None, datetime.now(UTC)
         )
         raise
-    await db.write(_attach_checkout, opened.order_id, started.ref, started.url)
+    await db.write(_attach_checkout, opened.order_id, started.ref, started.url, started.expires_at)
     return CheckoutResult(
         order_id=opened.order_id,
         url=started.url,
@@ -281,6 +296,8 @@ async def _open_order(
         )
         if held + quantity > product.max_per_buyer:
             raise OverLimit(max(0, product.max_per_buyer - held))
+    if product.kind == ProductKind.UNIQUE:
+        await _check_hold(session, product.id, buyer_id, quantity, policy)
     order = Order(
         buyer_id=buyer_id,
         product_id=product.id,
@@ -307,11 +324,58 @@ async def _open_order(
     return _Opened(order.id, product.name_in(language), product.price_minor, product.currency)
 
 
-async def _attach_checkout(session: AsyncSession, order_id: int, ref: str, url: str) -> None:
+async def _check_hold(
+    session: AsyncSession, product_id: int, buyer_id: int, quantity: int, policy: CheckoutPolicy
+) -> None:
+    """Refuse a checkout that would let one buyer's unpaid checkouts hoard a product.
+
+    Runs under the buyer's row lock (see `touch`), so one buyer's checkouts cannot race it.
+    The stock is counted only when the units allowance is exceeded, and only as far as needed.
+    """
+    held = await session.scalar(
+        select(func.coalesce(func.sum(Order.quantity), 0)).where(
+            Order.buyer_id == buyer_id,
+            Order.product_id == product_id,
+            Order.status == OrderStatus.PENDING,
+        )
+    )
+    wanted = held + quantity
+    if wanted <= policy.hold_max_units:
+        return
+    on_sale = 0
+    if policy.hold_max_share > 0:
+        needed = math.ceil(wanted / policy.hold_max_share - 1e-9)
+        capped = (
+            select(Key.id)
+            .where(
+                Key.product_id == product_id,
+                Key.status.in_((KeyStatus.AVAILABLE, KeyStatus.RESERVED)),
+            )
+            .limit(needed)
+            .subquery()
+        )
+        on_sale = await session.scalar(select(func.count()).select_from(capped))
+        if on_sale >= needed:
+            return
+    cap = max(policy.hold_max_units, math.floor(policy.hold_max_share * on_sale + 1e-9))
+    raise HoldLimit(max(0, cap - held), cap)
+
+
+async def _attach_checkout(
+    session: AsyncSession,
+    order_id: int,
+    ref: str,
+    url: str,
+    provider_expires_at: datetime | None = None,
+) -> None:
     order = await session.get(Order, order_id)
     if order is not None and order.provider_ref is None:
         order.provider_ref = ref
         order.checkout_url = url
+        if provider_expires_at is not None and provider_expires_at > order.reserved_until:
+            # The provider keeps its checkout open past our reservation (Stripe's minimum is
+            # 30 minutes): reconciliation closes it at the provider when the reservation ends.
+            order.check_after = order.reserved_until
 
 
 # ---------------------------------------------------------------- payment
@@ -354,11 +418,19 @@ async def _apply_payment(
     event: Event | None,
     now: datetime,
 ) -> Result:
+    order = await _lock_order(session, payment.order_id)
+    if order is not None and order.provider_ref is None and order.status == OrderStatus.PENDING:
+        # Its checkout is being opened right now (or the opening failed and the order is about
+        # to be cancelled): nothing can tell yet whether this payment is for it. Nothing is
+        # written, so the provider's retry, reconciliation or the buyer's return applies it.
+        raise CheckoutNotRecorded(f"order {order.id} has no checkout recorded yet")
     if event is not None and not await _record_event(session, event, payment.order_id, now):
         return Result(Outcome.DUPLICATE, payment.order_id)
-    order = await _lock_order(session, payment.order_id)
-    if order is None or not _same_checkout(order, payment.checkout_ref):
+    if order is None:
         return Result(Outcome.UNKNOWN_ORDER, payment.order_id)
+    if not _own_checkout(order, payment.checkout_ref):
+        # Never fulfil on the order id alone: the session must be the one we opened.
+        return Result(Outcome.FOREIGN, order.id)
     product = await _product_for_payment(session, order.product_id)
     base = {"order_id": order.id, "buyer_id": order.buyer_id, "sku": product.sku}
     if order.paid_at is not None:
@@ -482,8 +554,10 @@ async def awaiting_payment(
         if event is not None and not await _record_event(session, event, order_id, moment):
             return Result(Outcome.DUPLICATE, order_id)
         order = await _lock_order(session, order_id)
-        if order is None or not _same_checkout(order, checkout_ref):
+        if order is None:
             return Result(Outcome.UNKNOWN_ORDER, order_id)
+        if not _own_checkout(order, checkout_ref):
+            return Result(Outcome.FOREIGN, order.id)
         if order.status == OrderStatus.PENDING:
             order.check_after = moment + recheck_after
             return Result(Outcome.AWAITING, order.id, order.buyer_id)
@@ -519,8 +593,11 @@ async def _close_unpaid(
     if event is not None and not await _record_event(session, event, order_id, now):
         return Result(Outcome.DUPLICATE, order_id)
     order = await _lock_order(session, order_id)
-    if order is None or not _same_checkout(order, checkout_ref):
+    if order is None:
         return Result(Outcome.UNKNOWN_ORDER, order_id)
+    if (event is not None or checkout_ref is not None) and not _own_checkout(order, checkout_ref):
+        # Only the shop itself closes an order without naming its checkout.
+        return Result(Outcome.FOREIGN, order.id)
     # A late "expired" after the payment must not undo the sale.
     if order.status != OrderStatus.PENDING or order.paid_at is not None:
         return Result(Outcome.UNCHANGED, order.id, order.buyer_id)
@@ -553,30 +630,37 @@ async def record_refund(
     full: bool = True,
     event: Event | None = None,
     admin_id: int | None = None,
+    paid: Payment | None = None,
     now: datetime | None = None,
 ) -> Result:
     """Money went back to the buyer: the order is refunded and its keys revoked for good.
 
-    Called after keyvend's own refund and for `charge.refunded` events (refunds made in the
-    Stripe dashboard). A partial refund changes nothing but is reported.
+    Called after keyvend's own refund (by order id) and for `charge.refunded` events
+    (refunds made in the Stripe dashboard), which apply only to the order whose recorded
+    payment is `payment_ref`; `order_id` is then just the order the event names. A partial
+    refund changes nothing but is reported. See `_order_of_payment` for UNVERIFIED and `paid`.
     """
 
     async def work(session: AsyncSession) -> Result:
         moment = now or datetime.now(UTC)
-        if event is not None and not await _record_event(session, event, order_id, moment):
-            return Result(Outcome.DUPLICATE, order_id)
-        order = await _find_paid_order(session, order_id, payment_ref)
-        if order is None:
-            return Result(Outcome.UNKNOWN_ORDER, order_id)
+        order, outcome = await _order_of_payment(session, order_id, payment_ref, event, paid)
+        if outcome is Outcome.UNKNOWN_ORDER:
+            return Result(outcome, order_id)
+        if outcome is Outcome.UNVERIFIED:
+            return Result(outcome, order.id, order.buyer_id)
+        if event is not None and not await _record_event(session, event, order.id, moment):
+            return Result(Outcome.DUPLICATE, order.id)
+        if outcome is not None:
+            return Result(outcome, order.id)
         if not full:
             return Result(Outcome.PARTIAL_REFUND, order.id, order.buyer_id)
         if order.status == OrderStatus.REFUNDED:
             return Result(Outcome.UNCHANGED, order.id, order.buyer_id)
         if order.paid_at is None:
-            # Refunded before its payment was applied (events come in any order): record the
-            # payment as settled, so the late payment event finds nothing left to fulfil.
-            order.paid_at = moment
-            order.payment_ref = order.payment_ref or payment_ref
+            # Refunded before its payment was applied (events come in any order), as the
+            # provider confirmed: record the payment as settled, so the late payment event
+            # finds nothing left to fulfil.
+            _record_paid(order, paid, moment)
         await allocation.revoke(session, order.id)
         await allocation.release(session, order.id)  # an order in review still holds a reservation
         order.status = OrderStatus.REFUNDED
@@ -596,21 +680,29 @@ async def record_dispute(
     payment_ref: str | None,
     blacklist: bool,
     event: Event | None = None,
+    paid: Payment | None = None,
     now: datetime | None = None,
 ) -> DisputeResult:
     """The buyer disputed the charge: flag the order and gather the reveal log as evidence.
 
-    A dispute for a payment this shop does not know (yet) is not recorded in the event
-    ledger, so the caller can find the order at the provider and apply the event then.
+    Applies only to the order whose recorded payment is `payment_ref`. A dispute that arrives
+    before its payment was applied (UNVERIFIED, then called again with the provider's `paid`
+    report) records the payment and flags the order without giving its keys; a disputed
+    order's keys are not shown again. See `_order_of_payment`.
     """
 
     async def work(session: AsyncSession) -> DisputeResult:
         moment = now or datetime.now(UTC)
-        order = await _find_paid_order(session, order_id, payment_ref)
-        if order is None:
-            return DisputeResult(Result(Outcome.UNKNOWN_ORDER, order_id))
+        order, outcome = await _order_of_payment(session, order_id, payment_ref, event, paid)
+        if outcome is Outcome.UNKNOWN_ORDER:
+            # Not in the ledger: the caller may find the order at the provider and come back.
+            return DisputeResult(Result(outcome, order_id))
+        if outcome is Outcome.UNVERIFIED:
+            return DisputeResult(Result(outcome, order.id, order.buyer_id))
         if event is not None and not await _record_event(session, event, order.id, moment):
             return DisputeResult(Result(Outcome.DUPLICATE, order.id))
+        if outcome is not None:
+            return DisputeResult(Result(outcome, order.id))
         reveals = await session.execute(
             select(Reveal.revealed_at, Reveal.how)
             .where(Reveal.order_id == order.id)
@@ -619,16 +711,89 @@ async def record_dispute(
         log = tuple(RevealView(at, how) for at, how in reveals)
         if order.status == OrderStatus.DISPUTED:
             return DisputeResult(Result(Outcome.UNCHANGED, order.id, order.buyer_id), log)
-        if order.status == OrderStatus.FULFILLED:
+        if order.paid_at is None:
+            # Disputed before its payment was applied: the money is contested, so the keys
+            # are never given (the reservation goes back on sale); the admins decide.
+            _record_paid(order, paid, moment)
+            await allocation.release(session, order.id)
+            order.status = OrderStatus.DISPUTED
+            order.closed_at = moment
+        elif order.status == OrderStatus.FULFILLED:
             # Only a sale becomes "disputed": a refunded, backordered or reviewed order keeps its
             # state (and its keys theirs); the admins still get the alert and the evidence.
             order.status = OrderStatus.DISPUTED
+        # A re-show queued before the dispute is not sent (see show_keys_again).
+        await session.execute(
+            delete(Delivery).where(
+                Delivery.order_id == order.id,
+                Delivery.kind == DeliveryKind.RESHOW,
+                Delivery.status == DeliveryStatus.QUEUED,
+                Delivery.lease_owner.is_(None),
+            )
+        )
         if blacklist:
             buyer = await session.get(Buyer, order.buyer_id)
             buyer.blacklisted = True
         return DisputeResult(Result(Outcome.DISPUTED, order.id, order.buyer_id), log, blacklist)
 
     return await db.write(work)
+
+
+async def _order_of_payment(
+    session: AsyncSession,
+    order_id: int | None,
+    payment_ref: str | None,
+    event: Event | None,
+    paid: Payment | None,
+) -> tuple[Order | None, Outcome | None]:
+    """The order a refund or dispute is about, locked; or the outcome that ends it early.
+
+    Without `payment_ref` and `event`, this is the shop's own call and `order_id` is trusted.
+    Otherwise the order is the one whose recorded payment is `payment_ref`. An order the
+    event names whose payment is not recorded yet is UNVERIFIED: the caller asks the
+    provider about the order's own checkout and calls again with that report as `paid`,
+    which must be paid, by `payment_ref`, through the checkout recorded for the order.
+    Anything else naming our order is FOREIGN (another integration's), unknown otherwise.
+    """
+    if payment_ref is None and event is None:
+        order = await _lock_order(session, order_id)
+        return order, None if order is not None else Outcome.UNKNOWN_ORDER
+    if payment_ref is not None:
+        order = await session.scalar(
+            select(Order)
+            .where(Order.payment_ref == payment_ref)
+            .order_by(Order.id)
+            .limit(1)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        if order is not None:
+            return order, None
+    if paid is not None:
+        order_id = paid.order_id
+    order = await _lock_order(session, order_id)
+    if order is None:
+        return None, Outcome.UNKNOWN_ORDER
+    if payment_ref is None or order.payment_ref is not None or order.provider_ref is None:
+        return order, Outcome.FOREIGN
+    if paid is None:
+        return order, Outcome.UNVERIFIED
+    if (
+        paid.state == CheckoutState.PAID
+        and paid.payment_ref == payment_ref
+        and _own_checkout(order, paid.checkout_ref)
+    ):
+        return order, None
+    return order, Outcome.FOREIGN
+
+
+def _record_paid(order: Order, paid: Payment | None, now: datetime) -> None:
+    """Mark an order paid without fulfilling it (a refund or dispute came first)."""
+    order.paid_at = now
+    if paid is not None:
+        order.payment_ref = paid.payment_ref
+        order.paid_amount_minor = paid.amount_minor
+        order.paid_currency = paid.currency
 
 
 # ---------------------------------------------------------------- asking the provider
@@ -657,9 +822,7 @@ async def confirm(
         raise OrderNotPayable(f"order {order_id} is {pending.status}")
     if pending.checkout_ref is None:
         raise OrderNotPayable(f"order {order_id} has no checkout")
-    gateway = gateways.get(pending.provider)
-    if gateway is None:
-        raise PaymentUnavailable(f"{pending.provider} payments are not set up")
+    gateway = _gateway(gateways, pending)
     if close_if_open:
         payment = await gateway.cancel_checkout(order_id, pending.checkout_ref)
     else:
@@ -673,6 +836,27 @@ async def confirm(
     if payment.state == CheckoutState.AWAITING:
         return Result(Outcome.AWAITING, order_id)
     return Result(Outcome.UNCHANGED, order_id)
+
+
+async def provider_report(
+    db: Database, gateways: Mapping[str, PaymentGateway], order_id: int | None
+) -> Payment | None:
+    """What the provider says about the order's own recorded checkout; None without one.
+
+    The evidence an UNVERIFIED refund or dispute is called again with: it comes from the
+    checkout this shop opened, never from anything the event itself claims.
+    """
+    pending = None if order_id is None else await db.read(_pending_by_id, order_id)
+    if pending is None or pending.checkout_ref is None:
+        return None
+    return await _gateway(gateways, pending).checkout_status(order_id, pending.checkout_ref)
+
+
+def _gateway(gateways: Mapping[str, PaymentGateway], pending: Pending) -> PaymentGateway:
+    gateway = gateways.get(pending.provider)
+    if gateway is None:
+        raise PaymentUnavailable(f"{pending.provider} payments are not set up")
+    return gateway
 
 
 async def due_for_check(
@@ -690,6 +874,18 @@ async def due_for_check(
             .limit(limit)
         )
         return [_pending(o) for o in orders]
+
+    return await db.read(work)
+
+
+async def next_check(db: Database) -> datetime | None:
+    """When the earliest open order is due for a check (its reservation may end before the
+    provider's checkout does: reconciliation then closes it on time)."""
+
+    async def work(session: AsyncSession) -> datetime | None:
+        return await session.scalar(
+            select(func.min(Order.check_after)).where(Order.status == OrderStatus.PENDING)
+        )
 
     return await db.read(work)
 
@@ -768,11 +964,17 @@ async def buyer_order(db: Database, order_id: int, buyer_id: int, language: str)
 
 
 async def show_keys_again(
-    db: Database, order_id: int, buyer_id: int, *, now: datetime | None = None
+    db: Database,
+    order_id: int,
+    buyer_id: int,
+    *,
+    now: datetime | None = None,
+    admin_id: int | None = None,
 ) -> int:
     """Queue the order's keys to be shown to its buyer once more; return the delivery id.
 
     A request while one is already queued returns that one instead of queueing another.
+    An admin's request (`admin_id`, resending from the order card) is audited.
     """
 
     async def work(session: AsyncSession) -> int:
@@ -781,7 +983,8 @@ async def show_keys_again(
         )
         if order is None:
             raise NotFound("no such order")
-        if order.status not in (OrderStatus.FULFILLED, OrderStatus.DISPUTED):
+        # A disputed order's keys are not shown again: the buyer says they never had them.
+        if order.status != OrderStatus.FULFILLED:
             raise OrderNotPayable(f"order {order_id} has no keys to show")
         queued = await session.scalar(
             select(Delivery.id).where(
@@ -790,6 +993,8 @@ async def show_keys_again(
                 Delivery.status == DeliveryStatus.QUEUED,
             )
         )
+        if admin_id is not None:
+            session.add(audit(admin_id, "order.resend_keys", str(order_id)))
         if queued is not None:
             return queued
         delivery = allocation.delivery(order, DeliveryKind.RESHOW, now or datetime.now(UTC))
@@ -823,9 +1028,9 @@ async def _record_event(
     return inserted is not None
 
 
-def _same_checkout(order: Order, checkout_ref: str | None) -> bool:
+def _own_checkout(order: Order, checkout_ref: str | None) -> bool:
     """Whether a provider's report is about this order's own checkout (not another shop's)."""
-    return checkout_ref is None or order.provider_ref is None or order.provider_ref == checkout_ref
+    return order.provider_ref is not None and order.provider_ref == checkout_ref
 
 
 async def _lock_order(session: AsyncSession, order_id: int | None) -> Order | None:
@@ -837,17 +1042,6 @@ async def _lock_order(session: AsyncSession, order_id: int | None) -> Order | No
         .with_for_update()
         .execution_options(populate_existing=True)
     )
-
-
-async def _find_paid_order(
-    session: AsyncSession, order_id: int | None, payment_ref: str | None
-) -> Order | None:
-    order = await _lock_order(session, order_id)
-    if order is None and payment_ref:
-        order = await session.scalar(
-            select(Order).where(Order.payment_ref == payment_ref).with_for_update()
-        )
-    return order
 
 
 async def _pending_by_id(session: AsyncSession, order_id: int) -> Pending | None:

@@ -27,6 +27,7 @@ class CheckoutRequest:
 class CheckoutStarted:
     ref: str  # the provider's id for this checkout
     url: str  # where the buyer pays
+    expires_at: datetime | None = None  # when the provider closes it, if it says
 
 
 class CheckoutState(StrEnum):

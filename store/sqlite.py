@@ -14,6 +14,7 @@ SQLAlchemy's own adapter uses as well; the whole test suite runs through it.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Iterable, Sequence
 from functools import partial
@@ -97,4 +98,11 @@ async def connect(path: str) -> aiosqlite.Connection:
     connection._thread.daemon = (
         True  # as SQLAlchemy does: a forgotten connection must not hang exit
     )
-    return await connection
+    try:
+        return await connection
+    except Exception:
+        # aiosqlite stops its thread after a failed connect without waiting for it; the
+        # thread then reports to this event loop, which may be closed by then (a traceback
+        # at exit). Wait for it here, while the loop still runs.
+        await asyncio.to_thread(connection._thread.join, 5.0)
+        raise

@@ -7,7 +7,7 @@ import time
 from collections import deque
 
 import pytest
-from telegram.error import RetryAfter
+from telegram.error import NetworkError, RetryAfter
 from telegram.ext import ExtBot
 
 from bot.telegram_api import AiohttpRequest, SendPace
@@ -67,3 +67,17 @@ async def test_a_send_still_refused_after_its_retries_raises_retry_after(
         with pytest.raises(RetryAfter):
             await bot.send_message(9_200, "hello")
     assert telegram.sent == [] and telegram.throttled == 3
+
+
+@pytest.mark.parametrize("base", ["api.telegram.org", "ftp://api.telegram.org"])
+async def test_a_transport_error_never_quotes_the_url_that_holds_the_token(base: str) -> None:
+    token = "123456:" + "SecretTokenPart" * 3
+    request = AiohttpRequest()
+    await request.initialize()
+    try:
+        with pytest.raises(NetworkError) as failed:
+            await request.do_request(f"{base}/bot{token}/getMe", "POST")
+    finally:
+        await request.shutdown()
+    assert token not in str(failed.value)
+    assert "<Bot API URL>" in str(failed.value)

@@ -34,6 +34,7 @@ from store.models import (
     AuditEntry,
     Buyer,
     Delivery,
+    DeliveryKind,
     Key,
     Order,
     OrderStatus,
@@ -75,6 +76,7 @@ _LEGAL = {
         OrderStatus.BACKORDERED,
         OrderStatus.REFUND_PENDING,
         OrderStatus.REFUNDED,
+        OrderStatus.DISPUTED,  # disputed before its payment event: paid, no keys given
     },
     OrderStatus.FULFILLED: {OrderStatus.REFUNDED, OrderStatus.DISPUTED},
     OrderStatus.DISPUTED: {OrderStatus.REFUNDED},
@@ -196,6 +198,13 @@ async def snapshot(shop: Shop) -> dict[str, Any]:
                     )
                 ).all()
             ),
+            "keyed": set(
+                (
+                    await session.scalars(
+                        select(Delivery.order_id).where(Delivery.kind == DeliveryKind.KEYS)
+                    )
+                ).all()
+            ),
         }
         for model in (PaymentEvent, Reveal, Buyer, AuditEntry):
             state[model.__tablename__] = await session.scalar(
@@ -213,6 +222,12 @@ def assert_legal(before: dict[str, Any], after: dict[str, Any]) -> None:
         assert status == old or status in _LEGAL[OrderStatus(old)], (
             f"order {order}: {old} -> {status}"
         )
+        if status == OrderStatus.DISPUTED and old not in (
+            OrderStatus.FULFILLED,
+            OrderStatus.DISPUTED,
+        ):
+            # Disputed before it was ever fulfilled: its keys must never have been queued.
+            assert order not in after["keyed"], f"order {order} was disputed and got keys"
 
 
 async def assert_invariants(shop: Shop) -> None:
@@ -473,6 +488,37 @@ async def test_non_ascii_signature_is_refused_with_a_400(sqlite_target: Target) 
         body, {"Stripe-Signature": f"t={int(time.time())},v1={'é' * 64}"}
     )
     assert status == 400
+
+
+async def test_a_dispute_before_its_payment_event_flags_the_order_and_gives_no_keys(
+    target: Target,
+) -> None:
+    # Found by fuzzing (it failed when hypothesis happened to send this before any payment
+    # event for the order): the order paid at Stripe, its `completed` event not here yet,
+    # gets a dispute. Applying the payment first would queue the keys to a buyer who is
+    # taking the money back; the order is disputed with the keys back on sale instead.
+    paid_silently = target.order_ids[1]
+    intent = target.shop.stripe.sessions[target.refs[1]]["payment_intent"]
+    dispute = json.loads(json.dumps(target.events[5]))
+    dispute["id"] = "evt_dispute_first"
+    dispute["data"]["object"].update(payment_intent=intent, charge=None)
+    before = await snapshot(target.shop)
+
+    assert await _post_signed(target, _dumps(dispute)) == 200
+    late_payment = await _post_signed(target, _dumps(target.events[1]))
+
+    assert late_payment == 200
+    after = await snapshot(target.shop)
+    assert_legal(before, after)
+    assert after["orders"][paid_silently] == OrderStatus.DISPUTED
+    assert paid_silently not in after["keyed"]
+    # Its reserved key went back on sale; the one already sold stays sold.
+    assert after["keys"] == {
+        **before["keys"],
+        "reserved": before["keys"]["reserved"] - 1,
+        "available": before["keys"]["available"] + 1,
+    }
+    await assert_invariants(target.shop)
 
 
 async def test_signed_deeply_nested_json_is_refused_with_a_400(sqlite_target: Target) -> None:

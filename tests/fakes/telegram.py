@@ -43,7 +43,14 @@ DEFAULT_TOKEN = "123456:TEST-token-abcdefghijklmnopqrstuvwxyz0123"
 
 # Methods that produce a SentMessage and are subject to rate caps and send faults.
 SEND_METHODS = frozenset(
-    {"sendMessage", "sendDocument", "sendInvoice", "editMessageText", "editMessageCaption"}
+    {
+        "sendMessage",
+        "sendDocument",
+        "sendPhoto",
+        "sendInvoice",
+        "editMessageText",
+        "editMessageCaption",
+    }
 )
 # Methods addressed to a chat, which a user who blocked the bot refuses.
 _CHAT_METHODS = SEND_METHODS | {"editMessageReplyMarkup", "sendChatAction"}
@@ -501,6 +508,7 @@ class FakeTelegram:
             "deleteMessages": self._delete_messages,
             "answerCallbackQuery": self._answer_callback_query,
             "sendDocument": self._send_document,
+            "sendPhoto": self._send_photo,
             "sendInvoice": self._send_invoice,
             "answerPreCheckoutQuery": self._answer_pre_checkout_query,
             "refundStarPayment": self._refund_star_payment,
@@ -635,13 +643,18 @@ class FakeTelegram:
 
     # ------------------------------------------------------------------ driving users
 
-    def _user(self, user_id: int, first_name: str, language_code: str) -> dict[str, Any]:
-        return {
+    def _user(
+        self, user_id: int, first_name: str, language_code: str, username: str | None = None
+    ) -> dict[str, Any]:
+        user = {
             "id": user_id,
             "is_bot": False,
             "first_name": first_name,
             "language_code": language_code,
         }
+        if username:
+            user["username"] = username
+        return user
 
     @staticmethod
     def _chat(chat_id: int, first_name: str | None = None) -> dict[str, Any]:
@@ -700,6 +713,7 @@ class FakeTelegram:
         document: tuple[str, bytes] | None = None,
         with_file_size: bool = True,
         first_name: str = "Buyer",
+        username: str | None = None,
     ) -> dict[str, Any]:
         """Queue an Update with a private-chat message from ``user_id``; returns the update.
 
@@ -710,7 +724,7 @@ class FakeTelegram:
             "message_id": self._new_message_id(user_id),
             "date": int(time.time()),
             "chat": self._chat(user_id, first_name),
-            "from": self._user(user_id, first_name, language_code),
+            "from": self._user(user_id, first_name, language_code, username),
         }
         entities = []
         command = _COMMAND_RE.match(text) if text else None
@@ -1255,7 +1269,14 @@ class FakeTelegram:
         )
         return msg
 
-    async def _send_document(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def _send_photo(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A photo is kept like a document (its bytes under params["document"])."""
+        params["document"] = params.pop("photo", None)
+        return await self._send_document(params, method="sendPhoto")
+
+    async def _send_document(
+        self, params: dict[str, Any], method: str = "sendDocument"
+    ) -> dict[str, Any]:
         chat_id = self._chat_id(params)
         document = params.get("document")
         if isinstance(document, dict) and "content" in document:
@@ -1284,7 +1305,7 @@ class FakeTelegram:
             body["has_protected_content"] = True
         msg = self._bot_message(chat_id, body)
         self._accept(
-            "sendDocument",
+            method,
             chat_id,
             msg["message_id"],
             params.get("caption"),

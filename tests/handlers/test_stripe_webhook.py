@@ -25,6 +25,7 @@ from tests.e2e.helpers import (
     checkout,
     key_message,
     key_statuses,
+    metric,
     order_status,
     outbox_empty,
     pay,
@@ -35,7 +36,7 @@ from tests.e2e.helpers import (
     stock,
     text,
 )
-from tests.fakes.stripe import find_fixtures_dir
+from tests.fakes.stripe import template
 
 BUYER = 2001
 WEBHOOK = "/stripe/webhook"
@@ -89,6 +90,13 @@ def _tampered(shop: Shop, sale: Checkout) -> tuple[bytes, dict[str, str]]:
 def _stale(shop: Shop, sale: Checkout) -> tuple[bytes, dict[str, str]]:
     body = _dumps(_completed(shop, sale))
     return body, _signed(shop, body, timestamp=int(time.time()) - 301)
+
+
+def _future(shop: Shop, sale: Checkout) -> tuple[bytes, dict[str, str]]:
+    # Signed now but dated ahead: valid for as long as the clock is behind it, so a leaked
+    # request could be replayed for days. The SDK only refuses timestamps in the past.
+    body = _dumps(_completed(shop, sale))
+    return body, _signed(shop, body, timestamp=int(time.time()) + 301 + 60)
 
 
 def _not_utf8(shop: Shop, sale: Checkout) -> tuple[bytes, dict[str, str]]:
@@ -148,6 +156,7 @@ REFUSED: dict[str, Build] = {
     "signed with another secret": _wrong_secret,
     "body changed after signing": _tampered,
     "timestamp older than 300 s": _stale,
+    "timestamp over 300 s ahead": _future,
     "body not UTF-8": _not_utf8,
     "signed, not JSON": _signed_body(b'{"id": "evt_1", "type": '),
     "signed, empty body": _signed_body(b""),
@@ -262,7 +271,7 @@ async def test_an_unknown_event_type_is_acknowledged_and_ignored(shop: Shop) -> 
 
 async def test_a_session_that_is_not_keyvends_is_acknowledged_and_ignored(shop: Shop) -> None:
     sale = await _pending_order(shop)
-    foreign = json.loads((find_fixtures_dir() / "checkout.session.json").read_text())
+    foreign = template("checkout.session")
     # Another integration on the same Stripe account: paid, but no order of ours.
     foreign.update(
         status="complete",
@@ -305,9 +314,131 @@ async def test_a_payment_of_another_shop_on_the_same_stripe_account_fulfils_noth
 
     answer = await post(shop, WEBHOOK, *shop.stripe.signed(event))
 
-    assert answer.status == 200
+    assert (answer.status, answer.body["outcome"]) == (200, "foreign")
     assert await order_status(shop, sale.order_id) == OrderStatus.PENDING
     assert (await snapshot(shop)).keys == before.keys
+    assert await metric(shop, "keyvend_webhook_ignored_total", reason="foreign") == 1
+
+
+async def test_a_signature_a_minute_ahead_is_accepted(shop: Shop) -> None:
+    # Clocks drift: within the tolerance, ahead is as good as behind.
+    sale = await _pending_order(shop)
+    shop.stripe.pay(sale.session_id)
+    body = _dumps(shop.stripe.completed_event(sale.session_id))
+
+    answer = await post(shop, WEBHOOK, body, _signed(shop, body, timestamp=int(time.time()) + 60))
+
+    assert (answer.status, answer.body["outcome"]) == (200, "fulfilled")
+
+
+# ---------------------------------------------------------------- another integration's money
+
+
+def _foreign_intent(shop: Shop, order_id: int) -> str:
+    """A payment of another integration on the same Stripe account that names our order."""
+    other = shop.stripe.sessions[shop.stripe.session_for_order(order_id)["id"]]
+    intent = {
+        **shop.stripe.payment_intents[other["payment_intent"]],
+        "id": "pi_3otherintegration0000000",
+        "metadata": {"order_id": str(order_id)},
+    }
+    shop.stripe.payment_intents[intent["id"]] = intent
+    return intent["id"]
+
+
+def _foreign_charge_event(shop: Shop, sale: Checkout, kind: str) -> dict[str, Any]:
+    """`charge.refunded` or `charge.dispute.created` of another integration naming our order."""
+    intent = "pi_3otherintegration0000000"
+    if kind == "charge.refunded":
+        event = shop.stripe.charge_refunded_event(sale.session_id)
+        event["data"]["object"].update(
+            id="ch_3otherintegration0000000",
+            payment_intent=intent,
+            metadata={"order_id": str(sale.order_id)},
+        )
+    else:
+        event = shop.stripe.dispute_created_event(sale.session_id)
+        event["data"]["object"].update(charge="ch_3otherintegration0000000", payment_intent=intent)
+    return event
+
+
+@pytest.mark.parametrize("kind", ["charge.refunded", "charge.dispute.created"])
+async def test_a_refund_or_dispute_of_another_integration_leaves_our_sale_alone(
+    shop: Shop, kind: str
+) -> None:
+    sale = await _pending_order(shop)
+    await pay(shop, sale)
+    await key_message(shop, BUYER)
+    _foreign_intent(shop, sale.order_id)
+    before = await outbox_empty(shop)
+    event = _foreign_charge_event(shop, sale, kind)
+
+    answer = await post(shop, WEBHOOK, *shop.stripe.signed(event))
+
+    assert (answer.status, answer.body["outcome"]) == (200, "foreign")
+    after = await snapshot(shop)
+    assert after.orders == before.orders == {OrderStatus.FULFILLED: 1}
+    assert after.keys == before.keys
+    assert after.deliveries == before.deliveries
+    assert await metric(shop, "keyvend_webhook_ignored_total", reason="foreign") == 1
+    assert not [m for m in shop.telegram.messages_to(ADMIN) if "#" in text(m)]  # no alert
+
+    # The shop's own refund still applies: it is of the payment recorded for the order.
+    real = shop.stripe.charge_refunded_event(sale.session_id)
+    assert (await post(shop, WEBHOOK, *shop.stripe.signed(real))).body["outcome"] == "refunded"
+
+
+@pytest.mark.parametrize("kind", ["charge.refunded", "charge.dispute.created"])
+async def test_a_refund_or_dispute_of_another_integration_before_our_payment_changes_nothing(
+    shop: Shop, kind: str
+) -> None:
+    # Our order is open (its buyer has not paid yet); the other integration's money names it.
+    # Before, the refund marked it refunded (the buyer's payment then gave nothing) and the
+    # dispute settled and disputed it.
+    sale = await _pending_order(shop)
+    other = await checkout(shop, BUYER + 1, "GAME")
+    shop.stripe.pay(other.session_id)  # somebody's payment, for the template
+    _foreign_intent(shop, other.order_id)
+    shop.stripe.payment_intents["pi_3otherintegration0000000"]["metadata"] = {
+        "order_id": str(sale.order_id)
+    }
+    before = await snapshot(shop)
+    event = _foreign_charge_event(shop, other, kind)
+    if kind == "charge.refunded":
+        event["data"]["object"]["metadata"] = {"order_id": str(sale.order_id)}
+
+    answer = await post(shop, WEBHOOK, *shop.stripe.signed(event))
+
+    assert (answer.status, answer.body["outcome"]) == (200, "foreign")
+    after = await snapshot(shop)
+    assert (after.orders, after.keys, after.deliveries) == (
+        before.orders,
+        before.keys,
+        before.deliveries,
+    )
+    await pay(shop, sale)  # the real buyer pays: the order is fulfilled as usual
+    assert (await key_message(shop, BUYER)).spoiler_texts()
+    assert await order_status(shop, sale.order_id) == OrderStatus.FULFILLED
+
+
+async def test_our_refund_before_our_payment_event_refunds_without_giving_keys(
+    shop: Shop,
+) -> None:
+    sale = await _pending_order(shop)
+    shop.stripe.pay(sale.session_id)  # paid at Stripe; the `completed` event is late
+    refunded = shop.stripe.charge_refunded_event(sale.session_id)
+
+    answer = await post(shop, WEBHOOK, *shop.stripe.signed(refunded))
+    late = await post(
+        shop, WEBHOOK, *shop.stripe.signed(shop.stripe.completed_event(sale.session_id))
+    )
+
+    assert answer.body["outcome"] == "refunded"
+    assert late.body["outcome"] == "unchanged"
+    state = await outbox_empty(shop)
+    assert state.orders == {OrderStatus.REFUNDED: 1}
+    assert state.keys == {KeyStatus.AVAILABLE: 2}
+    assert state.deliveries == {"refunded:sent": 1}
 
 
 # ---------------------------------------------------------------- the good paths

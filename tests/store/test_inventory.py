@@ -122,7 +122,14 @@ def test_pasted_text_and_an_uploaded_file_parse_the_same(separator: str) -> None
 def test_invalid_utf8_rejects_only_its_line() -> None:
     parsed = parse_keys(b"GOOD-1\n\xff\xfe\xfd\nG\xc3\n\xc3\xa9T\xc3\xa9-3\n")
     assert parsed.keys == ["GOOD-1", "éTé-3"]
-    assert parsed.binary == 2
+    assert (parsed.not_utf8, parsed.binary) == (2, 0)
+
+
+def test_a_latin1_line_is_reported_as_not_utf8_not_as_binary() -> None:
+    # "CAFÉ" saved by a Windows export: decoding it by guess could sell a key that fails.
+    parsed = parse_keys("GOOD-1\nCAFÉ-2\n".encode("latin-1"))
+    assert parsed.keys == ["GOOD-1"]
+    assert (parsed.not_utf8, parsed.binary, parsed.rejected) == (1, 0, 1)
 
 
 def test_nothing_but_blank_lines_parses_to_nothing() -> None:
@@ -325,8 +332,9 @@ async def test_concurrent_imports_of_overlapping_batches_store_each_key_once(
 
 async def test_an_import_without_keys_or_product_is_refused(db: Database, vault: KeyVault) -> None:
     await stocked(db, vault, keys=0)
-    with pytest.raises(InvalidInput):
-        await restock(db, vault, "")
+    for nothing in ("", "\n  \n\t\n"):  # blank lines are the same as an empty file
+        with pytest.raises(InvalidInput, match="no keys found"):
+            await restock(db, vault, nothing)
     with pytest.raises(NotFound):
         await restock(db, vault, "A-1", sku="NOPE")
     assert await scalar(db, select(func.count()).select_from(ImportBatch)) == 0

@@ -23,7 +23,14 @@ from store import inventory, orders
 from store.check import check
 from store.crypto import KeyVault
 from store.db import Database
-from store.errors import Blacklisted, OutOfStock
+from store.errors import (
+    Blacklisted,
+    CheckoutNotRecorded,
+    HoldLimit,
+    OrderNotPayable,
+    OutOfStock,
+    PaymentUnavailable,
+)
 from store.models import Buyer, Delivery, DeliveryKind, Key, KeyStatus, Order, OrderStatus
 from store.orders import Event, Outcome
 from store.payments import CheckoutState
@@ -229,7 +236,11 @@ async def test_a_late_expired_event_never_undoes_a_sale(
     )
 
     late = await orders.close_unpaid(
-        db, order, CheckoutState.EXPIRED, event=Event("fake", "evt_exp", "expired")
+        db,
+        order,
+        CheckoutState.EXPIRED,
+        checkout_ref=f"fake_{order}",
+        event=Event("fake", "evt_exp", "expired"),
     )
     failed = await orders.close_unpaid(db, order, CheckoutState.FAILED)
 
@@ -270,15 +281,23 @@ async def test_a_full_refund_revokes_keys_and_a_partial_one_changes_nothing(
     order = await open_order(db, gateway, product.id, 7, quantity=2)
     await orders.fulfil(db, gateway.payment(order), REFUND)
 
+    paid_by = f"pay_{order}"
     partial = await orders.record_refund(
-        db, order, full=False, event=Event("fake", "evt_part", "charge.refunded")
+        db,
+        order,
+        payment_ref=paid_by,
+        full=False,
+        event=Event("fake", "evt_part", "charge.refunded"),
     )
     assert partial.outcome is Outcome.PARTIAL_REFUND
     assert await status_of(db, order) == OrderStatus.FULFILLED
 
     full = Event("fake", "evt_full", "charge.refunded")
-    assert (await orders.record_refund(db, order, event=full)).outcome is Outcome.REFUNDED
-    assert (await orders.record_refund(db, order, event=full)).outcome is Outcome.DUPLICATE
+    again = [
+        (await orders.record_refund(db, order, payment_ref=paid_by, event=full)).outcome
+        for _ in range(2)
+    ]
+    assert again == [Outcome.REFUNDED, Outcome.DUPLICATE]
     assert [s for _, s in await keys_of(db, order)] == [KeyStatus.REVOKED] * 2
     # Revoked keys are never sold again: only the one never sold is left.
     assert await scalar(db, select(func.count()).where(Key.status == KeyStatus.AVAILABLE)) == 1
@@ -374,3 +393,191 @@ async def test_a_payment_racing_a_restock_is_not_left_waiting_beside_fresh_stock
     # Paid, and a key came in: the order must have it, not wait beside it for the next restock.
     assert await status_of(db, late) == OrderStatus.FULFILLED
     assert await scalar(db, select(func.count()).where(Key.status == KeyStatus.AVAILABLE)) == 0
+
+
+# ---------------------------------------------------------------- events of another integration
+
+
+async def test_a_refund_or_dispute_of_another_payment_never_touches_our_order(
+    db: Database, vault: KeyVault, gateway: FakeGateway
+) -> None:
+    product = await stocked(db, vault, keys=3)
+    sold = await open_order(db, gateway, product.id, 7)
+    await orders.fulfil(db, gateway.payment(sold), REFUND)
+    waiting = await open_order(db, gateway, product.id, 8)  # not paid yet
+
+    results = [
+        await orders.record_refund(
+            db, order, payment_ref="pay_other", event=Event("fake", f"evt_r{order}", "refund")
+        )
+        for order in (sold, waiting)
+    ] + [
+        (
+            await orders.record_dispute(
+                db,
+                order,
+                payment_ref="pay_other",
+                blacklist=True,
+                event=Event("fake", f"evt_d{order}", "dispute"),
+                paid=gateway.payment(waiting) if order == waiting else None,
+            )
+        ).result
+        for order in (sold, waiting)
+    ]
+
+    # The sold order's payment is recorded and is another; the open order's own checkout was
+    # paid with another payment than the one disputed.
+    assert [r.outcome for r in results] == [
+        Outcome.FOREIGN,
+        Outcome.UNVERIFIED,
+        Outcome.FOREIGN,
+        Outcome.FOREIGN,
+    ]
+    assert await status_of(db, sold) == OrderStatus.FULFILLED
+    assert await status_of(db, waiting) == OrderStatus.PENDING
+    assert await scalar(db, select(Buyer.blacklisted).where(Buyer.id == 7)) is False
+    await invariants_hold(db)
+
+
+async def test_a_refund_confirmed_by_the_orders_own_checkout_applies_before_its_payment(
+    db: Database, vault: KeyVault, gateway: FakeGateway
+) -> None:
+    product = await stocked(db, vault, keys=2)
+    order = await open_order(db, gateway, product.id, 7)
+    paid = gateway.payment(order)  # what the provider says about the order's own checkout
+    event = Event("fake", "evt_refund", "charge.refunded")
+
+    first = await orders.record_refund(db, order, payment_ref=paid.payment_ref, event=event)
+    applied = await orders.record_refund(
+        db, order, payment_ref=paid.payment_ref, event=event, paid=paid
+    )
+    late = await orders.fulfil(db, paid, REFUND)
+
+    assert (first.outcome, applied.outcome, late.outcome) == (
+        Outcome.UNVERIFIED,
+        Outcome.REFUNDED,
+        Outcome.UNCHANGED,
+    )
+    assert await keys_of(db, order) == []
+    assert await deliveries_of(db, order) == [DeliveryKind.REFUNDED]
+    await invariants_hold(db)
+
+
+async def test_a_dispute_before_its_payment_gives_no_keys_and_hides_them_for_good(
+    db: Database, vault: KeyVault, gateway: FakeGateway
+) -> None:
+    product = await stocked(db, vault, keys=2)
+    order = await open_order(db, gateway, product.id, 7)
+    paid = gateway.payment(order)
+
+    disputed = await orders.record_dispute(
+        db, order, payment_ref=paid.payment_ref, blacklist=False, paid=paid
+    )
+    late = await orders.fulfil(db, paid, REFUND)
+
+    assert (disputed.result.outcome, late.outcome) == (Outcome.DISPUTED, Outcome.UNCHANGED)
+    assert await status_of(db, order) == OrderStatus.DISPUTED
+    assert await keys_of(db, order) == []  # back on sale
+    assert await deliveries_of(db, order) == []
+    with pytest.raises(OrderNotPayable):
+        await orders.show_keys_again(db, order, 7)
+    await invariants_hold(db)
+
+
+async def test_a_disputed_sale_does_not_show_its_keys_again(
+    db: Database, vault: KeyVault, gateway: FakeGateway
+) -> None:
+    product = await stocked(db, vault, keys=2)
+    order = await open_order(db, gateway, product.id, 7)
+    await orders.fulfil(db, gateway.payment(order), REFUND)
+    await orders.show_keys_again(db, order, 7)  # queued before the dispute
+
+    await orders.record_dispute(db, None, payment_ref=f"pay_{order}", blacklist=False)
+
+    with pytest.raises(OrderNotPayable):
+        await orders.show_keys_again(db, order, 7)
+    assert await deliveries_of(db, order) == [DeliveryKind.KEYS]  # the queued re-show is gone
+    await invariants_hold(db)
+
+
+# ---------------------------------------------------------------- checkouts with no recorded session
+
+
+class _SlowGateway(FakeGateway):
+    """A provider whose checkout opens only when the test says so, or fails after opening."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        super().__init__()
+        self.opened, self.go, self.fail = asyncio.Event(), asyncio.Event(), fail
+
+    async def start_checkout(self, request):
+        started = await super().start_checkout(request)
+        self.opened.set()
+        await self.go.wait()
+        if self.fail:
+            raise PaymentUnavailable("timed out after the provider opened the checkout")
+        return started
+
+
+async def test_a_payment_before_the_checkout_is_recorded_waits_for_it(
+    db: Database, vault: KeyVault
+) -> None:
+    gateway = _SlowGateway()
+    product = await stocked(db, vault, keys=2)
+    opening = asyncio.create_task(open_order(db, gateway, product.id, 7))
+    await gateway.opened.wait()
+    [order] = gateway.requests
+    paid = gateway.payment(order)
+
+    with pytest.raises(CheckoutNotRecorded):
+        await orders.fulfil(db, paid, REFUND, event=Event("fake", "evt_early", "paid"))
+    assert await status_of(db, order) == OrderStatus.PENDING
+    gateway.go.set()
+    await opening
+    result = await orders.fulfil(db, paid, REFUND, event=Event("fake", "evt_early", "paid"))
+
+    assert result.outcome is Outcome.FULFILLED  # the retry is applied, not a duplicate
+    await invariants_hold(db)
+
+
+async def test_a_payment_for_an_order_whose_checkout_was_never_recorded_fulfils_nothing(
+    db: Database, vault: KeyVault
+) -> None:
+    gateway = _SlowGateway(fail=True)
+    gateway.go.set()
+    product = await stocked(db, vault, keys=2)
+    with pytest.raises(PaymentUnavailable):
+        await open_order(db, gateway, product.id, 7)
+    [order] = gateway.requests
+    assert await status_of(db, order) == OrderStatus.CANCELLED
+
+    # A paid session naming the order, with the right amount: nothing says it is ours.
+    result = await orders.fulfil(db, gateway.payment(order), REFUND)
+
+    assert result.outcome is Outcome.FOREIGN
+    assert await status_of(db, order) == OrderStatus.CANCELLED
+    assert await keys_of(db, order) == []
+    await invariants_hold(db)
+
+
+# ---------------------------------------------------------------- hoarding
+
+
+async def test_one_buyers_unpaid_checkouts_hold_at_most_the_larger_of_10_and_a_quarter(
+    db: Database, vault: KeyVault, gateway: FakeGateway
+) -> None:
+    small = await stocked(db, vault, "SMALL", keys=20, max_per_order=20)
+    big = await stocked(db, vault, "BIG", keys=80, max_per_order=50)
+
+    await open_order(db, gateway, small.id, 7, quantity=6)
+    with pytest.raises(HoldLimit) as refused:
+        await open_order(db, gateway, small.id, 7, quantity=5)
+    assert (refused.value.allowed, refused.value.cap) == (4, 10)
+    await open_order(db, gateway, small.id, 7, quantity=4)  # exactly the cap
+    await open_order(db, gateway, small.id, 8, quantity=10)  # another buyer is not affected
+
+    await open_order(db, gateway, big.id, 9, quantity=20)  # a quarter of 80
+    with pytest.raises(HoldLimit) as refused:
+        await open_order(db, gateway, big.id, 9, quantity=1)
+    assert (refused.value.allowed, refused.value.cap) == (0, 20)
+    await invariants_hold(db)

@@ -1,0 +1,277 @@
+"""Product management from the chat: /products, the product card's edit buttons, /newproduct,
+and the buyer's catalogue grouped by category with pages.
+
+The admin taps and types through the real PTB client against FakeTelegram; what changed is
+read back from the database (the same rows `keyvend product edit` would have written, with
+an audit row per change). A non-admin gets the unknown-command answer and changes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from store import catalogue
+from store.models import AuditEntry, Product
+from tests.e2e.conftest import ADMIN, Shop
+from tests.e2e.helpers import UNKNOWN_COMMAND, press, reply, rows, scalar, sent_since, stock, text
+from tests.fakes.telegram import SentMessage
+
+BUYER = 3001
+STRANGER = 3002
+STALE = "This button has expired. Send /start."
+
+
+async def tap(shop: Shop, user: int, message: SentMessage, data: str) -> SentMessage:
+    """Press a button and wait for the bot to redraw that message; the redrawn message."""
+    since = time.monotonic()
+    await press(shop.telegram, user, message, data)
+    return await shop.telegram.wait_for(
+        lambda m: (
+            m.method == "editMessageText"
+            and m.chat_id == message.chat_id
+            and m.message_id == message.message_id
+            and m.time >= since
+        )
+    )
+
+
+async def open_product(shop: Shop, sku: str) -> SentMessage:
+    listing = await reply(shop.telegram, ADMIN, "/products", contains="Products")
+    return await tap(shop, ADMIN, listing, listing.button(sku)["callback_data"])
+
+
+async def edit(shop: Shop, card: SentMessage, button: str, value: str) -> str:
+    """Press an edit button on a product card, type the value; the bot's answer."""
+    since = time.monotonic()
+    await press(shop.telegram, ADMIN, card, card.button(button)["callback_data"])
+    await shop.telegram.wait_for(
+        lambda m: sent_since(shop.telegram, ADMIN, since)(m) and "Send the" in text(m)
+    )
+    return text(await reply(shop.telegram, ADMIN, value))
+
+
+async def product_row(shop: Shop, sku: str) -> Product:
+    return await scalar(shop, select(Product).where(Product.sku == sku))
+
+
+async def edits_audited(shop: Shop) -> list[tuple[int, str, str]]:
+    return await rows(
+        shop,
+        select(AuditEntry.admin_id, AuditEntry.action, AuditEntry.detail).order_by(AuditEntry.id),
+    )
+
+
+async def test_products_lists_every_product_with_price_stock_and_state(shop: Shop) -> None:
+    await stock(shop, "GAME", 3, price="9.99")
+    await stock(shop, "GIFT", 0, price="5.00", currency="eur")
+    await catalogue.edit_product(shop.db, "GIFT", catalogue.ProductChanges(active=False))
+
+    listing = await reply(shop.telegram, ADMIN, "/products", contains="Products")
+
+    assert [b["text"] for b in listing.buttons()] == ["GAME · $9.99 · 3", "⏸ GIFT · €5.00 · 0"]
+
+
+async def test_a_product_card_shows_every_setting(shop: Shop) -> None:
+    await stock(shop, "GAME", 2, max_per_buyer=3, low_stock_threshold=1, category="Steam")
+
+    card = text(await open_product(shop, "GAME"))
+
+    assert "Price: $9.99 · kind: unique" in card
+    assert "In stock: 2 · low-stock alert at 1" in card
+    assert "Limits: 10 per order, 3 per buyer" in card
+    assert "Category: Steam" in card
+    assert "Allocation: oldest first" in card
+    assert "On sale" in card
+
+
+@pytest.mark.parametrize(
+    ("button", "value", "column", "expected"),
+    [
+        ("Name (English)", "Game Deluxe", "name", "Game Deluxe"),
+        ("Name (中文)", "游戏豪华版", "translations", {"zh": {"name": "游戏豪华版"}}),
+        ("Description (English)", "Works on PC", "description", "Works on PC"),
+        ("Price", "12.50 eur", "price", (1250, "eur")),
+        ("Price", "15", "price", (1500, "usd")),
+        ("Limits", "4 2", "limits", (4, 2)),
+        ("Low-stock alert", "7", "low_stock_threshold", 7),
+        ("Template", "Redeem {key} on Steam", "delivery_template", "Redeem {key} on Steam"),
+        ("Category", "Steam", "category", "Steam"),
+    ],
+)
+async def test_an_admin_changes_a_product_by_tapping_and_typing(
+    shop: Shop, button: str, value: str, column: str, expected: object
+) -> None:
+    await stock(shop, "GAME", 1, max_per_buyer=5)
+    card = await open_product(shop, "GAME")
+
+    answer = await edit(shop, card, button, value)
+
+    assert answer.startswith("Saved."), answer
+    product = await product_row(shop, "GAME")
+    match column:
+        case "price":
+            assert (product.price_minor, product.currency) == expected
+        case "limits":
+            assert (product.max_per_order, product.max_per_buyer) == expected
+        case _:
+            assert getattr(product, column) == expected
+    assert (ADMIN, "product.edit", "GAME") in await edits_audited(shop)
+
+
+async def test_a_bad_value_gets_its_reason_and_changes_nothing_until_cancelled(
+    shop: Shop,
+) -> None:
+    await stock(shop, "GAME", 1)
+    card = await open_product(shop, "GAME")
+
+    answer = await edit(shop, card, "Price", "free")
+    cancelled = text(await reply(shop.telegram, ADMIN, "/cancel"))
+    after = text(await reply(shop.telegram, ADMIN, "3.00"))
+
+    assert "price 'free' is not a number" in answer and "Try again" in answer
+    assert cancelled == "Cancelled; nothing was changed."
+    assert "catalogue" in after  # an ordinary message again, not a price
+    product = await product_row(shop, "GAME")
+    assert (product.price_minor, product.currency) == (999, "usd")
+    assert not [a for a in await edits_audited(shop) if a[1] == "product.edit"]
+
+
+async def test_pause_resume_and_allocation_are_one_tap_each(shop: Shop) -> None:
+    await stock(shop, "GAME", 1)
+    card = await open_product(shop, "GAME")
+
+    card = await tap(shop, ADMIN, card, card.button("Pause sales")["callback_data"])
+    paused = (await product_row(shop, "GAME")).active
+    card = await tap(shop, ADMIN, card, card.button("switch to random")["callback_data"])
+    allocation = (await product_row(shop, "GAME")).allocation
+    card = await tap(shop, ADMIN, card, card.button("Resume sales")["callback_data"])
+
+    assert paused is False and allocation == "random"
+    assert (await product_row(shop, "GAME")).active is True
+    assert "Allocation: random" in text(card) and "On sale" in text(card)
+    assert [a[1] for a in await edits_audited(shop)].count("product.edit") == 3
+
+
+async def test_a_paused_product_is_not_sold(shop: Shop) -> None:
+    await stock(shop, "GAME", 1)
+    card = await open_product(shop, "GAME")
+    await tap(shop, ADMIN, card, card.button("Pause sales")["callback_data"])
+
+    answer = await reply(shop.telegram, BUYER, "/buy GAME")
+
+    assert text(answer) == "This product is no longer on sale."
+
+
+async def test_newproduct_walks_through_sku_name_price_kind_and_template(shop: Shop) -> None:
+    await stock(shop, "GAME", 0)
+    tg = shop.telegram
+
+    assert "Send its SKU" in text(await reply(tg, ADMIN, "/newproduct"))
+    assert "SKU must be" in text(await reply(tg, ADMIN, "bad sku!"))
+    assert "already exists" in text(await reply(tg, ADMIN, "GAME"))
+    assert "name" in text(await reply(tg, ADMIN, "COURSE"))
+    assert "price and currency" in text(await reply(tg, ADMIN, "Python course"))
+    assert "not a number" in text(await reply(tg, ADMIN, "lots usd"))
+    kinds = await reply(tg, ADMIN, "19.00 EUR")
+    since = time.monotonic()
+    await press(tg, ADMIN, kinds, kinds.button("shared")["callback_data"])
+    await tg.wait_for(lambda m: sent_since(tg, ADMIN, since)(m) and "template" in text(m))
+    created = text(await reply(tg, ADMIN, "Password: {key}"))
+
+    assert created.startswith("Created COURSE.")
+    product = await product_row(shop, "COURSE")
+    assert (product.name, product.price_minor, product.currency, product.kind) == (
+        "Python course",
+        1900,
+        "eur",
+        "shared",
+    )
+    assert product.delivery_template == "Password: {key}"
+    assert (ADMIN, "product.add", "COURSE") in await edits_audited(shop)
+
+
+async def test_newproduct_skip_leaves_the_plain_key_template(shop: Shop) -> None:
+    tg = shop.telegram
+    for message in ("/newproduct", "SOLO", "Solo key"):
+        await reply(tg, ADMIN, message)
+    kinds = await reply(tg, ADMIN, "2.50 usd")
+    since = time.monotonic()
+    await press(tg, ADMIN, kinds, kinds.button("Unique")["callback_data"])
+    await tg.wait_for(lambda m: sent_since(tg, ADMIN, since)(m) and "template" in text(m))
+
+    assert text(await reply(tg, ADMIN, "/skip")).startswith("Created SOLO.")
+    product = await product_row(shop, "SOLO")
+    assert (product.kind, product.delivery_template) == ("unique", "")
+
+
+async def test_newproduct_cancelled_creates_nothing(shop: Shop) -> None:
+    for message in ("/newproduct", "HALF", "Half done"):
+        await reply(shop.telegram, ADMIN, message)
+
+    assert text(await reply(shop.telegram, ADMIN, "/cancel")) == "Cancelled; nothing was changed."
+    assert await scalar(shop, select(func.count()).select_from(Product)) == 0
+
+
+@pytest.mark.parametrize("command", ["/products", "/newproduct"])
+async def test_a_non_admin_gets_the_unknown_command_answer(shop: Shop, command: str) -> None:
+    await stock(shop, "GAME", 1)
+
+    answer = await reply(shop.telegram, STRANGER, command)
+    after = await reply(shop.telegram, STRANGER, "NEWSKU")
+
+    assert text(answer) == UNKNOWN_COMMAND
+    assert "catalogue" in text(after)
+    assert await scalar(shop, select(func.count()).select_from(Product)) == 1
+
+
+@pytest.mark.parametrize("data", ["apl", "ap:{id}", "ae:{id}:sale:", "ae:{id}:alloc:", "nk:shared"])
+async def test_a_non_admin_pressing_a_forged_admin_button_changes_nothing(
+    shop: Shop, data: str
+) -> None:
+    product = await stock(shop, "GAME", 1)
+
+    answer = await press(shop.telegram, STRANGER, 1, data.format(id=product.id))
+    typed = await reply(shop.telegram, STRANGER, "0.01")
+
+    assert answer.get("text") == STALE
+    assert "catalogue" in text(typed)
+    row = await product_row(shop, "GAME")
+    assert (row.active, row.allocation, row.price_minor) == (True, "oldest", 999)
+    assert [a[1] for a in await edits_audited(shop)] == ["product.add", "keys.import"]
+
+
+# ---------------------------------------------------------------- the buyer's catalogue
+
+
+async def test_the_catalogue_groups_products_by_category(shop: Shop) -> None:
+    await stock(shop, "STEAM-1", 1, category="Steam")
+    await stock(shop, "XBOX-1", 1, category="Xbox")
+    await stock(shop, "LOOSE", 1)
+
+    top = await reply(shop.telegram, BUYER, "/start", contains="category")
+    steam = await tap(shop, BUYER, top, top.button("Steam")["callback_data"])
+    back = await tap(shop, BUYER, steam, steam.button("Categories")["callback_data"])
+
+    assert [b["text"] for b in top.buttons()] == ["Steam (1)", "Xbox (1)", "Other (1)"]
+    assert [b["text"] for b in steam.buttons()] == ["STEAM-1 key · $9.99 · 1 left", "« Categories"]
+    assert [b["text"] for b in back.buttons()] == [b["text"] for b in top.buttons()]
+
+
+async def test_a_long_catalogue_is_paged(shop: Shop) -> None:
+    for n in range(10):
+        await stock(shop, f"P{n:02d}", 1)
+
+    first = await reply(shop.telegram, BUYER, "/start", contains="Pick a product")
+    second = await tap(shop, BUYER, first, first.button("›")["callback_data"])
+
+    names = [b["text"].split(" · ")[0] for b in first.buttons()]
+    assert names[:8] == [f"P{n:02d} key" for n in range(8)] and names[8:] == ["1/2", "›"]
+    assert [b["text"].split(" · ")[0] for b in second.buttons()] == [
+        "P08 key",
+        "P09 key",
+        "‹",
+        "2/2",
+    ]
