@@ -79,7 +79,7 @@ class RateLimiter:
         return await _hit(self._local, item, bucket, user_id)
 
     async def ping(self) -> bool:
-        """Whether Redis answers (True without Redis); an answer ends the fallback."""
+        """Whether Redis answers (True without Redis); an answer ends a fallback."""
         if self._redis_storage is None:
             return True
         try:
@@ -88,11 +88,10 @@ class RateLimiter:
             ok = False
         if ok:
             self._recovered()
-        elif self.healthy:
-            self._fall_back(None)
+        # A failed PING changes nothing yet: the next hit finds out, falls back and says so.
         return ok
 
-    def _fall_back(self, exc: Exception | None) -> None:
+    def _fall_back(self, exc: Exception) -> None:
         self.healthy = False
         self._metrics.ratelimit_fallback.set(1)
         now = time.monotonic()
@@ -100,7 +99,7 @@ class RateLimiter:
             self._last_warning = now
             log.warning(
                 "Redis unreachable for rate limits (%s); counting them in this process",
-                type(exc).__name__ if exc else "no answer to PING",
+                type(exc).__name__,
             )
 
     def _recovered(self) -> None:

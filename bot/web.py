@@ -62,7 +62,7 @@ async def healthz(request: web.Request) -> web.Response:
             "status": status,
             "database": database,
             "redis": redis,
-            "rate_limits": "local" if limiter.local else "redis",
+            "rate_limits": "local" if limiter.local or redis is False else "redis",
         },
         status=503 if status == "down" else 200,
     )

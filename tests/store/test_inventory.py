@@ -151,6 +151,7 @@ def _merged(blocks: Iterator[inventory.ParsedKeys]) -> inventory.ParsedKeys:
         merged.empty += parsed.empty
         merged.too_long += parsed.too_long
         merged.binary += parsed.binary
+        merged.not_utf8 += parsed.not_utf8
     return merged
 
 
