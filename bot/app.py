@@ -301,6 +301,9 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
         limiter,
         telegram=application,
         telegram_secret=secret,
+        metrics_token=(
+            settings.metrics_token.get_secret_value() if settings.metrics_token else None
+        ),
         api_config=api_config,
     )
     return Parts(

@@ -140,6 +140,8 @@ class Settings(BaseSettings):
     public_url: str | None = None
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
+    # Set: /metrics answers only `Authorization: Bearer <token>` (for a public port).
+    metrics_token: SecretStr | None = None
 
     # Shop behaviour
     checkout_ttl: Duration = timedelta(minutes=30)
@@ -296,7 +298,7 @@ class Settings(BaseSettings):
             raise ValueError("STRIPE_WEBHOOK_SECRET must be a signing secret (whsec_...)")
         return value
 
-    @field_validator("key_encryption_key", "telegram_webhook_secret")
+    @field_validator("key_encryption_key", "telegram_webhook_secret", "metrics_token")
     @classmethod
     def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
         _refuse_placeholder("a secret setting", value)
@@ -308,6 +310,7 @@ class Settings(BaseSettings):
         "stripe_webhook_secret",
         "key_encryption_key",
         "telegram_webhook_secret",
+        "metrics_token",
         "redis_url",
         "stripe_api_base",
         "public_url",
@@ -344,6 +347,7 @@ class Settings(BaseSettings):
             self.stripe_webhook_secret,
             self.key_encryption_key,
             self.telegram_webhook_secret,
+            self.metrics_token,
             self.smtp_url,
         ]
         found = [v.get_secret_value() for v in values if v is not None]
