@@ -61,6 +61,7 @@ from handlers import (
 from handlers.api import ApiConfig
 from handlers.context import KeyvendContext, Shop
 from handlers.i18n import language_of, t
+from store import buyers
 from store.crypto import KeyVault
 from store.db import Database
 from store.orders import CheckoutPolicy
@@ -239,8 +240,13 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
         metrics=metrics,
     )
     application = build_telegram(settings)
+    webhook = settings.alert_webhook_url
     notifier = AdminNotifier(
-        lambda chat, text: application.bot.send_message(chat, text), settings.admin_ids, metrics
+        lambda chat, text: application.bot.send_message(chat, text),
+        settings.admin_ids,
+        metrics,
+        languages=lambda: buyers.languages(db, settings.admin_ids),
+        webhook_url=webhook.get_secret_value() if webhook else None,
     )
     stripe = None
     if settings.stripe_enabled:
