@@ -56,6 +56,7 @@ from handlers import (
     admin_products,
     admin_reports,
     buyer,
+    commands,
     language,
 )
 from handlers.api import ApiConfig
@@ -397,6 +398,7 @@ async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Future[Parts]
         await runner.setup()
         await _listen(runner, settings)
         await _start_telegram(application, settings)
+        await commands.register(application.bot, settings.admin_ids)
         if settings.telegram_mode is TelegramMode.WEBHOOK:
             await application.bot.set_webhook(
                 f"{settings.public_url.rstrip('/')}/telegram/webhook",

@@ -16,7 +16,7 @@ from telegram.constants import ParseMode
 from telegram.error import BadRequest
 from telegram.ext import ApplicationHandlerStop
 
-from handlers import render
+from handlers import commands, render
 from handlers.context import KeyvendContext
 from handlers.i18n import t, user_language
 from store import buyers, catalogue, orders
@@ -357,7 +357,7 @@ async def help_command(update: Update, context: KeyvendContext) -> None:
     """List the commands."""
     language = _language(update)
     await update.effective_chat.send_message(
-        render.help_text(language, is_admin=context.shop.is_admin(update.effective_user.id))
+        commands.help_text(language, is_admin=context.shop.is_admin(update.effective_user.id))
     )
 
 

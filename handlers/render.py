@@ -261,25 +261,6 @@ def order_detail(o: OrderView, language: str) -> Screen:
     return Screen("\n".join(lines), InlineKeyboardMarkup(rows))
 
 
-def help_text(language: str, *, is_admin: bool) -> str:
-    text = t(
-        language,
-        "/start — the catalogue\n"
-        "/buy SKU [quantity] — buy a product directly\n"
-        "/orders — your orders; open a delivered one to see its keys again\n"
-        "/help — this message",
-    )
-    if is_admin:
-        text += "\n\n" + t(
-            language,
-            "Admin:\n"
-            "/restock SKU — then paste keys (one per line) or upload a .txt/.csv file\n"
-            "/stats — sales and stock\n"
-            "/confirm ORDER — ask Stripe about an order and settle it",
-        )
-    return text
-
-
 # ---------------------------------------------------------------- deliveries
 
 
