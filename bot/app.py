@@ -181,6 +181,7 @@ def add_handlers(application: Application) -> None:
             CallbackQueryHandler(buyer.show_category, pattern=r"^cg:\d{1,3}:\d{1,4}$"),
             CallbackQueryHandler(buyer.show_product, pattern=r"^p:\d{1,9}:\d{1,3}$"),
             CallbackQueryHandler(buyer.pay, pattern=r"^pay:\d{1,9}:\d{1,3}$"),
+            CallbackQueryHandler(buyer.notify_me, pattern=r"^w:\d{1,9}$"),
             CallbackQueryHandler(buyer.my_orders, pattern=r"^ords$"),
             CallbackQueryHandler(buyer.show_order, pattern=r"^o:\d{1,9}$"),
             CallbackQueryHandler(buyer.show_keys, pattern=r"^k:\d{1,9}$"),

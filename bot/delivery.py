@@ -213,7 +213,7 @@ class DeliveryWorker:
                     error=error,
                 ),
             )
-        else:
+        elif job.kind is not DeliveryKind.RESTOCKED:  # a restock notice is no loss to anyone
             self._shop.notifier.alert(
                 AlertKind.UNDELIVERABLE,
                 lambda lang: t(

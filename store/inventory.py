@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from store import watchers
 from store.audit import audit
 from store.buyers import dialect_insert
 from store.crypto import KeyVault, normalise
@@ -207,7 +208,10 @@ async def restock(
 
     if not rows and parsed.rejected == parsed.empty:  # blank lines are no more than nothing
         raise InvalidInput("no keys found: send one key per line")
-    return await db.write(work)
+    report = await db.write(work)
+    if report.available:  # something left to buy after the backorders: tell who asked
+        await watchers.restocked(db, sku, now=now)
+    return report
 
 
 async def _insert_new(
