@@ -53,5 +53,6 @@ clean:
 # entries in handlers/locales/*/LC_MESSAGES/messages.po (tests fail until every one is).
 messages: $(RUNTIME)
 	$(BIN)/pybabel extract -k t:2 -k tn:2,3 --no-default-keywords --no-location --omit-header \
-		-o $(VENV)/messages.pot handlers bot
-	$(BIN)/pybabel update -i $(VENV)/messages.pot -d handlers/locales --no-location --omit-header
+		--no-wrap -o $(VENV)/messages.pot handlers bot
+	$(BIN)/pybabel update -i $(VENV)/messages.pot -d handlers/locales --no-wrap \
+		--ignore-obsolete --no-fuzzy-matching --ignore-pot-creation-date

@@ -28,6 +28,7 @@ _COUNTERS = {
         (),
     ),
     "keyvend_alerts_total": ("Admin alerts raised, by kind", ("kind",)),
+    "keyvend_alert_webhook_total": ("Alerts POSTed to ALERT_WEBHOOK_URL, by outcome", ("outcome",)),
     "keyvend_api_orders_total": ("Business API orders placed, by status", ("status",)),
     "keyvend_client_deliveries_total": (
         "Client webhook calls and e-mails, by channel and outcome",

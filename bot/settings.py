@@ -159,6 +159,9 @@ class Settings(BaseSettings):
     # How long a worker's claim on a delivery holds; a dead instance's claims lapse after it.
     delivery_lease: Duration = timedelta(seconds=60)
     log_level: str = "INFO"
+    # Slack-compatible incoming webhook that gets every admin alert too; its address is a
+    # credential (whoever has it can post), hence a secret.
+    alert_webhook_url: SecretStr | None = None
 
     # Business API (/api/v1)
     # How long a one-time download link works once issued.
@@ -255,6 +258,20 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _check_alert_webhook(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        try:
+            parts = urlsplit(value.get_secret_value())
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:
+            valid = False
+        if not valid:  # never quoted back: the address is the credential
+            raise ValueError("ALERT_WEBHOOK_URL must be an https:// address (or http://)")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _check_log_level(cls, value: str) -> str:
@@ -315,6 +332,7 @@ class Settings(BaseSettings):
         "stripe_api_base",
         "public_url",
         "smtp_url",
+        "alert_webhook_url",
         mode="before",
     )
     @classmethod
@@ -349,6 +367,7 @@ class Settings(BaseSettings):
             self.telegram_webhook_secret,
             self.metrics_token,
             self.smtp_url,
+            self.alert_webhook_url,
         ]
         found = [v.get_secret_value() for v in values if v is not None]
         if self.key_encryption_key is not None:

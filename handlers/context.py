@@ -17,6 +17,8 @@ from typing import Protocol
 from aiohttp import web
 from telegram.ext import Application, CallbackContext, ExtBot
 
+from handlers.alerts import AlertKind, AlertText
+from handlers.i18n import t
 from store.crypto import KeyVault
 from store.db import Database
 from store.orders import CheckoutPolicy, Outcome, OutOfStockPolicy, Result
@@ -31,7 +33,7 @@ class Limiter(Protocol):
 
 
 class Notifier(Protocol):
-    def alert(self, kind: str, text: str) -> None:
+    def alert(self, kind: AlertKind, text: AlertText) -> None:
         """Tell the admins something needs attention (rate-limited into summaries)."""
 
 
@@ -71,38 +73,63 @@ class Shop:
         o = result.outcome
         if o in (Outcome.FULFILLED, Outcome.BACKORDERED, Outcome.REVIEW, Outcome.REFUNDED):
             self.wake_delivery()
+        order, sku = result.order_id, result.sku
         if o is Outcome.REFUND_DUE:
             self.wake_refunds()
             self.notifier.alert(
-                "out_of_stock",
-                f"Order #{result.order_id} ({result.sku}) was paid with nothing left to give: refunding.",
+                AlertKind.OUT_OF_STOCK,
+                lambda lang: t(
+                    lang,
+                    "Order #{order} ({sku}) was paid with nothing left to give: refunding.",
+                    order=order,
+                    sku=sku,
+                ),
             )
         elif o is Outcome.BACKORDERED:
             self.notifier.alert(
-                "out_of_stock",
-                f"Order #{result.order_id} ({result.sku}) was paid with nothing left to give: "
-                "backordered, it will be fulfilled at the next /restock.",
+                AlertKind.OUT_OF_STOCK,
+                lambda lang: t(
+                    lang,
+                    "Order #{order} ({sku}) was paid with nothing left to give: "
+                    "backordered, it will be fulfilled at the next /restock.",
+                    order=order,
+                    sku=sku,
+                ),
             )
         elif o is Outcome.REVIEW:
             self.notifier.alert(
-                "review",
-                f"Order #{result.order_id} ({result.sku}) was paid a different amount or currency "
-                "than ordered: held for review, no keys sent.",
+                AlertKind.REVIEW,
+                lambda lang: t(
+                    lang,
+                    "Order #{order} ({sku}) was paid a different amount or currency than "
+                    "ordered: held for review, no keys sent.",
+                    order=order,
+                    sku=sku,
+                ),
             )
         elif o is Outcome.PARTIAL_REFUND:
             self.notifier.alert(
-                "refund",
-                f"Order #{result.order_id} was partially refunded in Stripe; keys left as they are.",
+                AlertKind.REFUND,
+                lambda lang: t(
+                    lang,
+                    "Order #{order} was partially refunded in Stripe; keys left as they are.",
+                    order=order,
+                ),
             )
         elif o is Outcome.REFUNDED:
             self.notifier.alert(
-                "refund", f"Order #{result.order_id} was refunded; its keys are revoked."
+                AlertKind.REFUND,
+                lambda lang: t(
+                    lang, "Order #{order} was refunded; its keys are revoked.", order=order
+                ),
             )
         elif o is Outcome.UNKNOWN_ORDER:
             log.warning("payment event for unknown order %s ignored", result.order_id)
         if result.low_stock:
+            left = result.stock_left
             self.notifier.alert(
-                "low_stock", f"Low stock: {result.sku} has {result.stock_left} left."
+                AlertKind.LOW_STOCK,
+                lambda lang: t(lang, "Low stock: {sku} has {n} left.", sku=sku, n=left),
             )
         self.counters.count("keyvend_transitions_total", outcome=o.value)
 

@@ -45,6 +45,10 @@ def product_data(product_id: int, quantity: int = 1) -> str:
     return f"p:{product_id}:{quantity}"
 
 
+def watch_data(product_id: int) -> str:
+    return f"w:{product_id}"
+
+
 def pay_data(product_id: int, quantity: int) -> str:
     return f"pay:{product_id}:{quantity}"
 
@@ -172,7 +176,10 @@ def product_card(p: ProductView, quantity: int, language: str, *, card_payments:
     )
     if p.stock == 0:
         lines.append(t(language, "Sold out — please check back later."))
-        return Screen("\n".join(lines), InlineKeyboardMarkup([[_back_to_catalogue(language)]]))
+        notify = InlineKeyboardButton(t(language, "🔔 Notify me"), callback_data=watch_data(p.id))
+        return Screen(
+            "\n".join(lines), InlineKeyboardMarkup([[notify], [_back_to_catalogue(language)]])
+        )
     total = money(p.price_minor * quantity, p.currency, language)
     lines.append(t(language, "In stock: {n}", n=_stock(p.stock)))
     lines.append(
@@ -261,25 +268,6 @@ def order_detail(o: OrderView, language: str) -> Screen:
     return Screen("\n".join(lines), InlineKeyboardMarkup(rows))
 
 
-def help_text(language: str, *, is_admin: bool) -> str:
-    text = t(
-        language,
-        "/start — the catalogue\n"
-        "/buy SKU [quantity] — buy a product directly\n"
-        "/orders — your orders; open a delivered one to see its keys again\n"
-        "/help — this message",
-    )
-    if is_admin:
-        text += "\n\n" + t(
-            language,
-            "Admin:\n"
-            "/restock SKU — then paste keys (one per line) or upload a .txt/.csv file\n"
-            "/stats — sales and stock\n"
-            "/confirm ORDER — ask Stripe about an order and settle it",
-        )
-    return text
-
-
 # ---------------------------------------------------------------- deliveries
 
 
@@ -297,6 +285,14 @@ def delivery(job: Job, ttl: timedelta, language: str) -> list[str]:
                 order=job.order_id,
                 product=_e(job.product_name),
                 quantity=job.quantity,
+            )
+        ]
+    if job.kind is DeliveryKind.RESTOCKED:
+        return [
+            t(
+                language,
+                "🔔 {product} is back in stock. Send /start to buy it before it sells out again.",
+                product=_e(job.product_name),
             )
         ]
     if job.kind is DeliveryKind.REFUNDED:

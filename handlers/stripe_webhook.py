@@ -23,7 +23,9 @@ from typing import Any
 import stripe
 from aiohttp import web
 
+from handlers.alerts import AlertKind, AlertText
 from handlers.context import SHOP, Shop
+from handlers.i18n import t
 from store import orders
 from store.errors import CheckoutNotRecorded, PaymentUnavailable
 from store.orders import Event, Outcome, Result
@@ -235,7 +237,7 @@ async def _apply(shop: Shop, event: dict[str, Any]) -> Result | None:
                     paid=paid,
                 )
                 if found.result.outcome is Outcome.DISPUTED:
-                    shop.notifier.alert("dispute", _dispute_alert(found, obj))
+                    shop.notifier.alert(AlertKind.DISPUTE, _dispute_alert(found, obj))
                 return found.result
 
             result = await dispute(None)
@@ -289,19 +291,28 @@ def _signed_at(header: str) -> int:
     return int(next(item[1] for item in items if item[0] == "t"))
 
 
-def _dispute_alert(dispute: orders.DisputeResult, obj: dict[str, Any]) -> str:
-    result = dispute.result
-    lines = [
-        (
-            f"Dispute on order #{result.order_id} by buyer {result.buyer_id}: "
-            f"reason {str(obj.get('reason'))[:40]}."
-        ),
-        "Key reveals (evidence):" if dispute.reveals else "The keys were never shown to the buyer.",
-    ]
-    lines += [f"- {r.at:%Y-%m-%d %H:%M:%S} UTC, {r.how}" for r in dispute.reveals]
-    if dispute.blacklisted:
-        lines.append("The buyer is now blocked from buying.")
-    return "\n".join(lines)
+def _dispute_alert(dispute: orders.DisputeResult, obj: dict[str, Any]) -> AlertText:
+    result, reason = dispute.result, str(obj.get("reason"))[:40]
+
+    def text(language: str) -> str:
+        lines = [
+            t(
+                language,
+                "Dispute on order #{order} by buyer {buyer}: reason {reason}.",
+                order=result.order_id,
+                buyer=result.buyer_id,
+                reason=reason,
+            ),
+            t(language, "Key reveals (evidence):")
+            if dispute.reveals
+            else t(language, "The keys were never shown to the buyer."),
+        ]
+        lines += [f"- {r.at:%Y-%m-%d %H:%M:%S} UTC, {r.how}" for r in dispute.reveals]
+        if dispute.blacklisted:
+            lines.append(t(language, "The buyer is now blocked from buying."))
+        return "\n".join(lines)
+
+    return text
 
 
 def _reply(status: int, reason: str) -> web.Response:

@@ -26,6 +26,7 @@ from typing import BinaryIO
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from store import watchers
 from store.audit import audit
 from store.crypto import KeyVault, normalise
 from store.db import Database
@@ -325,7 +326,7 @@ async def restock(
             )
         )
 
-    return RestockReport(
+    report = RestockReport(
         sku=sku,
         added=added,
         duplicates=seen - added,
@@ -336,6 +337,9 @@ async def restock(
         backorders_fulfilled=tuple(fulfilled),
         available=await db.write(finish),
     )
+    if report.available:  # something left to buy after the backorders: tell who asked
+        await watchers.restocked(db, sku, now=now)
+    return report
 
 
 async def _store_batch(
