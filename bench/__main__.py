@@ -1,13 +1,16 @@
-"""`python -m bench`: run the benchmarks, print one table, write it to docs/benchmarks.md.
+"""`python -m bench`: run the benchmarks and print one table.
 
     python -m bench                 # everything, about 5-10 minutes on 2 cores
+    python -m bench --write         # the same, and write the table to docs/benchmarks.md
     python -m bench --quick         # a smoke run of everything, a minute or two
     python -m bench --only webhook  # one benchmark (repeatable)
     python -m bench --profile DIR   # run the app under pyinstrument, one report per app run
 
-A full run writes docs/benchmarks.md; a quick or partial run writes only where --output
-says, so a smoke run never replaces the real figures. The exit status is non-zero only if
-a benchmark could not run; a missed goal is a FAIL in the table, not an error.
+Only --write (on a full run) replaces docs/benchmarks.md, so trying the benchmarks never
+changes a tracked file; --output writes the table anywhere else. Work files and the cache
+of slow-to-build fixtures live in .cache/bench/ inside the repository (ignored by git).
+The exit status is non-zero only if a benchmark could not run; a missed goal is a FAIL in
+the table, not an error.
 """
 
 from __future__ import annotations
@@ -29,11 +32,17 @@ from store.crypto import KeyVault
 
 BENCHMARKS = {m.NAME: m for m in (webhook, delivery, paytokey, keyimport, memory)}
 DOC = REPO / "docs" / "benchmarks.md"
-CACHE = Path(tempfile.gettempdir()) / "keyvend-bench-cache"
+WORK = REPO / ".cache" / "bench"
+CACHE = WORK / "cache"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.write and (args.quick or args.only or args.profile):
+        parser.error(
+            "--write needs a full run: a smoke, partial or profiled run must not replace the figures"
+        )
     # The fake Bot API runs in this process and stamps each message as it handles it. A full
     # garbage collection over thousands of recorded messages stalls it for tens of
     # milliseconds, bunching arrivals into one second and answering 429s that are an
@@ -49,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 async def _run(args: argparse.Namespace) -> int:
     machine = Machine.now()
     chosen = args.only or list(BENCHMARKS)
-    workdir = Path(tempfile.mkdtemp(prefix="keyvend-bench-"))
+    WORK.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="run-", dir=WORK))
     ctx = Context(
         quick=args.quick,
         workdir=workdir,
@@ -83,7 +93,7 @@ async def _run(args: argparse.Namespace) -> int:
     total = time.monotonic() - began
     report = render(rows, machine, Machine.now(), mode=_mode(args), timings=timings, total=total)
     print(report)
-    output = args.output or (DOC if not (args.quick or args.only) else None)
+    output = args.output or (DOC if args.write else None)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(report)
@@ -166,10 +176,9 @@ def _parser() -> argparse.ArgumentParser:
         help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}",
     )
     parser.add_argument(
-        "--output",
-        type=Path,
-        help="write the table here (default: docs/benchmarks.md on a full run)",
+        "--write", action="store_true", help="write the table to docs/benchmarks.md (full run only)"
     )
+    parser.add_argument("--output", type=Path, help="write the table to this file")
     parser.add_argument(
         "--profile",
         type=Path,

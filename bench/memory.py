@@ -55,6 +55,7 @@ from store.models import (
     Product,
     Reveal,
 )
+from store.vault import open_vault
 
 NAME = "memory"
 GOAL_MB = 250
@@ -100,6 +101,9 @@ async def _build(path: Path, secret: str) -> None:
         await catalogue.add_product(
             db, "BIG", "Big Game", "9.99", "usd", delivery_template=seed.TEMPLATE
         )
+        # Record the key now: the rows below carry random digests, which a database found
+        # without a record would be refused for (nothing could have imported them).
+        await open_vault(db, secret)
     # Bulk rows through a plain synchronous engine: no event-loop hop per statement.
     engine = create_engine(f"sqlite:///{path}")
     try:

@@ -42,7 +42,7 @@ from bot import jobs
 from bot import web as web_routes
 from bot.client_outbox import ClientOutboxWorker, Smtp
 from bot.delivery import DeliveryWorker
-from bot.keyfile import ConfigError, encryption_key
+from bot.keyfile import ConfigError, encryption_key, open_vault
 from bot.metrics import Metrics
 from bot.migrate import migrate
 from bot.notifier import AdminNotifier
@@ -58,12 +58,14 @@ from handlers import (
     admin_products,
     admin_reports,
     buyer,
+    commands,
     language,
     stars,
 )
 from handlers.api import ApiConfig
 from handlers.context import KeyvendContext, Shop
 from handlers.i18n import language_of, t
+from store import buyers
 from store.crypto import KeyVault
 from store.db import Database
 from store.orders import CheckoutPolicy
@@ -188,6 +190,7 @@ def add_handlers(application: Application) -> None:
             CallbackQueryHandler(buyer.show_category, pattern=r"^cg:\d{1,3}:\d{1,4}$"),
             CallbackQueryHandler(buyer.show_product, pattern=r"^p:\d{1,9}:\d{1,3}$"),
             CallbackQueryHandler(buyer.pay, pattern=r"^pay:\d{1,9}:\d{1,3}(:[a-z]{1,16})?$"),
+            CallbackQueryHandler(buyer.notify_me, pattern=r"^w:\d{1,9}$"),
             CallbackQueryHandler(buyer.my_orders, pattern=r"^ords$"),
             CallbackQueryHandler(buyer.show_order, pattern=r"^o:\d{1,9}$"),
             CallbackQueryHandler(buyer.show_keys, pattern=r"^k:\d{1,9}$"),
@@ -249,8 +252,13 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
         metrics=metrics,
     )
     application = build_telegram(settings)
+    webhook = settings.alert_webhook_url
     notifier = AdminNotifier(
-        lambda chat, text: application.bot.send_message(chat, text), settings.admin_ids, metrics
+        lambda chat, text: application.bot.send_message(chat, text),
+        settings.admin_ids,
+        metrics,
+        languages=lambda: buyers.languages(db, settings.admin_ids),
+        webhook_url=webhook.get_secret_value() if webhook else None,
     )
     stripe = None
     if settings.stripe_enabled:
@@ -316,6 +324,9 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
         limiter,
         telegram=application,
         telegram_secret=secret,
+        metrics_token=(
+            settings.metrics_token.get_secret_value() if settings.metrics_token else None
+        ),
         api_config=api_config,
     )
     return Parts(
@@ -341,7 +352,7 @@ async def serve(
     try:
         # The database first: its key file is written beside it only once it opens.
         await migrate(db)
-        parts = assemble(settings, db, KeyVault(encryption_key(settings)))
+        parts = assemble(settings, db, await open_vault(db, encryption_key(settings)))
         await _run(parts, stop, started)
     finally:
         await db.dispose()
@@ -406,6 +417,7 @@ async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Future[Parts]
         await runner.setup()
         await _listen(runner, settings)
         await _start_telegram(application, settings)
+        await commands.register(application.bot, settings.admin_ids)
         if settings.telegram_mode is TelegramMode.WEBHOOK:
             await application.bot.set_webhook(
                 f"{settings.public_url.rstrip('/')}/telegram/webhook",

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from bot import logs
-from bot.keyfile import encryption_key
+from bot.keyfile import encryption_key, open_vault
 from bot.migrate import migrate
 from bot.settings import ConfigError, Settings, load_settings
 from handlers.i18n import LANGUAGES
@@ -26,12 +26,13 @@ from handlers.stars_invoice import MAX_STARS, MAX_SUBSCRIPTION_STARS
 from handlers.stars_invoice import PROVIDER as STARS_PROVIDER
 from store import catalogue, clients, inventory, reports
 from store.catalogue import ProductChanges
-from store.check import check
+from store.check import KEY_SAMPLE, check
 from store.crypto import KeyVault, KeyVaultError
 from store.db import Database
 from store.errors import DatabaseUnavailable, StoreError
 from store.models import Allocation, Period, ProductKind
 from store.money import STARS, to_major
+from store.vault import reencrypt
 
 _SETUP_HINT = (
     "BOT_TOKEN is not set. Create a bot with @BotFather in Telegram and put its token in .env "
@@ -90,12 +91,15 @@ def _run(work: Awaitable[int | None]) -> int:
 
 
 async def _with_db(
-    settings: Settings, work: Callable[[Database], Awaitable[int | None]]
+    settings: Settings, work: Callable[[Database, KeyVault], Awaitable[int | None]]
 ) -> int | None:
+    """Run `work` on the migrated database and its vault: a KEY_ENCRYPTION_KEY that does not
+    match the database is refused before any work starts."""
+    secrets = encryption_key(settings)
     db = Database(settings.database_url)
     try:
         await migrate(db)
-        return await work(db)
+        return await work(db, await open_vault(db, secrets))
     finally:
         await db.dispose()
 
@@ -118,17 +122,18 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    await _with_db(settings, lambda db: _done("database is up to date"))
-    return 0
-
-
-async def _done(message: str) -> int:
-    print(message)
+    # The one command that needs no key: it changes the schema, never a key.
+    db = Database(settings.database_url)
+    try:
+        await migrate(db)
+    finally:
+        await db.dispose()
+    print("database is up to date")
     return 0
 
 
 async def cmd_product_add(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(db: Database) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
         product = await catalogue.add_product(
             db,
             args.sku,
@@ -173,7 +178,7 @@ async def cmd_product_edit(settings: Settings, args: argparse.Namespace) -> int:
             "nothing to change: give at least one option, see `keyvend product edit --help`"
         )
 
-    async def work(db: Database) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
         product = await catalogue.edit_product(db, args.sku, changes)
         print(
             f"updated {product.sku}: {product.name}, {_price(product)}, {'on sale' if product.active else 'off sale'}"
@@ -184,7 +189,7 @@ async def cmd_product_edit(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_product_list(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(db: Database) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
         products = {p.sku: p for p in await catalogue.list_products(db, active_only=False)}
         levels = await inventory.stock_levels(db)
         if not levels:
@@ -209,27 +214,34 @@ async def cmd_keys_import(settings: Settings, args: argparse.Namespace) -> int:
         data = sys.stdin.buffer.read() if args.file == "-" else path.read_bytes()
     except OSError as exc:
         raise Failure(f"cannot read {args.file}: {exc.strerror}") from None
-    vault = KeyVault(encryption_key(settings))
 
-    async def work(db: Database) -> int:
+    async def work(db: Database, vault: KeyVault) -> int:
         parsed = inventory.parse_keys(data, is_csv=path.suffix.lower() == ".csv")
         report = await inventory.restock(db, vault, args.sku, parsed, source="cli")
         print(
             f"{report.sku}: added {report.added}, skipped {report.duplicates} duplicates, "
             f"rejected {report.rejected} lines ({report.empty} empty, {report.too_long} too long, "
-            f"{report.binary} binary); available now {report.available}"
+            f"{report.binary} binary, {report.not_utf8} not UTF-8); "
+            f"available now {report.available}"
         )
         if report.backorders_fulfilled:
             print(
                 f"filled {len(report.backorders_fulfilled)} backordered orders: the running bot delivers them"
             )
+        resave = " (save the file as UTF-8 and import it again)" if report.not_utf8 else ""
+        if report.rejected and not report.added:
+            raise Failure(
+                f"nothing imported from {args.file}: {report.rejected} lines rejected{resave}"
+            )
+        if resave:
+            print(f"{args.file}: {report.not_utf8} lines are not UTF-8{resave}", file=sys.stderr)
         return 0
 
     return await _with_db(settings, work)
 
 
 async def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(db: Database) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
         stats = await reports.sales(db)
         for period in stats.periods:
             label = "today" if period.days == 1 else f"last {period.days} days"
@@ -256,8 +268,13 @@ async def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(db: Database) -> int:
-        findings = await check(db, max_attempts=settings.delivery_max_attempts)
+    async def work(db: Database, vault: KeyVault) -> int:
+        findings = await check(
+            db,
+            max_attempts=settings.delivery_max_attempts,
+            vault=vault,
+            sample=None if args.full else KEY_SAMPLE,
+        )
         for finding in findings:
             print(f"{'ok  ' if finding.ok else 'FAIL'} {finding.invariant}: {finding.description}")
             for violation in finding.violations:
@@ -269,13 +286,38 @@ async def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     return await _with_db(settings, work)
 
 
+async def cmd_keys_reencrypt(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(db: Database, vault: KeyVault) -> int:
+        shown = 0
+
+        def progress(total: int) -> None:
+            nonlocal shown
+            if total - shown >= 10_000:
+                shown = total
+                print(f"rewrote {total} keys so far", file=sys.stderr, flush=True)
+
+        report = await reencrypt(db, vault, progress=progress)
+        if report.remaining:
+            raise Failure(
+                f"rewrote {report.rewritten} keys; {report.remaining} were in use by a sale "
+                "every time and are still under an older key: run `keyvend keys reencrypt` again"
+            )
+        print(
+            f"rewrote {report.rewritten} keys: every key is under key id {vault.key_ids[0]}; "
+            "run `keyvend check --full`, then remove the other keys from KEY_ENCRYPTION_KEY"
+        )
+        return 0
+
+    return await _with_db(settings, work)
+
+
 async def cmd_keygen(settings: Settings, args: argparse.Namespace) -> int:
     print(KeyVault.generate())
     return 0
 
 
 async def cmd_client_add(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(db: Database) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
         new = await clients.add_client(
             db,
             args.name,
@@ -300,7 +342,7 @@ async def cmd_client_add(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_client_list(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(db: Database) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
         found = await clients.list_clients(db)
         if not found:
             print("no clients yet: keyvend client add NAME --balance 100.00 --currency usd")
@@ -318,7 +360,7 @@ async def cmd_client_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_client_topup(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(db: Database) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
         c = await clients.topup(db, args.name, args.amount)
         print(f"{c.name}: balance now {c.money(c.balance_minor)}")
         return 0
@@ -327,7 +369,7 @@ async def cmd_client_topup(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_client_token(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(db: Database) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
         token = await clients.new_token(db, args.name)
         print(f"new API token for {args.name} (the old one no longer works; shown only now):")
         print(token)
@@ -337,7 +379,7 @@ async def cmd_client_token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_client_disable(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(db: Database) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
         c = await clients.disable(db, args.name)
         print(f"{c.name} is disabled: its token is refused from now on")
         return 0
@@ -346,7 +388,7 @@ async def cmd_client_disable(settings: Settings, args: argparse.Namespace) -> in
 
 
 async def cmd_client_review(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(db: Database) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
         status = await clients.decide_review(
             db, args.order, approve=args.approve, email=settings.smtp_url is not None
         )
@@ -392,9 +434,13 @@ def _parser() -> argparse.ArgumentParser:
         command=cmd_migrate
     )
     commands.add_parser("stats", help="orders, revenue and stock").set_defaults(command=cmd_stats)
-    commands.add_parser("check", help="verify the invariants on the database").set_defaults(
-        command=cmd_check
+    verify = commands.add_parser("check", help="verify the invariants on the database")
+    verify.add_argument(
+        "--full",
+        action="store_true",
+        help=f"decrypt every stored key (default: a random {KEY_SAMPLE:,})",
     )
+    verify.set_defaults(command=cmd_check)
     commands.add_parser("keygen", help="print a new KEY_ENCRYPTION_KEY").set_defaults(
         command=cmd_keygen
     )
@@ -459,6 +505,9 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("sku")
     load.add_argument("file")
     load.set_defaults(command=cmd_keys_import)
+    keys.add_parser(
+        "reencrypt", help="rewrite every key under the first KEY_ENCRYPTION_KEY (rotation)"
+    ).set_defaults(command=cmd_keys_reencrypt)
 
     client = commands.add_parser("client", help="business clients of the HTTP API").add_subparsers(
         title="client commands"

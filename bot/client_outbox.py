@@ -30,7 +30,9 @@ import aiosmtplib
 from bot.metrics import Metrics
 from bot.waiting import wait_any
 from handlers import sheets
+from handlers.alerts import AlertKind
 from handlers.context import Shop
+from handlers.i18n import t
 from store import client_outbox, clients
 from store.client_outbox import Dispatch, Done, Outcome
 
@@ -184,10 +186,19 @@ class ClientOutboxWorker:
             self._metrics.count(
                 "keyvend_client_deliveries_total", channel=job.channel, outcome="undeliverable"
             )
+            attempts = job.attempts + 1
             self._shop.notifier.alert(
-                "undeliverable",
-                f"Client {job.client_name}: the {job.channel} for order #{job.event.order_id} "
-                f"failed {job.attempts + 1} times and was given up ({error}).",
+                AlertKind.UNDELIVERABLE,
+                lambda lang: t(
+                    lang,
+                    "Client {client}: the {channel} for order #{order} failed {n} times and was "
+                    "given up ({error}).",
+                    client=job.client_name,
+                    channel=job.channel,
+                    order=job.event.order_id,
+                    n=attempts,
+                    error=error,
+                ),
             )
             return Done(job, Outcome.FAILED, error=error)
         self._metrics.count("keyvend_client_deliveries_total", channel=job.channel, outcome="retry")

@@ -28,7 +28,9 @@ from bot.metrics import Metrics
 from bot.telegram_api import retry_after
 from bot.waiting import wait_any
 from handlers import render
+from handlers.alerts import AlertKind
 from handlers.context import Shop
+from handlers.i18n import t
 from store import deliveries
 from store.deliveries import Done, Job, Outcome
 from store.models import DeliveryKind
@@ -201,14 +203,26 @@ class DeliveryWorker:
         log.warning("delivery %s to chat %s is undeliverable: %s", job.id, job.chat_id, error)
         if job.kind in _KEY_KINDS:
             self._shop.notifier.alert(
-                "undeliverable",
-                f"Order #{job.order_id}: keys could not be delivered to buyer {job.chat_id} ({error}). "
-                "They remain in the buyer's /orders.",
+                AlertKind.UNDELIVERABLE,
+                lambda lang: t(
+                    lang,
+                    "Order #{order}: keys could not be delivered to buyer {buyer} ({error}). "
+                    "They remain in the buyer's /orders.",
+                    order=job.order_id,
+                    buyer=job.chat_id,
+                    error=error,
+                ),
             )
-        else:
+        elif job.kind is not DeliveryKind.RESTOCKED:  # a restock notice is no loss to anyone
             self._shop.notifier.alert(
-                "undeliverable",
-                f"Order #{job.order_id}: a {job.kind} notice could not be delivered ({error}).",
+                AlertKind.UNDELIVERABLE,
+                lambda lang: t(
+                    lang,
+                    "Order #{order}: a {kind} notice could not be delivered ({error}).",
+                    order=job.order_id,
+                    kind=job.kind,
+                    error=error,
+                ),
             )
         return Done(job, Outcome.UNDELIVERABLE, error=error)
 

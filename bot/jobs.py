@@ -19,7 +19,9 @@ from telegram import Bot
 from telegram.error import BadRequest, Forbidden, TelegramError
 
 from bot.waiting import wait_any
+from handlers.alerts import AlertKind, AlertText
 from handlers.context import Shop
+from handlers.i18n import t
 from store import deliveries, orders, subscriptions
 from store.errors import NotFound, OrderNotPayable, PaymentUnavailable
 from store.orders import Outcome
@@ -76,12 +78,19 @@ async def warn_of_renewals_short(shop: Shop, *, now: datetime | None = None) -> 
     current = {s.sku: s.due - s.available for s in shortages}
     for short in shortages:
         if shop.renewal_warnings.get(short.sku) != current[short.sku]:
-            shop.notifier.alert(
-                "low_stock",
-                f"Restock {short.sku}: {short.due} subscriptions renew within "
-                f"{_RENEWAL_WARNING.days} days and {short.available} keys are available.",
-            )
+            shop.notifier.alert(AlertKind.LOW_STOCK, _renewals_short(short))
     shop.renewal_warnings = current
+
+
+def _renewals_short(short: subscriptions.RenewalShortage) -> AlertText:
+    return lambda lang: t(
+        lang,
+        "Restock {sku}: {due} subscriptions renew within {days} days and {n} keys are available.",
+        sku=short.sku,
+        due=short.due,
+        days=_RENEWAL_WARNING.days,
+        n=short.available,
+    )
 
 
 async def apply_missed_payments(shop: Shop) -> list[orders.Result]:

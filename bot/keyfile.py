@@ -1,4 +1,5 @@
-"""The key encryption key: from KEY_ENCRYPTION_KEY, or generated once for a local shop."""
+"""The key encryption key: from KEY_ENCRYPTION_KEY, or generated once for a local shop; and
+the database's vault opened with it, refused in one line when the key does not match."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from bot.settings import ConfigError, Settings
-from store.crypto import KeyVault
+from store import vault
+from store.crypto import KeyVault, KeyVaultError
+from store.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +42,16 @@ def encryption_key(settings: Settings) -> str:
             "must exist and be writable, or set KEY_ENCRYPTION_KEY"
         ) from None
     log.warning(
-        "generated a key encryption key in %s: back it up together with the database; "
-        "without it the stored keys cannot be read",
+        "generated a key encryption key in %s: back it up, apart from the database's "
+        "backups; without it the stored keys cannot be read",
         path,
     )
     return key
+
+
+async def open_vault(db: Database, secrets: str) -> KeyVault:
+    """The database's key vault; ConfigError if KEY_ENCRYPTION_KEY does not match it."""
+    try:
+        return await vault.open_vault(db, secrets)
+    except KeyVaultError as exc:
+        raise ConfigError(str(exc)) from None

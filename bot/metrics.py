@@ -6,7 +6,7 @@ buyer, an order or a key ever becomes a label or a value.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 _COUNTERS = {
@@ -23,8 +23,12 @@ _COUNTERS = {
     ),
     "keyvend_deliveries_total": ("Delivery attempts, by outcome", ("outcome",)),
     "keyvend_telegram_retry_after_total": ("Telegram 429 answers seen by the delivery worker", ()),
-    "keyvend_ratelimit_fail_open_total": ("Rate-limit checks allowed because storage was down", ()),
+    "keyvend_ratelimit_fallback_total": (
+        "Rate-limit checks counted in this process because Redis was unreachable",
+        (),
+    ),
     "keyvend_alerts_total": ("Admin alerts raised, by kind", ("kind",)),
+    "keyvend_alert_webhook_total": ("Alerts POSTed to ALERT_WEBHOOK_URL, by outcome", ("outcome",)),
     "keyvend_api_orders_total": ("Business API orders placed, by status", ("status",)),
     "keyvend_client_deliveries_total": (
         "Client webhook calls and e-mails, by channel and outcome",
@@ -53,6 +57,11 @@ class Metrics:
             "From delivery queued to Telegram accepting the message",
             registry=self.registry,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+        )
+        self.ratelimit_fallback = Gauge(
+            "keyvend_ratelimit_fallback_active",
+            "1 while Redis is unreachable and rate limits are counted per instance",
+            registry=self.registry,
         )
 
     def count(self, name: str, **labels: str) -> None:

@@ -149,6 +149,8 @@ class Settings(BaseSettings):
     public_url: str | None = None
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
+    # Set: /metrics answers only `Authorization: Bearer <token>` (for a public port).
+    metrics_token: SecretStr | None = None
 
     # Shop behaviour
     checkout_ttl: Duration = timedelta(minutes=30)
@@ -166,6 +168,9 @@ class Settings(BaseSettings):
     # How long a worker's claim on a delivery holds; a dead instance's claims lapse after it.
     delivery_lease: Duration = timedelta(seconds=60)
     log_level: str = "INFO"
+    # Slack-compatible incoming webhook that gets every admin alert too; its address is a
+    # credential (whoever has it can post), hence a secret.
+    alert_webhook_url: SecretStr | None = None
 
     # Business API (/api/v1)
     # How long a one-time download link works once issued.
@@ -276,6 +281,20 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _check_alert_webhook(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        try:
+            parts = urlsplit(value.get_secret_value())
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:
+            valid = False
+        if not valid:  # never quoted back: the address is the credential
+            raise ValueError("ALERT_WEBHOOK_URL must be an https:// address (or http://)")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _check_log_level(cls, value: str) -> str:
@@ -319,7 +338,7 @@ class Settings(BaseSettings):
             raise ValueError("STRIPE_WEBHOOK_SECRET must be a signing secret (whsec_...)")
         return value
 
-    @field_validator("key_encryption_key", "telegram_webhook_secret")
+    @field_validator("key_encryption_key", "telegram_webhook_secret", "metrics_token")
     @classmethod
     def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
         _refuse_placeholder("a secret setting", value)
@@ -331,12 +350,14 @@ class Settings(BaseSettings):
         "stripe_webhook_secret",
         "key_encryption_key",
         "telegram_webhook_secret",
+        "metrics_token",
         "redis_url",
         "stripe_api_base",
         "public_url",
         "paysupport_text",
         "terms_text",
         "smtp_url",
+        "alert_webhook_url",
         mode="before",
     )
     @classmethod
@@ -373,9 +394,15 @@ class Settings(BaseSettings):
             self.stripe_webhook_secret,
             self.key_encryption_key,
             self.telegram_webhook_secret,
+            self.metrics_token,
             self.smtp_url,
+            self.alert_webhook_url,
         ]
-        return [v.get_secret_value() for v in values if v is not None]
+        found = [v.get_secret_value() for v in values if v is not None]
+        if self.key_encryption_key is not None:
+            # During a rotation it lists several keys: each one is a secret on its own.
+            found += [k.strip() for k in self.key_encryption_key.get_secret_value().split(",")]
+        return found
 
 
 def load_settings() -> Settings:

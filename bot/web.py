@@ -29,6 +29,7 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter", RateLimiter)
 TELEGRAM: web.AppKey[Application] = web.AppKey("telegram", Application)
 TELEGRAM_SECRET: web.AppKey[str] = web.AppKey("telegram_secret", str)
+METRICS_TOKEN: web.AppKey[str] = web.AppKey("metrics_token", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -50,18 +51,37 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Report whether the database and Redis answer: ok, degraded (no Redis) or down."""
+    """Report whether the database and Redis answer: ok, degraded (no Redis) or down, and
+    where rate limits are counted (`local`: in this process, per instance)."""
     database = await request.app[SHOP].db.ping()
     limiter = request.app[LIMITER]
     redis = await limiter.ping() if limiter.shared else None
     status = "down" if not database else "degraded" if redis is False else "ok"
     return web.json_response(
-        {"status": status, "database": database, "redis": redis},
+        {
+            "status": status,
+            "database": database,
+            "redis": redis,
+            "rate_limits": "local" if limiter.local or redis is False else "redis",
+        },
         status=503 if status == "down" else 200,
     )
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text; only to the bearer of METRICS_TOKEN when one is set."""
+    token = request.app.get(METRICS_TOKEN)
+    if token is not None:
+        scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
+        # Constant-time: the comparison must not tell a prober how much of the token it has.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            offered.strip().encode(), token.encode()
+        ):
+            return web.json_response(
+                {"error": "metrics need Authorization: Bearer <METRICS_TOKEN>"},
+                status=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
     registry = request.app[METRICS]
     return web.Response(body=registry.render(), headers={"Content-Type": registry.content_type})
 
@@ -90,6 +110,7 @@ def build(
     *,
     telegram: Application | None = None,
     telegram_secret: str | None = None,
+    metrics_token: str | None = None,
     api_config: api.ApiConfig | None = None,
 ) -> web.Application:
     """The aiohttp application with every route keyvend serves."""
@@ -97,6 +118,8 @@ def build(
     app[SHOP] = shop
     app[METRICS] = registry
     app[LIMITER] = limiter
+    if metrics_token is not None:
+        app[METRICS_TOKEN] = metrics_token
     app.router.add_post("/stripe/webhook", stripe_webhook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

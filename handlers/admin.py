@@ -1,18 +1,26 @@
 """Admin handlers: restock from the chat, settling an order with Stripe.
 
 Only users in ADMIN_IDS reach these; anyone else gets exactly the answer an unknown command
-gets, and the attempt is logged. Pasted keys are deleted from the admin's chat once stored,
-so the chat history does not become a second, unencrypted copy of the inventory.
+gets, and the attempt is logged. A message carrying keys (pasted or uploaded) is deleted
+from the admin's chat whatever became of the import, so the chat history does not become a
+second, unencrypted copy of the inventory. An upload is downloaded in pieces, held to
+20 MB as it arrives (Telegram may not say a file's size), and kept in memory rather than
+on disk so plaintext keys never touch the file system; it is then imported in batches,
+with the progress shown in one edited message.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import PurePath
+from typing import TypeVar
 
-from telegram import Update
+import httpx
+from telegram import File, Message, Update
 from telegram.constants import ParseMode
 from telegram.error import TelegramError
 from telegram.ext import ConversationHandler
@@ -29,8 +37,10 @@ log = logging.getLogger(__name__)
 AWAITING_KEYS = 0
 MAX_UPLOAD = 20 * 1024 * 1024  # what the Bot API lets a bot download
 _UPLOAD_TYPES = {".txt": False, ".csv": True}
+_PROGRESS_EVERY = 1.0  # seconds between edits of the progress message (Telegram's pace)
 
 Handler = Callable[[Update, KeyvendContext], Awaitable[object]]
+T = TypeVar("T")
 
 
 def admin_only(handler: Handler) -> Handler:
@@ -93,7 +103,7 @@ async def restock(update: Update, context: KeyvendContext) -> int:
         return ConversationHandler.END
     _, _, pasted = update.effective_message.text.partition("\n")
     if pasted.strip():
-        await _import(update, context, sku, inventory.parse_keys(pasted), source="chat")
+        await _reply(update, await _consume(update, _import(update, context, sku, pasted)))
         return ConversationHandler.END
     context.user_data["restock_sku"] = sku
     await _reply(
@@ -111,49 +121,137 @@ async def restock(update: Update, context: KeyvendContext) -> int:
 async def receive_pasted_keys(update: Update, context: KeyvendContext) -> int:
     """Import keys pasted as a message."""
     sku = context.user_data.pop("restock_sku")
-    await _import(
-        update, context, sku, inventory.parse_keys(update.effective_message.text), source="chat"
-    )
+    text = update.effective_message.text
+    await _reply(update, await _consume(update, _import(update, context, sku, text)))
     return ConversationHandler.END
 
 
 @admin_only
 async def receive_key_file(update: Update, context: KeyvendContext) -> int:
     """Import keys from an uploaded .txt or .csv file."""
+    state, answer = await _consume(update, _receive_key_file(update, context))
+    await _reply(update, answer)
+    return state
+
+
+async def _consume(update: Update, work: Awaitable[T]) -> T:
+    """Run `work` on the admin's message that carries keys, then delete it, however it went."""
+    try:
+        return await work
+    finally:
+        await _forget_message(update)
+
+
+async def _receive_key_file(update: Update, context: KeyvendContext) -> tuple[int, str]:
     language = _language(update)
     document = update.effective_message.document
     suffix = PurePath(document.file_name or "").suffix.lower()
     if suffix not in _UPLOAD_TYPES:
-        await _reply(update, t(language, "Please upload a .txt or .csv file (one key per line)."))
-        return AWAITING_KEYS
+        return AWAITING_KEYS, t(language, "Please upload a .txt or .csv file (one key per line).")
+    too_big = t(language, "That file is over 20 MB; split it and upload the parts.")
     if (document.file_size or 0) > MAX_UPLOAD:
-        await _reply(update, t(language, "That file is over 20 MB; split it and upload the parts."))
-        return AWAITING_KEYS
+        return AWAITING_KEYS, too_big
+    try:
+        upload = await _download(await document.get_file())
+    except _TooBig:
+        return AWAITING_KEYS, too_big
+    except (TelegramError, httpx.HTTPError) as exc:
+        # The exception's text may hold the file URL, and with it the bot token.
+        log.warning("could not download an admin's key file: %s", type(exc).__name__)
+        return AWAITING_KEYS, t(
+            language, "Telegram did not hand over the file; please send it again."
+        )
     sku = context.user_data.pop("restock_sku")
-    file = await document.get_file()
-    data = bytes(await file.download_as_bytearray())
-    await _import(
-        update,
-        context,
-        sku,
-        inventory.parse_keys(data, is_csv=_UPLOAD_TYPES[suffix]),
-        source="file",
-    )
-    return ConversationHandler.END
+    with upload:
+        keys = inventory.KeyFile(
+            upload, size=upload.getbuffer().nbytes, is_csv=_UPLOAD_TYPES[suffix]
+        )
+        progress = _Progress(update, language, keys)
+        try:
+            return ConversationHandler.END, await _import(update, context, sku, keys, progress)
+        finally:
+            await progress.end()
+
+
+class _TooBig(Exception):
+    """The file turned out larger than MAX_UPLOAD while downloading."""
+
+
+async def _download(file: File) -> io.BytesIO:
+    """The file's bytes, read in pieces and refused past MAX_UPLOAD."""
+    if (file.file_size or 0) > MAX_UPLOAD:
+        raise _TooBig
+    buffer = io.BytesIO()
+    async with (
+        httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as client,
+        client.stream("GET", file.file_path) as response,
+    ):
+        response.raise_for_status()
+        async for piece in response.aiter_bytes():
+            if buffer.tell() + len(piece) > MAX_UPLOAD:
+                buffer.close()
+                raise _TooBig
+            buffer.write(piece)
+    buffer.seek(0)
+    return buffer
+
+
+class _Progress:
+    """Progress of an upload's import, for imports that take a while: one chat message,
+    sent after the first second and then edited, "Imported 40,000 of ~250,000…"."""
+
+    def __init__(self, update: Update, language: str, keys: inventory.KeyFile) -> None:
+        self._update, self._language, self._keys = update, language, keys
+        self._message: Message | None = None
+        self._last = time.monotonic()
+
+    async def __call__(self, done: int) -> None:
+        if time.monotonic() - self._last < _PROGRESS_EVERY:
+            return
+        self._last = time.monotonic()
+        text = t(
+            self._language,
+            "Imported {done} of ~{total}…",
+            done=f"{done:,}",
+            total=f"{max(done, self._keys.estimate()):,}",
+        )
+        try:
+            if self._message is None:
+                self._message = await self._update.effective_chat.send_message(text)
+            else:
+                await self._message.edit_text(text)
+        except TelegramError:
+            log.info("could not show the import's progress")
+
+    async def end(self) -> None:
+        """Remove the progress message: the report (or the reason it failed) follows."""
+        if self._message is not None:
+            try:
+                await self._message.delete()
+            except TelegramError:
+                log.info("could not remove the import's progress message")
 
 
 async def _import(
-    update: Update, context: KeyvendContext, sku: str, parsed: inventory.ParsedKeys, *, source: str
-) -> None:
+    update: Update,
+    context: KeyvendContext,
+    sku: str,
+    keys: str | inventory.KeyFile,
+    progress: inventory.Progress | None = None,
+) -> str:
+    """Store the keys; the report for the admin, or the one-line reason nothing was stored."""
     shop = context.shop
-    language = _language(update)
     try:
-        report = await shop.restock(sku, parsed, source=source, admin_id=update.effective_user.id)
+        report = await shop.restock(
+            sku,
+            inventory.parse_keys(keys) if isinstance(keys, str) else keys,
+            source="chat" if isinstance(keys, str) else "file",
+            admin_id=update.effective_user.id,
+            progress=progress,
+        )
     except (NotFound, inventory.InvalidInput) as exc:
-        await _reply(update, render.html.escape(str(exc)))
-        return
-    await _forget_message(update)
-    await _reply(update, render.restock_report(report, language))
+        return render.html.escape(str(exc))
+    return render.restock_report(report, _language(update))
 
 
 async def _forget_message(update: Update) -> None:

@@ -22,7 +22,9 @@ from datetime import UTC, datetime, timedelta
 from aiohttp import web
 
 from handlers import openapi, sheets
+from handlers.alerts import AlertKind
 from handlers.context import SHOP, Limiter, Shop
+from handlers.i18n import t
 from store import client_outbox, clients
 from store.clients import (
     Caller,
@@ -198,9 +200,15 @@ def _announce(shop: Shop, order: ClientOrder) -> None:
     shop.counters.count("keyvend_api_orders_total", status=order.status.value)
     if order.status == "review":
         shop.notifier.alert(
-            "review",
-            f"Client order #{order.id} ({order.quantity}× {order.sku}) is over the client's "
-            f"review threshold: held for review (keyvend client review {order.id} --approve).",
+            AlertKind.REVIEW,
+            lambda lang: t(
+                lang,
+                "Client order #{order} ({quantity}× {sku}) is over the client's review "
+                "threshold: held for review (keyvend client review {order} --approve).",
+                order=order.id,
+                quantity=order.quantity,
+                sku=order.sku,
+            ),
         )
     else:
         shop.wake_client_outbox()

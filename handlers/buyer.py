@@ -16,10 +16,10 @@ from telegram.constants import ParseMode
 from telegram.error import BadRequest
 from telegram.ext import ApplicationHandlerStop
 
-from handlers import render
+from handlers import commands, render
 from handlers.context import KeyvendContext
 from handlers.i18n import t, user_language
-from store import buyers, catalogue, orders, subscriptions
+from store import buyers, catalogue, orders, subscriptions, watchers
 from store.errors import (
     Blacklisted,
     HoldLimit,
@@ -219,6 +219,22 @@ async def show_product(update: Update, context: KeyvendContext) -> None:
         return
     await query.answer()
     await _show(update, _card(context, product, int(quantity), language), edit=True)
+
+
+async def notify_me(update: Update, context: KeyvendContext) -> None:
+    """Tell this buyer when the sold-out product is restocked (`w:<product>`)."""
+    query = update.callback_query
+    language = _language(update)
+    try:
+        await watchers.watch(
+            context.shop.db, update.effective_user.id, int(query.data.split(":")[1])
+        )
+    except NotFound:
+        await query.answer(t(language, "This product is no longer on sale."), show_alert=True)
+        return
+    await query.answer(
+        t(language, "I will tell you here when it is back in stock."), show_alert=True
+    )
 
 
 async def pay(update: Update, context: KeyvendContext) -> None:
@@ -443,7 +459,7 @@ async def help_command(update: Update, context: KeyvendContext) -> None:
     """List the commands."""
     language = _language(update)
     await update.effective_chat.send_message(
-        render.help_text(language, is_admin=context.shop.is_admin(update.effective_user.id))
+        commands.help_text(language, is_admin=context.shop.is_admin(update.effective_user.id))
     )
 
 

@@ -12,7 +12,7 @@ small protocols below.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -20,6 +20,8 @@ from typing import Protocol
 from aiohttp import web
 from telegram.ext import Application, CallbackContext, ExtBot
 
+from handlers.alerts import AlertKind, AlertText
+from handlers.i18n import t
 from store import catalogue, inventory, orders
 from store.crypto import KeyVault
 from store.db import Database
@@ -37,7 +39,7 @@ class Limiter(Protocol):
 
 
 class Notifier(Protocol):
-    def alert(self, kind: str, text: str) -> None:
+    def alert(self, kind: AlertKind, text: AlertText) -> None:
         """Tell the admins something needs attention (rate-limited into summaries)."""
 
 
@@ -206,7 +208,7 @@ class Shop:
                 paid=paid,
             )
             if found.result.outcome is Outcome.DISPUTED:
-                self.notifier.alert("dispute", _dispute_alert(found, reason))
+                self.notifier.alert(AlertKind.DISPUTE, _dispute_alert(found, reason))
             return found.result
 
         result = await record(None)
@@ -218,20 +220,40 @@ class Shop:
         return self.settled(result)
 
     async def restock(
-        self, sku: str, parsed: ParsedKeys, *, source: str, admin_id: int | None
+        self,
+        sku: str,
+        keys: ParsedKeys | Iterable[ParsedKeys],
+        *,
+        source: str,
+        admin_id: int | None,
+        progress: inventory.Progress | None = None,
     ) -> RestockReport:
-        """Import keys; backorders they fill are fulfilled and delivered like any sale."""
+        """Import keys while the shop serves; backorders they fill are fulfilled and
+        delivered like any sale."""
         report = await inventory.restock(
-            self.db, self.vault, sku, parsed, source=source, admin_id=admin_id
+            self.db,
+            self.vault,
+            sku,
+            keys,
+            source=source,
+            admin_id=admin_id,
+            progress=progress,
+            live=True,
         )
         for order_id in report.backorders_fulfilled:
             self.settled(Result(Outcome.FULFILLED, order_id, sku=sku))
         if report.backorders_fulfilled:
             product = await catalogue.get_product(self.db, sku=sku)
-            if report.available <= product.low_stock_threshold:
+            left = report.available
+            if left <= product.low_stock_threshold:
                 self.notifier.alert(
-                    "low_stock",
-                    f"Low stock: {sku} has {report.available} left after filling backorders.",
+                    AlertKind.LOW_STOCK,
+                    lambda lang: t(
+                        lang,
+                        "Low stock: {sku} has {n} left after filling backorders.",
+                        sku=sku,
+                        n=left,
+                    ),
                 )
         return report
 
@@ -274,15 +296,22 @@ class Shop:
             await gateway.refund(payment.order_id, payment.payment_ref, payment.amount_minor or 0)
         except PaymentUnavailable:
             self.notifier.alert(
-                "refund",
-                f"Order #{payment.order_id} was paid twice ({provider}); the second payment "
-                "could not be returned automatically.",
+                AlertKind.REFUND,
+                lambda lang: t(
+                    lang,
+                    "Order #{order} was paid twice; the second payment could not be returned "
+                    "automatically.",
+                    order=payment.order_id,
+                ),
             )
             return
         self.notifier.alert(
-            "refund",
-            f"Order #{payment.order_id} was paid twice ({provider}); the second payment was "
-            "returned.",
+            AlertKind.REFUND,
+            lambda lang: t(
+                lang,
+                "Order #{order} was paid twice; the second payment was returned.",
+                order=payment.order_id,
+            ),
         )
 
     def settled(self, result: Result) -> Result:
@@ -290,53 +319,90 @@ class Shop:
         o = result.outcome
         if o in (Outcome.FULFILLED, Outcome.BACKORDERED, Outcome.REVIEW, Outcome.REFUNDED):
             self.wake_delivery()
+        order, sku = result.order_id, result.sku
         if o is Outcome.REFUND_DUE:
             self.wake_refunds()
             self.notifier.alert(
-                "out_of_stock",
-                f"Order #{result.order_id} ({result.sku}) was paid with nothing left to give: refunding.",
+                AlertKind.OUT_OF_STOCK,
+                lambda lang: t(
+                    lang,
+                    "Order #{order} ({sku}) was paid with nothing left to give: refunding.",
+                    order=order,
+                    sku=sku,
+                ),
             )
         elif o is Outcome.BACKORDERED:
             self.notifier.alert(
-                "out_of_stock",
-                f"Order #{result.order_id} ({result.sku}) was paid with nothing left to give: "
-                "backordered, it will be fulfilled at the next /restock.",
+                AlertKind.OUT_OF_STOCK,
+                lambda lang: t(
+                    lang,
+                    "Order #{order} ({sku}) was paid with nothing left to give: "
+                    "backordered, it will be fulfilled at the next /restock.",
+                    order=order,
+                    sku=sku,
+                ),
             )
         elif o is Outcome.REVIEW:
             self.notifier.alert(
-                "review",
-                f"Order #{result.order_id} ({result.sku}) was paid a different amount or currency "
-                "than ordered: held for review, no keys sent.",
+                AlertKind.REVIEW,
+                lambda lang: t(
+                    lang,
+                    "Order #{order} ({sku}) was paid a different amount or currency than "
+                    "ordered: held for review, no keys sent.",
+                    order=order,
+                    sku=sku,
+                ),
             )
         elif o is Outcome.PARTIAL_REFUND:
             self.notifier.alert(
-                "refund",
-                f"Order #{result.order_id} was partially refunded in Stripe; keys left as they are.",
+                AlertKind.REFUND,
+                lambda lang: t(
+                    lang,
+                    "Order #{order} was partially refunded in Stripe; keys left as they are.",
+                    order=order,
+                ),
             )
         elif o is Outcome.REFUNDED:
             self.notifier.alert(
-                "refund", f"Order #{result.order_id} was refunded; its keys are revoked."
+                AlertKind.REFUND,
+                lambda lang: t(
+                    lang, "Order #{order} was refunded; its keys are revoked.", order=order
+                ),
             )
         elif o is Outcome.UNKNOWN_ORDER:
             log.warning("payment event for unknown order %s ignored", result.order_id)
         if result.low_stock:
+            left = result.stock_left
             self.notifier.alert(
-                "low_stock", f"Low stock: {result.sku} has {result.stock_left} left."
+                AlertKind.LOW_STOCK,
+                lambda lang: t(lang, "Low stock: {sku} has {n} left.", sku=sku, n=left),
             )
         self.counters.count("keyvend_transitions_total", outcome=o.value)
         return result
 
 
-def _dispute_alert(dispute: orders.DisputeResult, reason: str) -> str:
-    result = dispute.result
-    lines = [
-        (f"Dispute on order #{result.order_id} by buyer {result.buyer_id}: reason {reason[:40]}."),
-        "Key reveals (evidence):" if dispute.reveals else "The keys were never shown to the buyer.",
-    ]
-    lines += [f"- {r.at:%Y-%m-%d %H:%M:%S} UTC, {r.how}" for r in dispute.reveals]
-    if dispute.blacklisted:
-        lines.append("The buyer is now blocked from buying.")
-    return "\n".join(lines)
+def _dispute_alert(dispute: orders.DisputeResult, reason: str) -> AlertText:
+    result, reason = dispute.result, reason[:40]
+
+    def text(language: str) -> str:
+        lines = [
+            t(
+                language,
+                "Dispute on order #{order} by buyer {buyer}: reason {reason}.",
+                order=result.order_id,
+                buyer=result.buyer_id,
+                reason=reason,
+            ),
+            t(language, "Key reveals (evidence):")
+            if dispute.reveals
+            else t(language, "The keys were never shown to the buyer."),
+        ]
+        lines += [f"- {r.at:%Y-%m-%d %H:%M:%S} UTC, {r.how}" for r in dispute.reveals]
+        if dispute.blacklisted:
+            lines.append(t(language, "The buyer is now blocked from buying."))
+        return "\n".join(lines)
+
+    return text
 
 
 SHOP: web.AppKey[Shop] = web.AppKey("shop", Shop)

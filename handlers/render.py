@@ -8,6 +8,7 @@ inside a spoiler in a message the delivery worker sends with `protect_content`.
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -15,7 +16,7 @@ from babel.numbers import format_currency
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 from handlers.i18n import t, tn
-from store.catalogue import STOCK_DISPLAY_CAP, ProductView
+from store.catalogue import STOCK_DISPLAY_CAP, TEMPLATE_FIELDS, ProductView
 from store.deliveries import Job
 from store.inventory import RestockReport, StockLevels
 from store.models import DeliveryKind, OrderStatus, Period, SubscriptionStatus
@@ -25,6 +26,7 @@ from store.reports import Stats
 from store.subscriptions import SubscriptionView
 
 MESSAGE_LIMIT = 4096
+_PLACEHOLDER = re.compile(r"\{(" + "|".join(TEMPLATE_FIELDS) + r")\}")
 _LOCALE = {"en": "en_US", "zh": "zh_CN"}
 
 
@@ -42,6 +44,10 @@ def category_data(group: int, page: int = 0) -> str:
 
 def product_data(product_id: int, quantity: int = 1) -> str:
     return f"p:{product_id}:{quantity}"
+
+
+def watch_data(product_id: int) -> str:
+    return f"w:{product_id}"
 
 
 def pay_data(product_id: int, quantity: int, provider: str | None = None) -> str:
@@ -198,7 +204,10 @@ def product_card(p: ProductView, quantity: int, language: str, *, offers: list[O
     )
     if p.stock == 0:
         lines.append(t(language, "Sold out — please check back later."))
-        return Screen("\n".join(lines), InlineKeyboardMarkup([[_back_to_catalogue(language)]]))
+        notify = InlineKeyboardButton(t(language, "🔔 Notify me"), callback_data=watch_data(p.id))
+        return Screen(
+            "\n".join(lines), InlineKeyboardMarkup([[notify], [_back_to_catalogue(language)]])
+        )
     total = money(p.price_minor * quantity, p.currency, language)
     lines.append(t(language, "In stock: {n}", n=_stock(p.stock)))
     lines.append(
@@ -327,28 +336,6 @@ def subscriptions_list(subscriptions: list[SubscriptionView], language: str) -> 
     return Screen("\n".join(lines), InlineKeyboardMarkup(rows) if rows else None)
 
 
-def help_text(language: str, *, is_admin: bool) -> str:
-    text = t(
-        language,
-        "/start — the catalogue\n"
-        "/buy SKU [quantity] — buy a product directly\n"
-        "/orders — your orders; open a delivered one to see its keys again\n"
-        "/help — this message",
-    )
-    text += "\n" + t(language, "/paysupport — help with a payment\n/terms — terms of sale")
-    text += "\n" + t(language, "/subscriptions — your subscriptions; cancel one")
-    if is_admin:
-        text += "\n\n" + t(
-            language,
-            "Admin:\n"
-            "/restock SKU — then paste keys (one per line) or upload a .txt/.csv file\n"
-            "/stats — sales and stock\n"
-            "/confirm ORDER — ask Stripe about an order and settle it",
-        )
-        text += "\n" + t(language, "/refund ORDER — return the money and revoke the keys")
-    return text
-
-
 # ---------------------------------------------------------------- deliveries
 
 
@@ -374,6 +361,14 @@ def delivery(job: Job, ttl: timedelta, language: str) -> list[str]:
                 language,
                 "Your subscription to {product} has ended, so no more keys will come. "
                 "Subscribe again any time from /start.",
+                product=_e(job.product_name),
+            )
+        ]
+    if job.kind is DeliveryKind.RESTOCKED:
+        return [
+            t(
+                language,
+                "🔔 {product} is back in stock. Send /start to buy it before it sells out again.",
                 product=_e(job.product_name),
             )
         ]
@@ -426,11 +421,10 @@ def _key_block(job: Job, key: str) -> str:
     template = _e(job.template) if job.template else "{key}"
     if "{key}" not in template:
         template = "{key}\n" + template
-    return (
-        template.replace("{key}", spoiler)
-        .replace("{order}", str(job.order_id))
-        .replace("{product}", _e(job.product_name))
-    )
+    values = {"key": spoiler, "order": str(job.order_id), "product": _e(job.product_name)}
+    # One pass: a substituted value is never scanned again, so a key that reads "{order}"
+    # (or a product named "{key}") arrives exactly as written.
+    return _PLACEHOLDER.sub(lambda match: values[match[1]], template)
 
 
 # ---------------------------------------------------------------- admin screens
@@ -451,10 +445,12 @@ def restock_report(r: RestockReport, language: str) -> str:
         lines.append(
             t(
                 language,
-                "Rejected: {empty} empty, {too_long} over 1,000 characters, {binary} binary.",
+                "Rejected: {empty} empty, {too_long} over 1,000 characters, {binary} binary, "
+                "{not_utf8} not UTF-8 (save the file as UTF-8).",
                 empty=r.empty,
                 too_long=r.too_long,
                 binary=r.binary,
+                not_utf8=r.not_utf8,
             )
         )
     if r.backorders_fulfilled:

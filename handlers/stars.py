@@ -14,6 +14,7 @@ import logging
 
 from telegram import Update
 
+from handlers.alerts import AlertKind
 from handlers.context import KeyvendContext
 from handlers.i18n import t, user_language
 from handlers.stars_invoice import PROVIDER, order_of_payload, payment
@@ -68,10 +69,16 @@ async def successful_payment(update: Update, context: KeyvendContext) -> None:
     order_id = order_of_payload(paid.invoice_payload)
     charge = paid.telegram_payment_charge_id
     if order_id is None:
+        amount = paid.total_amount
         shop.notifier.alert(
-            "unknown_payment",
-            f"A Stars payment ({paid.total_amount} XTR, charge {charge}) names no order of "
-            "this shop; refund it with /refund if the buyer asks.",
+            AlertKind.REFUND,
+            lambda lang: t(
+                lang,
+                "A Stars payment of {n} Stars (charge {charge}) names no order of this shop: "
+                "nothing was delivered for it.",
+                n=amount,
+                charge=charge,
+            ),
         )
         return
     await shop.apply_payment(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -88,6 +89,17 @@ async def chosen_language(db: Database, buyer_id: int) -> str | None:
         )
 
     return await db.read(work)
+
+
+async def languages(db: Database, buyer_ids: Iterable[int]) -> dict[int, str]:
+    """The language of each of these users the shop has seen (chosen, else Telegram's)."""
+    ids = list(buyer_ids)
+
+    async def work(session: AsyncSession) -> dict[int, str]:
+        rows = await session.execute(select(Buyer.id, Buyer.language).where(Buyer.id.in_(ids)))
+        return {buyer: language for buyer, language in rows}
+
+    return await db.read(work) if ids else {}
 
 
 async def choose_language(db: Database, buyer_id: int, language: str) -> None:

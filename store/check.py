@@ -1,7 +1,9 @@
 """The invariants, checked on a live database: what `keyvend check` reports.
 
 Each check is one query that finds violations; an empty result means the invariant holds.
-The report names orders and products by id, never a key.
+The report names orders and products by id, never a key. Given the key vault, it also
+decrypts stored keys (a random sample, or all of them) and recomputes their duplicate
+digests: a key that fails either could not be delivered, or could be imported twice.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from store.crypto import KeyVault, KeyVaultError
 from store.db import Database
 from store.models import (
     Client,
@@ -40,6 +43,8 @@ _PAID_ENDS = (
     OrderStatus.REFUND_PENDING,
 )
 _HOLDS_SOLD = (OrderStatus.FULFILLED, OrderStatus.DISPUTED)
+# Keys decrypted by a default `keyvend check`; `--full` decrypts every one.
+KEY_SAMPLE = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +58,20 @@ class Finding:
         return not self.violations
 
 
-async def check(db: Database, *, max_attempts: int, now: datetime | None = None) -> list[Finding]:
-    """Run every check; each Finding lists up to 20 violations."""
+async def check(
+    db: Database,
+    *,
+    max_attempts: int,
+    vault: KeyVault | None = None,
+    sample: int | None = KEY_SAMPLE,
+    now: datetime | None = None,
+) -> list[Finding]:
+    """Run every check (the key check with a vault: `sample` random keys, None for all);
+    each Finding lists up to 20 violations."""
     now = now or datetime.now(UTC)
 
     async def work(session: AsyncSession) -> list[Finding]:
-        return [
+        findings = [
             await _keys_match_orders(session),
             await _fulfilled_orders_hold_their_keys(session),
             await _imported_equals_states(session),
@@ -66,6 +79,9 @@ async def check(db: Database, *, max_attempts: int, now: datetime | None = None)
             await _deliveries_within_budget(session, max_attempts),
             await _balances_match_ledgers(session),
         ]
+        if vault is not None:
+            findings.append(await _keys_decrypt(session, vault, sample))
+        return findings
 
     return await db.read(work)
 
@@ -225,4 +241,32 @@ async def _balances_match_ledgers(session: AsyncSession) -> Finding:
         "money",
         "every client's balance equals its ledger and stays within its credit",
         tuple(f"client {n}" for n in names),
+    )
+
+
+async def _keys_decrypt(session: AsyncSession, vault: KeyVault, sample: int | None) -> Finding:
+    """I5: stored keys decrypt with the current key set and match their digests."""
+    total = await session.scalar(select(func.count()).select_from(Key))
+    query = select(Key.id, Key.ciphertext, Key.digest)
+    if sample is None:
+        query = query.order_by(Key.id).execution_options(yield_per=2000)
+    else:
+        query = query.order_by(func.random()).limit(sample)
+    checked, failed = 0, []
+    async for key_id, ciphertext, digest in await session.stream(query):
+        checked += 1
+        try:
+            ok = vault.digest(vault.decrypt(ciphertext)) == bytes(digest)
+        except KeyVaultError:
+            ok = False
+        if not ok:
+            failed.append(key_id)
+    scope = "all" if sample is None else "a random sample, `keyvend check --full` for all"
+    return Finding(
+        "I5",
+        f"stored keys decrypt with KEY_ENCRYPTION_KEY and match their duplicate digests "
+        f"({checked} of {total} checked: {scope})",
+        (f"{len(failed)} of {checked} keys failed", *(f"key id {k}" for k in sorted(failed)[:20]))
+        if failed
+        else (),
     )

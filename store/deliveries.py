@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from store import allocation
 from store.crypto import KeyVault
@@ -39,7 +40,7 @@ class Job:
 
     id: int
     kind: DeliveryKind
-    order_id: int
+    order_id: int | None  # None for a restock notice, which names only a product
     chat_id: int
     attempts: int
     language: str
@@ -97,15 +98,29 @@ async def claim(
     now = now or datetime.now(UTC)
     lease_end = now + lease
 
+    other = aliased(Delivery)
+    keys_due = (
+        select(other.id)
+        .where(
+            other.kind.in_(_KEY_KINDS),
+            other.status == DeliveryStatus.QUEUED,
+            other.next_attempt_at <= now,
+        )
+        .exists()
+    )
+
     async def work(
         session: AsyncSession,
-    ) -> list[tuple[Delivery, Order, Product, str, list[bytes]]]:
+    ) -> list[tuple[Delivery, Order | None, Product, str, list[bytes]]]:
         due = (
             select(Delivery.id)
             .where(
                 Delivery.status == DeliveryStatus.QUEUED,
                 Delivery.next_attempt_at <= now,
                 or_(Delivery.lease_expires_at.is_(None), Delivery.lease_expires_at < now),
+                # A restock notice waits while any key delivery is due, being sent included
+                # (it stays queued until recorded): keys first, always.
+                or_(Delivery.kind != DeliveryKind.RESTOCKED, ~keys_due),
             )
             .order_by(Delivery.next_attempt_at, Delivery.id)
             .limit(limit)
@@ -123,7 +138,7 @@ async def claim(
         ).all()
         if not claimed:
             return []
-        order_ids = {d.order_id for d in claimed}
+        order_ids = {d.order_id for d in claimed if d.order_id is not None}
         rows = await session.execute(
             select(Order, Product, Buyer.language)
             .join(Product, Product.id == Order.product_id)
@@ -133,8 +148,13 @@ async def claim(
         context = {order.id: (order, product, language) for order, product, language in rows}
         with_keys = {d.order_id for d in claimed if d.kind in _KEY_KINDS}
         secrets = await allocation.ciphertexts(session, [context[o][0] for o in with_keys])
+        notices = await _notice_context(session, [d for d in claimed if d.order_id is None])
         return [
-            (d, *context[d.order_id], secrets.get(d.order_id, []) if d.kind in _KEY_KINDS else [])
+            (
+                d,
+                *(context[d.order_id] if d.order_id is not None else notices[d.id]),
+                secrets.get(d.order_id, []) if d.kind in _KEY_KINDS else [],
+            )
             for d in claimed
         ]
 
@@ -144,12 +164,12 @@ async def claim(
         Job(
             id=d.id,
             kind=DeliveryKind(d.kind),
-            order_id=order.id,
+            order_id=d.order_id,
             chat_id=d.chat_id,
             attempts=d.attempts,
             language=language,
             product_name=product.name_in(language),
-            quantity=order.quantity,
+            quantity=order.quantity if order else 0,
             template=product.delivery_template,
             keys=tuple(vault.decrypt(c) for c in secrets),
             lease_expires_at=lease_end,
@@ -157,6 +177,23 @@ async def claim(
         )
         for d, order, product, language, secrets in claimed
     ]
+
+
+async def _notice_context(
+    session: AsyncSession, notices: list[Delivery]
+) -> dict[int, tuple[None, Product, str]]:
+    """What a restock notice is about: a product, and a buyer the shop may never have seen."""
+    if not notices:
+        return {}
+    products = await session.scalars(
+        select(Product).where(Product.id.in_({d.product_id for d in notices}))
+    )
+    by_id = {p.id: p for p in products}
+    rows = await session.execute(
+        select(Buyer.id, Buyer.language).where(Buyer.id.in_({d.chat_id for d in notices}))
+    )
+    languages = {buyer: language for buyer, language in rows}
+    return {d.id: (None, by_id[d.product_id], languages.get(d.chat_id, "en")) for d in notices}
 
 
 async def renew(

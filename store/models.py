@@ -88,6 +88,9 @@ class DeliveryKind(StrEnum):
     BACKORDERED = "backordered"  # notice: paid, keys follow at restock
     REFUNDED = "refunded"  # notice: money returned
     REVIEW = "review"  # notice: payment is being checked by the seller
+    # Notice: a product the buyer asked about is back in stock. It has no order (it names a
+    # product) and carries no value, so it waits until no key delivery is due.
+    RESTOCKED = "restocked"
     SUBSCRIPTION_ENDED = "sub_ended"  # notice: a subscription ended, no more keys come
 
 
@@ -309,7 +312,8 @@ class Delivery(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"))
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"))  # None: restock notice
+    product_id: Mapped[int | None] = mapped_column(ForeignKey("products.id"), default=None)
     kind: Mapped[str] = mapped_column(String(16))
     chat_id: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.QUEUED)
@@ -341,6 +345,36 @@ class Reveal(Base):
     revealed_at: Mapped[datetime]
     # Null once the message has been removed from the chat.
     delete_after: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class VaultRecord(Base):
+    """The database's one record of its key encryption key (store/vault.py).
+
+    `key_check` is the check value of the KEK that encrypts today: a KEY_ENCRYPTION_KEY
+    that does not list it is refused before anything is read or written. `digest_key` is
+    the database's fixed duplicate-digest key, encrypted under that KEK.
+    """
+
+    __tablename__ = "vault"
+
+    # Always 1: one record per database, so two first starts cannot both record one.
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    key_check: Mapped[bytes] = mapped_column(LargeBinary(32))
+    digest_key: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[datetime]
+
+
+class RestockWatcher(Base):
+    """A buyer who pressed "Notify me" on a sold-out product, until a restock tells them."""
+
+    __tablename__ = "restock_watchers"
+    __table_args__ = (UniqueConstraint("buyer_id", "product_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    buyer_id: Mapped[int] = mapped_column(BigInteger)
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"), index=True)
+    created_at: Mapped[datetime]
+    notified_at: Mapped[datetime | None] = mapped_column(default=None)  # None: still waiting
 
 
 class AuditEntry(Base):

@@ -1,8 +1,10 @@
 """Shared fixtures: real databases (SQLite and PostgreSQL), the key vault, Redis, a running shop.
 
-PostgreSQL and Redis are the machine's own servers; a missing one fails the run rather
-than skipping tests (`.ci/run` starts them). Each test run gets a fresh PostgreSQL
-database, dropped at the end; each test gets empty tables.
+PostgreSQL and Redis are the machine's own servers; a missing one stops the run at once
+with one line saying how to start it, rather than skipping tests (`.ci/run` starts both).
+Each test process (each pytest-xdist worker) gets a fresh PostgreSQL database, dropped at
+the end; each test gets empty tables. Tests sharing the Redis server count against user ids
+drawn fresh for each test, so parallel workers never share a rate-limit window.
 
 The running-shop fixtures (`telegram` and `stripe_api`, the fakes; `key_secret`;
 `settings`; `shop`, the real app running on them) are here so that tests/handlers/ and
@@ -14,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -34,6 +38,67 @@ from tests.fakes.telegram import FakeTelegram
 POSTGRES_ADMIN = os.environ.get(
     "KEYVEND_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
 )
+REDIS_ADDRESS = ("127.0.0.1", 6379)
+_START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+_START_REDIS = (
+    'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no '
+    "--dir /var/lib/redis --logfile /var/log/redis/ci.log"
+)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A server that does not answer stops the run with one line saying how to start it,
+    instead of a ConnectionRefusedError in every test that needs it."""
+    if hasattr(session.config, "workerinput"):
+        return  # an xdist worker: the controller has checked
+    postgres = urlsplit(POSTGRES_ADMIN)
+    needed = [
+        ("PostgreSQL", (postgres.hostname or "127.0.0.1", postgres.port or 5432), _START_POSTGRES),
+        ("Redis", REDIS_ADDRESS, _START_REDIS),
+    ]
+    for name, (host, port), start in needed:
+        try:
+            socket.create_connection((host, port), timeout=5).close()
+        except OSError:
+            raise pytest.UsageError(
+                f"{name} does not answer on {host}:{port}: start it with `{start}` "
+                "(or run .ci/run, which starts PostgreSQL and Redis, then make test)"
+            ) from None
+
+
+# The stress tests take most of a run's time. In a parallel run (`make test`) they start
+# first, longest first, each followed by a light test: pytest-xdist hands a worker two tests
+# at a time (with --maxschedchunk 1), so no worker queues two of them while another idles,
+# and the run ends with short tests instead of a stress test started last.
+HEAVY = (
+    "tests/e2e/test_storms.py",
+    "tests/e2e/test_crash.py",
+    "tests/e2e/test_telegram_flood.py",
+    "tests/e2e/test_two_instances.py",
+    "tests/test_fresh_clone.py",
+    "tests/e2e/test_flash_sale.py::test_flash_sale_sells_each_key_once",
+    "tests/e2e/test_fuzz_webhook.py::test_signed_odd_events",
+    "tests/e2e/test_fuzz_webhook.py::test_unsigned_input",
+    "tests/store/test_deliveries.py::test_concurrent",
+    "tests/fakes/test_fake_telegram.py::test_polling_application_under_load",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("numprocesses", None):
+        return
+
+    def rank(item: pytest.Item) -> int:
+        return next((n for n, prefix in enumerate(HEAVY) if item.nodeid.startswith(prefix)), -1)
+
+    heavy = sorted((item for item in items if rank(item) >= 0), key=rank)
+    light = [item for item in items if rank(item) < 0]
+    ordered: list[pytest.Item] = []
+    for item in heavy:
+        ordered.append(item)
+        if light:
+            ordered.append(light.pop(0))
+    items[:] = ordered + light
 
 
 async def _migrated(url: str) -> None:

@@ -7,7 +7,7 @@ subscription product (`products.every`) is paid each period, and each paid perio
 order of its own (`orders.subscription_id`) under one `subscriptions` row.
 
 Revision ID: 0005
-Revises: 0007
+Revises: 0008
 Create Date: 2026-11-27 10:00:00
 """
 
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005"
-down_revision: str | None = "0007"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -8,6 +8,7 @@ private `redis-server` this file starts and kills; the machine's shared one is n
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -32,15 +33,26 @@ def _user() -> int:
     return 10**12 + uuid.uuid4().int % 10**12
 
 
-def _limiter(redis_url: str | None = REDIS, **limits: str) -> tuple[RateLimiter, Metrics]:
+def _limiter(
+    redis_url: str | None = REDIS, *, retry_every: float = 5.0, **limits: str
+) -> tuple[RateLimiter, Metrics]:
     metrics = Metrics()
     return RateLimiter(
-        limits or {"checkouts": "3/minute"}, redis_url=redis_url, metrics=metrics
+        limits or {"checkouts": "3/minute"},
+        redis_url=redis_url,
+        metrics=metrics,
+        retry_every=retry_every,
     ), metrics
 
 
-def _fail_opens(metrics: Metrics) -> float:
-    return metrics.registry.get_sample_value("keyvend_ratelimit_fail_open_total") or 0.0
+def _fallbacks(metrics: Metrics) -> float:
+    """Limit checks counted in this process because Redis could not be reached."""
+    return metrics.registry.get_sample_value("keyvend_ratelimit_fallback_total") or 0.0
+
+
+def _falling_back(metrics: Metrics) -> float:
+    """The gauge an operator alerts on: 1 while limits are counted per instance."""
+    return metrics.registry.get_sample_value("keyvend_ratelimit_fallback_active") or 0.0
 
 
 async def _hits(limiter: RateLimiter, bucket: str, user: int, n: int) -> list[datetime | None]:
@@ -58,7 +70,8 @@ async def test_n_are_allowed_then_refused_until_a_time_in_the_future(redis_url: 
     now = datetime.now(UTC)
     for retry_at in results[3:]:
         assert retry_at is not None and now < retry_at <= now + timedelta(minutes=1, seconds=1)
-    assert limiter.healthy and _fail_opens(metrics) == 0
+    assert limiter.healthy and _fallbacks(metrics) == 0 and _falling_back(metrics) == 0
+    assert limiter.local is (redis_url is None)
 
 
 async def test_buckets_and_users_are_counted_apart() -> None:
@@ -98,15 +111,17 @@ async def test_without_redis_the_count_is_kept_in_this_process() -> None:
     assert not first.shared and await first.ping()
 
 
-async def test_unreachable_redis_fails_open_and_reports_it() -> None:
+async def test_unreachable_redis_falls_back_to_the_same_limits_in_this_process() -> None:
+    # Failing open would let one buyer open a Stripe session per click while Redis is down.
     limiter, metrics = _limiter(f"redis://127.0.0.1:{free_port()}/0")
     user = _user()
 
     results = await _hits(limiter, "checkouts", user, 5)
 
-    assert results == [None] * 5  # over the limit, yet allowed: limiting is not worth an outage
-    assert limiter.healthy is False
-    assert _fail_opens(metrics) == 5
+    assert results[:3] == [None, None, None]
+    assert all(retry_at is not None for retry_at in results[3:])
+    assert limiter.healthy is False and limiter.local
+    assert _fallbacks(metrics) == 5 and _falling_back(metrics) == 1
     assert await limiter.ping() is False
 
 
@@ -119,19 +134,45 @@ async def private_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
 
 async def test_a_redis_that_dies_and_comes_back_is_used_again(private_redis: RedisServer) -> None:
     await private_redis.start()
-    limiter, metrics = _limiter(private_redis.url, checkouts="2/minute")
+    limiter, metrics = _limiter(private_redis.url, retry_every=60, checkouts="2/minute")
     user = _user()
     counted = await _hits(limiter, "checkouts", user, 3)
     assert counted[:2] == [None, None] and counted[2] is not None
 
     await private_redis.kill()
-    assert await _hits(limiter, "checkouts", user, 3) == [None] * 3
-    assert limiter.healthy is False and _fail_opens(metrics) == 3
+    # Counted afresh in this process, but limited all the same.
+    down = await _hits(limiter, "checkouts", user, 3)
+    assert down[:2] == [None, None] and down[2] is not None
+    assert limiter.healthy is False and limiter.local
+    assert _fallbacks(metrics) == 3 and _falling_back(metrics) == 1
 
     await private_redis.start()  # an empty Redis: counting starts afresh
+    assert await limiter.ping()  # what /healthz asks; it also ends the fallback
     results = await _hits(limiter, "checkouts", user, 3)
     assert results[:2] == [None, None] and results[2] is not None
-    assert limiter.healthy is True and await limiter.ping()
+    assert limiter.healthy is True and not limiter.local
+    assert _fallbacks(metrics) == 3 and _falling_back(metrics) == 0
+    assert await private_redis.keys(), "nothing counted in the restarted Redis"
+
+
+async def test_while_falling_back_redis_is_tried_again_after_a_while(
+    private_redis: RedisServer,
+) -> None:
+    # Without anyone asking /healthz, the limiter itself finds Redis back.
+    await private_redis.start()
+    limiter, metrics = _limiter(private_redis.url, retry_every=0.2, checkouts="2/minute")
+    user = _user()
+    await private_redis.kill()
+    assert (await _hits(limiter, "checkouts", user, 3))[2] is not None
+    assert limiter.local
+
+    await private_redis.start()
+    await asyncio.sleep(0.25)
+    results = await _hits(limiter, "checkouts", user, 3)
+
+    assert results[:2] == [None, None] and results[2] is not None
+    assert not limiter.local and _falling_back(metrics) == 0
+    assert await private_redis.keys()
 
 
 # ---------------------------------------------------------------- in the running shop

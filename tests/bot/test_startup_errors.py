@@ -4,8 +4,8 @@ Each case runs the real `keyvend` command as a child process, in an empty direct
 `.env`) with a made-up bot token, Stripe keys and key encryption key, and one bad setting.
 It must exit with code 2 and exactly one line on its output: `keyvend: <what is wrong and
 what to do>`, so no traceback, no "Unclosed client session", and none of the secret values,
-nor the password inside DATABASE_URL or REDIS_URL. The cases run in parallel threads once per module (each
-is a few seconds of interpreter start-up on a busy machine), and each test reads its result.
+nor the password inside DATABASE_URL or REDIS_URL. Each case is its own test, so parallel
+workers share them out.
 
 Where nothing is wrong but Telegram, `TELEGRAM_API_URL` points at a port that refuses
 connections, so a start that gets past every local check fails there, in one line too.
@@ -23,7 +23,7 @@ import socket
 import string
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,9 +197,8 @@ def _port(sock: socket.socket) -> str:
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
-    """Every case's outcome, run in parallel once for the module."""
-    root = tmp_path_factory.mktemp("startup")
+def places() -> Iterator[dict[str, str]]:
+    """Ports and addresses the cases point at, held for the module."""
     # Bound and never listening: connections to it are refused while the test holds it.
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
@@ -210,29 +209,25 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
     free.bind(("127.0.0.1", 0))
     free_port = _port(free)
     free.close()  # a port nobody listens on, for the cases that get as far as listening
-    places = {
-        "closed": _port(closed),
-        "busy": _port(busy),
-        "free": free_port,
-        "postgres_closed": _postgres(port=int(_port(closed))),
-        "postgres_unknown_host": _postgres(host="no-such-host.invalid"),
-        "postgres_missing_db": _postgres(database="keyvend_no_such_database"),
-    }
     try:
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            futures = {case.id: pool.submit(_run, case, root / case.id, places) for case in CASES}
-            results = {name: future.result() for name, future in futures.items()}
+        yield {
+            "closed": _port(closed),
+            "busy": _port(busy),
+            "free": free_port,
+            "postgres_closed": _postgres(port=int(_port(closed))),
+            "postgres_unknown_host": _postgres(host="no-such-host.invalid"),
+            "postgres_missing_db": _postgres(database="keyvend_no_such_database"),
+        }
     finally:
         closed.close()
         busy.close()
-    return results
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_a_bad_setting_stops_keyvend_with_one_line_and_no_secret(
-    case: Case, outcomes: dict[str, Outcome]
+    case: Case, places: dict[str, str], tmp_path: Path
 ) -> None:
-    outcome = outcomes[case.id]
+    outcome = _run(case, tmp_path / case.id, places)
     lines = outcome.output.strip().splitlines()
     assert outcome.code == 2, outcome.output
     assert len(lines) == 1, outcome.output

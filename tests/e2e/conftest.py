@@ -193,7 +193,8 @@ class Afterwards:
     outputs: list[str] = field(default_factory=list)  # CLI stdout/stderr and the like
 
     def uses(self, settings: Settings) -> None:
-        self.databases.setdefault(settings.database_url, settings)
+        # The latest settings: after a key rotation only the new key opens the database.
+        self.databases[settings.database_url] = settings
 
 
 @pytest.fixture
@@ -223,7 +224,7 @@ async def _keyvend_check(settings: Settings) -> tuple[int, str]:
     """
     report = io.StringIO()
     with redirect_stdout(report):
-        code = await cli.cmd_check(settings, argparse.Namespace())
+        code = await cli.cmd_check(settings, argparse.Namespace(full=True))
     return code, report.getvalue()
 
 

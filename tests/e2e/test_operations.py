@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import time
 
+import pytest
+
 from bot import logs
 from bot.settings import Settings
 from store.models import OrderStatus
@@ -34,7 +36,12 @@ REDIS = "redis://127.0.0.1:6379/14"
 
 
 async def test_healthz_without_redis(shop: Shop) -> None:
-    assert await health(shop) == {"status": "ok", "database": True, "redis": None}
+    assert await health(shop) == {
+        "status": "ok",
+        "database": True,
+        "redis": None,
+        "rate_limits": "local",
+    }
 
 
 async def test_healthz_with_redis(sqlite_url: str, telegram, stripe_api, key_secret: str) -> None:
@@ -42,7 +49,12 @@ async def test_healthz_with_redis(sqlite_url: str, telegram, stripe_api, key_sec
     # is degraded and buyers still buy (tests/e2e/test_redis_down.py).
     config = shop_settings(sqlite_url, telegram, stripe_api, key_secret, redis_url=REDIS)
     async with running(config, telegram, stripe_api) as shop:
-        assert await health(shop) == {"status": "ok", "database": True, "redis": True}
+        assert await health(shop) == {
+            "status": "ok",
+            "database": True,
+            "redis": True,
+            "rate_limits": "redis",
+        }
         await stock(shop, "GAME", 1)
         sale = await checkout(shop, BUYER, "GAME")
         assert await order_status(shop, sale.order_id) == OrderStatus.PENDING
@@ -83,6 +95,47 @@ async def test_metrics_count_webhooks_transitions_and_deliveries(shop: Shop) -> 
     body, _ = await metrics(shop)
     for private in (delivered.spoiler_texts()[0], str(BUYER), sale.session_id):
         assert private not in body
+
+
+METRICS_TOKEN = "metrics-0f3c9a7e51d24b88a6"
+
+
+async def test_metrics_with_a_token_set_answer_only_the_bearer_of_it(
+    sqlite_url: str, telegram, stripe_api, key_secret: str
+) -> None:
+    # In webhook mode the port is public: without the token, /metrics tells anyone the shop's
+    # sales rate. /healthz stays open for the load balancer.
+    config = shop_settings(
+        sqlite_url, telegram, stripe_api, key_secret, metrics_token=METRICS_TOKEN
+    )
+    async with running(config, telegram, stripe_api) as shop:
+        url = f"{shop.url}/metrics"
+        refused = {}
+        for name, headers in {
+            "none": {},
+            "wrong token": {"Authorization": "Bearer metrics-0f3c9a7e51d24b88a7"},
+            "a prefix of it": {"Authorization": f"Bearer {METRICS_TOKEN[:-1]}"},
+            "another scheme": {"Authorization": f"Basic {METRICS_TOKEN}"},
+            "no scheme": {"Authorization": METRICS_TOKEN},
+        }.items():
+            async with shop.http.get(url, headers=headers) as response:
+                refused[name] = (response.status, await response.text())
+        async with shop.http.get(
+            url, headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+        ) as response:
+            allowed, body = response.status, await response.text()
+        assert (await health(shop))["status"] == "ok"
+
+    assert all(status == 401 for status, _ in refused.values()), refused
+    assert all("keyvend_" not in text and METRICS_TOKEN not in text for _, text in refused.values())
+    assert allowed == 200 and "keyvend_checkouts_total" in body
+
+
+def test_an_empty_metrics_token_leaves_metrics_open_and_a_placeholder_is_refused() -> None:
+    # `METRICS_TOKEN=` as copied from .env.example must not demand an empty bearer token.
+    assert Settings(_env_file=None, metrics_token="").metrics_token is None
+    with pytest.raises(ValueError, match="placeholder"):
+        Settings(_env_file=None, metrics_token="changeme")
 
 
 # ---------------------------------------------------------------- logs

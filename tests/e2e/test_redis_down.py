@@ -1,11 +1,13 @@
-"""Redis killed mid-test: rate limiting fails open and buying keeps working end to end.
+"""Redis killed mid-test: limits are counted in the process instead, and buying keeps working.
 
 The shop runs (in this event loop) with REDIS_URL pointing at a private redis-server, which
 the test SIGKILLs between two purchases and later starts again on the same port. While it
 is down a buyer still goes from the product card to a delivered key, `/healthz` says
-`degraded`, `keyvend_ratelimit_fail_open_total` grows in `/metrics` and a warning is logged.
-Once it is back, `/healthz` says `ok` and the limits are counted in Redis again. Ends with
-`keyvend check` and a grep of the logs for imported keys.
+`degraded` with `"rate_limits": "local"`, `keyvend_ratelimit_fallback_active` is 1 and
+`keyvend_ratelimit_fallback_total` grows in `/metrics`, and a warning is logged. Once it is
+back, `/healthz` says `ok` and the limits are counted in Redis again. Ends with `keyvend
+check` and a grep of the logs for imported keys. And the attack the fallback stops: forty
+clicks on "Pay" while Redis is dead open no more Stripe sessions than the limit allows.
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ from tests.e2e.helpers import (
     key_message,
     metric,
     new_keys,
+    open_card,
     order_status,
     pay,
+    snapshot,
     stock,
+    text,
     wait_until,
 )
 from tests.e2e.processes import RedisServer
@@ -31,8 +36,10 @@ from tests.fakes.stripe import FakeStripe
 from tests.fakes.telegram import FakeTelegram
 
 SKU = "REDIS"
-FAIL_OPEN = "keyvend_ratelimit_fail_open_total"
-WARNING = "WARNING bot.ratelimit: rate limiter storage unreachable"
+FALLBACK = "keyvend_ratelimit_fallback_total"
+FALLING_BACK = "keyvend_ratelimit_fallback_active"
+WARNING = "WARNING bot.ratelimit: Redis unreachable for rate limits"
+TRY_AGAIN = "Too many requests — please try again in"
 
 
 async def buy(shop: Shop, buyer: int) -> tuple[str, list[str]]:
@@ -55,9 +62,14 @@ async def test_buying_survives_redis_dying_and_health_recovers(
         with captured_logs(settings) as logs:
             async with running(settings, telegram, stripe_api) as shop:
                 await stock(shop, SKU, keys)
-                assert await health(shop) == {"status": "ok", "database": True, "redis": True}
+                assert await health(shop) == {
+                    "status": "ok",
+                    "database": True,
+                    "redis": True,
+                    "rate_limits": "redis",
+                }
                 before = await buy(shop, 5001)
-                assert await metric(shop, FAIL_OPEN) == 0
+                assert await metric(shop, FALLBACK) == 0
 
                 await redis.kill()
                 await wait_until(
@@ -69,17 +81,21 @@ async def test_buying_survives_redis_dying_and_health_recovers(
                     "status": "degraded",
                     "database": True,
                     "redis": False,
+                    "rate_limits": "local",
                 }
                 during = await buy(shop, 5002)
-                failed_open = await metric(shop, FAIL_OPEN)
+                fell_back = await metric(shop, FALLBACK)
+                gauge_down = await metric(shop, FALLING_BACK)
                 warned = WARNING in logs.stream.getvalue()
 
                 await redis.start()
                 await wait_until(
                     lambda: _status_is(shop, "ok"), timeout=20, what="/healthz back to ok"
                 )
+                assert (await health(shop))["rate_limits"] == "redis"
                 after = await buy(shop, 5003)
-                failed_open_after = await metric(shop, FAIL_OPEN)
+                fell_back_after = await metric(shop, FALLBACK)
+                gauge_up = await metric(shop, FALLING_BACK)
                 counted = await redis.keys()
                 report = await assert_invariants_hold(shop)
     finally:
@@ -87,19 +103,80 @@ async def test_buying_survives_redis_dying_and_health_recovers(
 
     assert [before[0], during[0], after[0]] == ["fulfilled"] * 3
     assert sorted(before[1] + during[1] + after[1]) == sorted(keys)
-    # The purchase while Redis was dead: its updates and its checkout were let through.
-    assert failed_open >= 2
+    # The purchase while Redis was dead: its updates and its checkout were counted here.
+    assert fell_back >= 2 and gauge_down == 1
     assert warned, "no warning logged when the limiter could not reach Redis"
-    assert failed_open_after == failed_open, "limits still failing open after Redis came back"
+    assert fell_back_after == fell_back and gauge_up == 0, (
+        "limits still counted locally after Redis came back"
+    )
     assert any("5003" in key for key in counted), (
         f"no limit counted in the restarted Redis: {counted}"
     )
     assert not logs.leaked(keys, also=[report]), "an imported key appears in the logs"
     print(
-        f"\nredis down: 3 orders (1 while Redis was dead), {failed_open:g} limit checks failed open, "
+        f"\nredis down: 3 orders (1 while Redis was dead), {fell_back:g} limit checks counted locally, "
         f"{time.monotonic() - started:.1f} s"
     )
 
 
 async def _status_is(shop: Shop, status: str) -> bool:
     return (await health(shop))["status"] == status
+
+
+async def test_forty_clicks_on_pay_with_redis_down_open_only_the_limit_of_sessions(
+    sqlite_url: str, telegram: FakeTelegram, stripe_api: FakeStripe, key_secret: str, tmp_path
+) -> None:
+    # Each session the shop opens is a Stripe API call and a reservation: the limit is what
+    # keeps one buyer from turning clicks into both, Redis or no Redis.
+    redis = RedisServer(tmp_path)
+    await redis.start()
+    settings = shop_settings(
+        sqlite_url,
+        telegram,
+        stripe_api,
+        key_secret,
+        redis_url=redis.url,
+        rate_limit_checkouts="3/minute",
+        max_unpaid_orders=100,  # so that only the rate limit stands in the way
+    )
+    try:
+        async with running(settings, telegram, stripe_api) as shop:
+            product = await stock(shop, SKU, 50)
+            card = await open_card(shop, 5100, SKU)
+            await redis.kill()
+            sessions_before = len(stripe_api.sessions)
+            since = time.monotonic()
+            queries = {
+                telegram.press(5100, card, f"pay:{product.id}:1")["callback_query"]["id"]
+                for _ in range(40)
+            }
+            answers = await wait_until(
+                lambda: (
+                    found
+                    if len(
+                        found := [
+                            a
+                            for a in telegram.callback_answers
+                            if str(a.get("callback_query_id")) in queries
+                        ]
+                    )
+                    == len(queries)
+                    else None
+                ),
+                what="an answer to each of the 40 presses",
+            )
+            refused = [a for a in answers if str(a.get("text", "")).startswith(TRY_AGAIN)]
+            # A press let through is answered at once; its checkout message follows.
+            await telegram.wait_for_count(
+                lambda m: m.chat_id == 5100 and m.time >= since and text(m).startswith("Order #"),
+                len(answers) - len(refused),
+            )
+            sessions = len(stripe_api.sessions) - sessions_before
+            orders = (await snapshot(shop)).orders
+            fell_back = await metric(shop, FALLBACK)
+    finally:
+        await redis.kill()
+
+    assert sessions == 3, f"{sessions} Stripe checkout sessions opened for 40 clicks"
+    assert sum(orders.values()) == 3 and len(refused) == 37
+    assert fell_back >= 40

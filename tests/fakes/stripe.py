@@ -6,9 +6,12 @@ stripe-python SDK talks to over HTTP, covering the part of the API keyvend uses
 customer's and Stripe's part (paying, settling, expiring) and build signed webhook
 events for the app's ``/stripe/webhook`` endpoint.
 
-Objects and events are shaped from Stripe's published example objects in
-``shared/fixtures/stripe/*.json``; the fake copies a template and sets the fields a
-scenario needs, so payloads have the same keys real Stripe sends.
+Objects and events are copied from the project's own templates in
+``tests/fixtures/stripe/*.json`` (see ``template``), written after Stripe's documented
+object shapes: every top-level field Stripe sends, with the values of a test-mode card
+payment; nested objects keep the fields anything here reads. The fake sets the fields a
+scenario needs on a copy. ``tests/fakes/test_stripe_templates.py`` compares the templates
+with Stripe's published examples where those sit beside the repository.
 
 Behaviour modelled on Stripe because client bugs hide in it:
 
@@ -34,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import html
 import json
-import os
 import random
 import re
 import string
@@ -48,10 +50,10 @@ from urllib.parse import parse_qsl
 import stripe
 from aiohttp import web
 
-__all__ = ["FakeStripe", "Request", "decode_form", "find_fixtures_dir"]
+__all__ = ["TEMPLATES", "FakeStripe", "Request", "decode_form", "template"]
 
-_FIXTURE_NAMES = ("checkout.session", "event", "charge", "refund", "dispute", "payment_intent")
-_FIXTURES_ENV = "KEYVEND_STRIPE_FIXTURES"
+TEMPLATES = Path(__file__).resolve().parents[1] / "fixtures" / "stripe"
+_TEMPLATE_NAMES = ("checkout.session", "event", "charge", "refund", "dispute", "payment_intent")
 _ALNUM = string.ascii_letters + string.digits
 _CURRENCY_RE = re.compile(r"^[a-zA-Z]{3}$")
 _API_VERSION_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(\.[a-z_]+)?$")
@@ -65,30 +67,11 @@ _REFUND_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer"}
 _HASH_KEYS = frozenset({"metadata"})
 
 
-def find_fixtures_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """Locate the directory holding Stripe's example objects (``checkout.session.json``...).
-
-    Looked up in order: ``explicit``, ``$KEYVEND_STRIPE_FIXTURES``, ``tests/fixtures/stripe``
-    in the repository, then ``shared/fixtures/stripe`` next to the repository.
-    """
-    repo = Path(__file__).resolve().parents[2]
-    candidates: list[Path] = []
-    if explicit is not None:
-        candidates.append(Path(explicit))
-    if os.environ.get(_FIXTURES_ENV):
-        candidates.append(Path(os.environ[_FIXTURES_ENV]))
-    candidates += [
-        repo / "tests" / "fixtures" / "stripe",
-        repo.parent / "shared" / "fixtures" / "stripe",
-        Path("/work/shared/fixtures/stripe"),
-    ]
-    for candidate in candidates:
-        if (candidate / "checkout.session.json").is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"Stripe fixtures not found; set ${_FIXTURES_ENV} or pass fixtures_dir "
-        f"(looked in: {', '.join(str(c) for c in candidates)})"
-    )
+def template(name: str) -> dict[str, Any]:
+    """A fresh copy of the template for Stripe object ``name`` (``checkout.session``...)."""
+    with open(TEMPLATES / f"{name}.json", encoding="utf-8") as fh:
+        loaded: dict[str, Any] = json.load(fh)
+    return loaded
 
 
 class Request(NamedTuple):
@@ -264,7 +247,6 @@ class FakeStripe:
         api_key: str = "sk_test_keyvendfake0000000000000000",
         webhook_secret: str = "whsec_keyvendfake0000000000000000",
         seed: int = 0,
-        fixtures_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.api_key = api_key
         self.webhook_secret = webhook_secret
@@ -287,17 +269,13 @@ class FakeStripe:
         self._ids = random.Random(seed)
         self._faults = random.Random(seed + 1)
 
-        directory = find_fixtures_dir(fixtures_dir)
         # Kept as compact JSON text: json.loads of it is a fresh deep copy, ~3x cheaper
         # than copy.deepcopy, which matters at benchmark rates.
-        self._templates: dict[str, str] = {}
-        for name in _FIXTURE_NAMES:
-            with open(directory / f"{name}.json", encoding="utf-8") as fh:
-                self._templates[name] = json.dumps(json.load(fh), separators=(",", ":"))
-        fixture_version = json.loads(self._templates["event"]).get("api_version")
-        # The published example event has api_version null; a delivered event always
-        # carries the account's version, so fall back to the SDK's pinned one.
-        self.api_version: str = fixture_version or stripe.api_version
+        self._templates = {
+            name: json.dumps(template(name), separators=(",", ":")) for name in _TEMPLATE_NAMES
+        }
+        # A delivered event carries the account's API version: here, the one the SDK pins.
+        self.api_version: str = stripe.api_version
 
         self._state: dict[str, _SessionState] = {}
         self._by_order: dict[str, str] = {}
@@ -403,58 +381,34 @@ class FakeStripe:
         charge_id = self._new_id("ch_3", 24)
         pm_id = self._new_id("pm_1", 24)
 
+        # The templates are a succeeded card payment; an asynchronous method is still processing.
         pi = self._fresh("payment_intent")
         pi.update(
             id=pi_id,
             amount=amount,
             amount_received=0 if async_method else amount,
-            amount_capturable=0,
             currency=cur,
             created=now,
-            canceled_at=None,
             client_secret=f"{pi_id}_secret_{self._new_id('', 25)}",
-            last_payment_error=None,
-            next_action=None,
             latest_charge=charge_id,
             metadata=dict(state.pi_metadata),
             payment_method=pm_id,
-            payment_method_configuration_details=None,
-            automatic_payment_methods=None,
             payment_method_types=["us_bank_account" if async_method else "card"],
-            processing=None,
             status="processing" if async_method else "succeeded",
-            transfer_data=None,
         )
         charge = self._fresh("charge")
         charge.update(
             id=charge_id,
             amount=amount,
             amount_captured=amount,
-            amount_refunded=0,
             balance_transaction=self._new_id("txn_3", 24),
-            captured=True,
             created=now,
             currency=cur,
-            description=None,
             metadata=dict(state.pi_metadata),
             payment_intent=pi_id,
             payment_method=pm_id,
             paid=not async_method,
-            refunded=False,
-            source=None,
-            transfer_data=None,
             status="pending" if async_method else "succeeded",
-            outcome={
-                "advice_code": None,
-                "network_advice_code": None,
-                "network_decline_code": None,
-                "network_status": "approved_by_network",
-                "reason": None,
-                "risk_level": "normal",
-                "seller_message": "Payment complete.",
-                "type": "authorized",
-            },
-            receipt_url=None,
             refunds={
                 "object": "list",
                 "data": [],
@@ -546,10 +500,7 @@ class FakeStripe:
             id=self._new_id("evt_1", 24),
             type=type,
             created=int(time.time()),
-            livemode=False,
             api_version=self.api_version,
-            pending_webhooks=1,
-            request={"id": None, "idempotency_key": None},
             data={"object": json.loads(json.dumps(obj))},
         )
         return evt
@@ -620,12 +571,9 @@ class FakeStripe:
             amount=charge["amount"],
             currency=charge["currency"],
             reason=reason,
-            status="needs_response",
             created=now,
-            is_charge_refundable=False,
         )
-        dispute["evidence_details"].update(due_by=now + 7 * 86400, past_due=False)
-        dispute["payment_method_details"]["card"]["case_type"] = "chargeback"
+        dispute["evidence_details"]["due_by"] = now + 7 * 86400
         return self.event("charge.dispute.created", dispute)
 
     # ------------------------------------------------------------------ signing
@@ -980,17 +928,12 @@ class FakeStripe:
         pi_metadata = _metadata(pi_data.get("metadata"), "payment_intent_data[metadata]")
 
         session_id = self._new_id("cs_test_a1", 58)
+        # The template is an open, unpaid payment-mode session with no tax or shipping.
         session = self._fresh("checkout.session")
         session.update(
             id=session_id,
-            object="checkout.session",
             created=now,
             expires_at=expires_at,
-            mode="payment",
-            livemode=False,
-            status="open",
-            payment_status="unpaid",
-            payment_intent=None,
             amount_subtotal=total,
             amount_total=total,
             currency=currency,
@@ -1000,45 +943,12 @@ class FakeStripe:
             cancel_url=params.get("cancel_url"),
             customer=params.get("customer"),
             customer_email=params.get("customer_email"),
-            customer_details=None,
+            customer_details=None,  # filled in by pay(), from the template
             customer_creation=params.get("customer_creation", "if_required"),
             locale=params.get("locale"),
             submit_type=params.get("submit_type"),
             ui_mode=ui_mode,
             url=f"{self.url}/pay/{session_id}",
-            # The fixture carries placeholder amounts in these; real sessions without
-            # tax, shipping or FX conversion report zeros or null.
-            total_details={"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
-            shipping_cost=None,
-            shipping_address_collection=None,
-            shipping_options=[],
-            currency_conversion=None,
-            collected_information=None,
-            after_expiration=None,
-            adaptive_pricing={"enabled": False},
-            consent=None,
-            consent_collection=None,
-            custom_text={
-                "after_submit": None,
-                "shipping_address": None,
-                "submit": None,
-                "terms_of_service_acceptance": None,
-            },
-            invoice_creation={
-                "enabled": False,
-                "invoice_data": {
-                    "account_tax_ids": None,
-                    "custom_fields": None,
-                    "description": None,
-                    "footer": None,
-                    "issuer": None,
-                    "metadata": {},
-                    "rendering_options": None,
-                },
-            },
-            payment_method_configuration_details=None,
-            managed_payments=None,
-            payment_method_types=["card"],
         )
         self.sessions[session_id] = session
         self._state[session_id] = _SessionState(line_items=line_items, pi_metadata=pi_metadata)
@@ -1159,7 +1069,6 @@ class FakeStripe:
             created=int(time.time()),
             metadata=metadata,
             reason=reason,
-            status="succeeded",
             balance_transaction=self._new_id("txn_3", 24),
         )
         self.refunds[refund["id"]] = refund

@@ -93,6 +93,7 @@ _STRING_PARAMS = frozenset(
 
 _MAX_TEXT = 4096
 _MAX_CAPTION = 1024
+_FILE_PIECE = 64 * 1024  # bytes written at a time when a file is downloaded
 _BUTTON_ACTIONS = frozenset(
     {
         "url",
@@ -678,7 +679,14 @@ class FakeTelegram:
         self._next_mid[chat_id] += 1
         return self._next_mid[chat_id]
 
-    def _new_file(self, file_name: str | None, content: bytes, mime_type: str | None) -> dict:
+    def _new_file(
+        self,
+        file_name: str | None,
+        content: bytes,
+        mime_type: str | None,
+        *,
+        with_file_size: bool = True,
+    ) -> dict:
         n = self._next_file_id
         self._next_file_id += 1
         suffix = ""
@@ -689,7 +697,7 @@ class FakeTelegram:
             "file_unique_id": f"U{n}",
             "file_name": file_name,
             "mime_type": mime_type or "application/octet-stream",
-            "file_size": len(content),
+            "file_size": len(content) if with_file_size else None,
             "file_path": f"documents/file_{n}{suffix}",
         }
         self._files[meta["file_id"]] = meta
@@ -698,7 +706,9 @@ class FakeTelegram:
 
     @staticmethod
     def _document_json(meta: dict[str, Any]) -> dict[str, Any]:
-        doc = {k: meta[k] for k in ("file_id", "file_unique_id", "mime_type", "file_size")}
+        doc = {k: meta[k] for k in ("file_id", "file_unique_id", "mime_type")}
+        if meta["file_size"] is not None:  # optional in the Bot API: clients may not send it
+            doc["file_size"] = meta["file_size"]
         if meta.get("file_name"):
             doc["file_name"] = meta["file_name"]
         return doc
@@ -710,10 +720,15 @@ class FakeTelegram:
         *,
         language_code: str = "en",
         document: tuple[str, bytes] | None = None,
+        with_file_size: bool = True,
         first_name: str = "Buyer",
         username: str | None = None,
     ) -> dict[str, Any]:
-        """Queue an Update with a private-chat message from ``user_id``; returns the update."""
+        """Queue an Update with a private-chat message from ``user_id``; returns the update.
+
+        ``with_file_size=False`` leaves ``file_size`` out of the document and of ``getFile``,
+        as the Bot API may.
+        """
         msg: dict[str, Any] = {
             "message_id": self._new_message_id(user_id),
             "date": int(time.time()),
@@ -727,7 +742,9 @@ class FakeTelegram:
             entities.append({"type": "bot_command", "offset": 0, "length": _u16len(command[0])})
         if document is not None:
             file_name, content = document
-            msg["document"] = self._document_json(self._new_file(file_name, content, None))
+            msg["document"] = self._document_json(
+                self._new_file(file_name, content, None, with_file_size=with_file_size)
+            )
             if text:
                 msg["caption"] = text
                 if entities:
@@ -1075,7 +1092,16 @@ class FakeTelegram:
         content = self._file_paths.get(request.match_info["path"])
         if content is None:
             return self._json(404, _ApiError(404, "Not Found").payload())
-        return web.Response(body=content, content_type="application/octet-stream")
+        # Streamed in pieces, as a file server does: a 20 MB body written at once would sit
+        # in the transport's buffer, a copy the size of the file in the test's own memory.
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = len(content)
+        await response.prepare(request)
+        view = memoryview(content)
+        for start in range(0, len(content), _FILE_PIECE):
+            await response.write(view[start : start + _FILE_PIECE])
+        await response.write_eof()
+        return response
 
     async def _dispatch(self, method: str, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         entry = self._methods.get(method.lower())
@@ -1646,12 +1672,14 @@ class FakeTelegram:
         meta = self._files.get(str(params.get("file_id") or ""))
         if meta is None:
             raise _bad_request("invalid file_id")
-        return {
+        found = {
             "file_id": meta["file_id"],
             "file_unique_id": meta["file_unique_id"],
-            "file_size": meta["file_size"],
             "file_path": meta["file_path"],
         }
+        if meta["file_size"] is not None:
+            found["file_size"] = meta["file_size"]
+        return found
 
 
 def _window_wait(window: deque[float], cap: float, now: float) -> float:

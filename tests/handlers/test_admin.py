@@ -14,6 +14,8 @@ import warnings
 import pytest
 from sqlalchemy import func, select
 
+from handlers.admin import MAX_UPLOAD
+from store import inventory
 from store.models import AuditEntry, ImportBatch, KeyStatus
 from tests.e2e.conftest import ADMIN, Shop
 from tests.e2e.helpers import (
@@ -118,7 +120,7 @@ async def test_a_txt_upload_is_imported_with_bad_lines_rejected(shop: Shop) -> N
     report, message_id = await _send_keys(shop, document=("keys.txt", content))
 
     assert "added 2, skipped 2 duplicates, rejected 4 lines" in report
-    assert "1 empty, 1 over 1,000 characters, 2 binary" in report
+    assert "1 empty, 1 over 1,000 characters, 1 binary, 1 not UTF-8" in report
     stored = await stored_keys(shop, "GAME")
     assert [key for _, key in stored] == ["OLD-1", "OLD-2", "TXT-1", "TXT-2"]
     _assert_encrypted(stored)
@@ -162,6 +164,66 @@ async def test_a_pasted_line_with_a_form_feed_is_rejected_like_in_a_file(shop: S
 
     assert "added 1, skipped 0 duplicates, rejected 1 lines" in report
     assert [key for _, key in await stored_keys(shop, "GAME")] == ["GOOD-1"]
+
+
+async def test_an_upload_without_a_file_size_is_still_held_to_20_mb(shop: Shop) -> None:
+    # The Bot API may leave file_size out; the limit is then enforced while downloading,
+    # before a single key of the file is stored.
+    await stock(shop, "GAME", ["OLD-1"])
+    await _start_restock(shop)
+    content = b"EARLY-1\nEARLY-2\n" + b"X" * MAX_UPLOAD
+    since = time.monotonic()
+
+    update = shop.telegram.message(ADMIN, "", document=("keys.txt", content), with_file_size=False)
+    refusal = await shop.telegram.wait_for(lambda m: sent_since(shop.telegram, ADMIN, since)(m))
+
+    assert "over 20 MB" in text(refusal), text(refusal)
+    assert [key for _, key in await stored_keys(shop, "GAME")] == ["OLD-1"]
+    assert await scalar(shop, select(func.count()).select_from(ImportBatch)) == 1
+    assert (ADMIN, update["message"]["message_id"]) in shop.telegram.deleted
+
+
+async def test_an_empty_upload_is_answered_in_one_line_and_its_message_deleted(
+    shop: Shop,
+) -> None:
+    await stock(shop, "GAME", ["OLD-1"])
+    await _start_restock(shop)
+    since = time.monotonic()
+
+    update = shop.telegram.message(ADMIN, "", document=("keys.txt", b""))
+    answer = await shop.telegram.wait_for(lambda m: sent_since(shop.telegram, ADMIN, since)(m))
+
+    assert "no keys found" in text(answer) and "\n" not in text(answer)
+    assert await scalar(shop, select(func.count()).select_from(ImportBatch)) == 1
+    assert (ADMIN, update["message"]["message_id"]) in shop.telegram.deleted
+
+
+async def test_pasted_keys_are_deleted_from_the_chat_even_when_the_import_fails(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A database that fails mid-import cannot be produced on demand here: the store call is
+    # made to fail instead. The keys must not stay in the chat because storing them failed.
+    await stock(shop, "GAME", ["OLD-1"])
+
+    async def failing(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(inventory, "restock", failing)
+    since = time.monotonic()
+    update = shop.telegram.message(ADMIN, "/restock GAME\nLOST-1\nLOST-2")
+    apology = await shop.telegram.wait_for(lambda m: sent_since(shop.telegram, ADMIN, since)(m))
+    await _start_restock(shop)
+    pasted = shop.telegram.message(ADMIN, "LOST-3\nLOST-4")
+    await shop.telegram.wait_for(
+        lambda m: (
+            sent_since(shop.telegram, ADMIN, since)(m) and m is not apology and "Sorry" in text(m)
+        )
+    )
+
+    assert "Sorry, something went wrong" in text(apology)
+    assert (ADMIN, update["message"]["message_id"]) in shop.telegram.deleted
+    assert (ADMIN, pasted["message"]["message_id"]) in shop.telegram.deleted
+    assert [key for _, key in await stored_keys(shop, "GAME")] == ["OLD-1"]
 
 
 async def _answers(shop: Shop, user: int, command: str) -> list[str]:

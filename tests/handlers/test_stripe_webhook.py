@@ -36,7 +36,7 @@ from tests.e2e.helpers import (
     stock,
     text,
 )
-from tests.fakes.stripe import find_fixtures_dir
+from tests.fakes.stripe import template
 
 BUYER = 2001
 WEBHOOK = "/stripe/webhook"
@@ -271,7 +271,7 @@ async def test_an_unknown_event_type_is_acknowledged_and_ignored(shop: Shop) -> 
 
 async def test_a_session_that_is_not_keyvends_is_acknowledged_and_ignored(shop: Shop) -> None:
     sale = await _pending_order(shop)
-    foreign = json.loads((find_fixtures_dir() / "checkout.session.json").read_text())
+    foreign = template("checkout.session")
     # Another integration on the same Stripe account: paid, but no order of ours.
     foreign.update(
         status="complete",

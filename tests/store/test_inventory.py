@@ -11,8 +11,10 @@ of overlapping batches race — and `stock_levels` counts every state.
 from __future__ import annotations
 
 import asyncio
+import io
 import random
 import unicodedata
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import func, select
@@ -120,12 +122,124 @@ def test_pasted_text_and_an_uploaded_file_parse_the_same(separator: str) -> None
 def test_invalid_utf8_rejects_only_its_line() -> None:
     parsed = parse_keys(b"GOOD-1\n\xff\xfe\xfd\nG\xc3\n\xc3\xa9T\xc3\xa9-3\n")
     assert parsed.keys == ["GOOD-1", "éTé-3"]
-    assert parsed.binary == 2
+    assert (parsed.not_utf8, parsed.binary) == (2, 0)
+
+
+def test_a_latin1_line_is_reported_as_not_utf8_not_as_binary() -> None:
+    # "CAFÉ" saved by a Windows export: decoding it by guess could sell a key that fails.
+    parsed = parse_keys("GOOD-1\nCAFÉ-2\n".encode("latin-1"))
+    assert parsed.keys == ["GOOD-1"]
+    assert (parsed.not_utf8, parsed.binary, parsed.rejected) == (1, 0, 1)
 
 
 def test_nothing_but_blank_lines_parses_to_nothing() -> None:
     assert parse_keys("") == inventory.ParsedKeys()
     assert parse_keys(b"\n\r\n  \n").keys == []
+
+
+# ---------------------------------------------------------------- an upload, block by block
+
+
+def _key_file(data: bytes, is_csv: bool = False) -> inventory.KeyFile:
+    return inventory.KeyFile(io.BytesIO(data), size=len(data), is_csv=is_csv)
+
+
+def _merged(blocks: Iterator[inventory.ParsedKeys]) -> inventory.ParsedKeys:
+    merged = inventory.ParsedKeys()
+    for parsed in blocks:
+        merged.keys += parsed.keys
+        merged.empty += parsed.empty
+        merged.too_long += parsed.too_long
+        merged.binary += parsed.binary
+        merged.not_utf8 += parsed.not_utf8
+    return merged
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 7, 64])
+def test_a_file_read_in_blocks_parses_as_the_whole_file_does(
+    block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tiny blocks put a block boundary everywhere: inside a CR LF, a UTF-8 sequence, a line
+    # longer than a block, right after the BOM and the header.
+    monkeypatch.setattr(inventory, "_BLOCK", block)
+    text = (
+        b"\xef\xbb\xbfK-1\r\nK-2\rK\xc3\xa9-3\n\n\xff\xfe\n"
+        + b"L" * 20
+        + b"\r\n"
+        + b"Y" * 1001
+        + b"\nK-4"
+    )
+    csv = b'\xef\xbb\xbfcode,note\nC-1,x\r\n"C-2, two",y\ncode,z\nC-3'
+
+    assert _merged(iter(_key_file(text))) == parse_keys(text)
+    assert _merged(iter(_key_file(csv, is_csv=True))) == parse_keys(csv, is_csv=True)
+    # Only the file's first line can be a header: "code" later on is a key.
+    assert parse_keys(csv, is_csv=True).keys == ["C-1", "C-2, two", "code", "C-3"]
+
+
+def test_the_size_of_a_file_is_estimated_from_the_part_parsed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(inventory, "_BLOCK", 1000)
+    keys = _key_file(b"".join(b"KEY-%05d\n" % i for i in range(10_000)))
+    blocks = iter(keys)
+
+    next(blocks)
+
+    assert 9_000 < keys.estimate() < 11_000
+
+
+# ---------------------------------------------------------------- restock: in batches
+
+
+async def test_an_upload_is_stored_in_batches_each_key_once(
+    db: Database, vault: KeyVault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inventory, "LIVE_BATCH", 40)
+    monkeypatch.setattr(inventory, "_BLOCK", 100)
+    await stocked(db, vault, keys=0)
+    await restock(db, vault, "UP-00007\nUP-00123")  # in stock before the upload
+    lines = [f"UP-{i:05d}" for i in range(300)]
+    data = "\n".join([*lines, "", *lines[:50], "X" * 1001]).encode()  # repeats, 2 batches on
+    seen: list[int] = []
+
+    async def progress(done: int) -> None:
+        seen.append(done)
+
+    report = await inventory.restock(
+        db, vault, "GAME", _key_file(data), source="file", progress=progress, live=True
+    )
+
+    assert (report.added, report.duplicates, report.empty, report.too_long) == (298, 52, 1, 1)
+    assert sorted(await stored_keys(db, vault)) == lines
+    assert seen == sorted(seen) and len(seen) >= 300 // 40 and seen[-1] == 350
+    batches = await scalar(db, select(func.count()).select_from(ImportBatch))
+    assert batches == 2  # the upload is one import, however many transactions it took
+    assert await scalar(db, select(func.sum(ImportBatch.added))) == 300
+    await invariants_hold(db)
+
+
+async def test_an_upload_that_fails_part_way_keeps_what_it_stored_consistent(
+    db: Database, vault: KeyVault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inventory, "LIVE_BATCH", 10)
+    await stocked(db, vault, keys=0)
+    keys = [f"PART-{i:03d}" for i in range(100)]
+
+    def upload() -> Iterator[inventory.ParsedKeys]:
+        yield parse_keys("\n".join(keys[:45]))
+        raise OSError("the connection to Telegram broke")
+
+    with pytest.raises(OSError):
+        await inventory.restock(db, vault, "GAME", upload(), source="file", live=True)
+
+    stored = await stored_keys(db, vault)
+    assert stored == keys[: len(stored)] and 0 < len(stored) <= 45
+    await invariants_hold(db)  # imported = available + ... after every commit
+    again = await restock(db, vault, "\n".join(keys))
+    assert (again.added, again.duplicates) == (100 - len(stored), len(stored))
+    assert sorted(await stored_keys(db, vault)) == keys
+    await invariants_hold(db)
 
 
 # ---------------------------------------------------------------- restock: each key once
@@ -219,8 +333,9 @@ async def test_concurrent_imports_of_overlapping_batches_store_each_key_once(
 
 async def test_an_import_without_keys_or_product_is_refused(db: Database, vault: KeyVault) -> None:
     await stocked(db, vault, keys=0)
-    with pytest.raises(InvalidInput):
-        await restock(db, vault, "")
+    for nothing in ("", "\n  \n\t\n"):  # blank lines are the same as an empty file
+        with pytest.raises(InvalidInput, match="no keys found"):
+            await restock(db, vault, nothing)
     with pytest.raises(NotFound):
         await restock(db, vault, "A-1", sku="NOPE")
     assert await scalar(db, select(func.count()).select_from(ImportBatch)) == 0

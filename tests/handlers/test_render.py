@@ -1,0 +1,55 @@
+"""Rendering of key deliveries: the key reaches the buyer exactly as imported, whatever it holds."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from handlers import render
+from store.deliveries import Job
+from store.models import DeliveryKind
+
+# Each looks like a placeholder, or half of one, or HTML: none may be changed on the way out.
+AWKWARD_KEYS = ["AB{order}CD", "X-{product}-Y", "{key}", "{", "}{", "{{key}}", "<b>&{order}"]
+
+
+def _job(keys: list[str], template: str, product: str = "Space Game") -> Job:
+    now = datetime.now(UTC)
+    return Job(
+        id=1,
+        kind=DeliveryKind.KEYS,
+        order_id=42,
+        chat_id=7,
+        attempts=0,
+        language="en",
+        product_name=product,
+        quantity=len(keys),
+        template=template,
+        keys=tuple(keys),
+        lease_expires_at=now,
+        queued_at=now,
+    )
+
+
+def _spoilers(text: str) -> list[str]:
+    parts = text.split("<tg-spoiler>")[1:]
+    return [part.split("</tg-spoiler>")[0] for part in parts]
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["", "Redeem {key} for order #{order} of {product}", "{product} / {order}", "{key}{key}"],
+)
+def test_a_template_never_changes_the_key(template: str) -> None:
+    [message] = render.delivery(_job(AWKWARD_KEYS, template), timedelta(minutes=15), "en")
+    escaped = [render._e(key) for key in AWKWARD_KEYS]
+    expected = [k for k in escaped for _ in range(max(1, template.count("{key}")))]
+    assert _spoilers(message) == expected
+
+
+def test_placeholders_in_the_product_name_stay_as_written() -> None:
+    job = _job(["K-1"], "{product} #{order}: {key}", product="Pack {key} {order}")
+    [message] = render.delivery(job, timedelta(minutes=15), "en")
+    assert "Pack {key} {order} #42: <tg-spoiler>K-1</tg-spoiler>" in message
+    assert _spoilers(message) == ["K-1"]
