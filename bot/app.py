@@ -33,6 +33,7 @@ from telegram.ext import (
     ContextTypes,
     ConversationHandler,
     MessageHandler,
+    PreCheckoutQueryHandler,
     TypeHandler,
     filters,
 )
@@ -47,6 +48,7 @@ from bot.migrate import migrate
 from bot.notifier import AdminNotifier
 from bot.ratelimit import RateLimiter
 from bot.settings import OutOfStockPolicy, Settings, TelegramMode
+from bot.stars_gateway import StarsGateway
 from bot.stripe_gateway import StripeGateway
 from bot.telegram_api import AiohttpRequest, SendPace
 from handlers import (
@@ -58,6 +60,7 @@ from handlers import (
     buyer,
     commands,
     language,
+    stars,
 )
 from handlers.api import ApiConfig
 from handlers.context import KeyvendContext, Shop
@@ -157,6 +160,9 @@ def add_handlers(application: Application) -> None:
             CommandHandler("buy", buyer.buy),
             CommandHandler("orders", buyer.my_orders),
             CommandHandler("help", buyer.help_command),
+            CommandHandler("subscriptions", buyer.my_subscriptions),
+            CommandHandler("paysupport", buyer.paysupport),
+            CommandHandler("terms", buyer.terms),
             CommandHandler("stats", admin_reports.stats),
             CommandHandler("export", admin_reports.export),
             CommandHandler("confirm", admin.confirm),
@@ -168,6 +174,9 @@ def add_handlers(application: Application) -> None:
             CommandHandler("order", admin_orders.order),
             CommandHandler("find", admin_orders.find),
             CommandHandler("language", language.language),
+            CommandHandler("refund", admin.refund),
+            PreCheckoutQueryHandler(stars.pre_checkout),
+            MessageHandler(filters.SUCCESSFUL_PAYMENT, stars.successful_payment),
             CallbackQueryHandler(buyer.show_catalogue, pattern=r"^cat$"),
             # After the catalogue button, which a button without data has always reached.
             edit_product,
@@ -180,11 +189,12 @@ def add_handlers(application: Application) -> None:
             CallbackQueryHandler(admin_orders.ban_buyer, pattern=r"^ab:\d{1,9}$"),
             CallbackQueryHandler(buyer.show_category, pattern=r"^cg:\d{1,3}:\d{1,4}$"),
             CallbackQueryHandler(buyer.show_product, pattern=r"^p:\d{1,9}:\d{1,3}$"),
-            CallbackQueryHandler(buyer.pay, pattern=r"^pay:\d{1,9}:\d{1,3}$"),
+            CallbackQueryHandler(buyer.pay, pattern=r"^pay:\d{1,9}:\d{1,3}(:[a-z]{1,16})?$"),
             CallbackQueryHandler(buyer.notify_me, pattern=r"^w:\d{1,9}$"),
             CallbackQueryHandler(buyer.my_orders, pattern=r"^ords$"),
             CallbackQueryHandler(buyer.show_order, pattern=r"^o:\d{1,9}$"),
             CallbackQueryHandler(buyer.show_keys, pattern=r"^k:\d{1,9}$"),
+            CallbackQueryHandler(buyer.cancel_subscription, pattern=r"^subx:\d{1,9}$"),
             CallbackQueryHandler(buyer.stale_button),
             MessageHandler(filters.COMMAND, buyer.unknown),
             MessageHandler(filters.TEXT, buyer.chatter),
@@ -274,9 +284,14 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
         notifier=notifier,
         counters=metrics,
         key_message_ttl=settings.key_message_ttl,
-        stripe=stripe,
+        card=stripe,
         stripe_webhook_secret=settings.stripe_webhook_secret.get_secret_value() if stripe else None,
         blacklist_on_dispute=settings.blacklist_on_dispute,
+        gateways={StarsGateway.name: StarsGateway(application.bot)}
+        if settings.stars_enabled
+        else {},
+        paysupport_text=settings.paysupport_text,
+        terms_text=settings.terms_text,
     )
     application.bot_data["shop"] = shop
     add_handlers(application)
@@ -445,7 +460,7 @@ async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Future[Parts]
             settings.http_host,
             settings.http_port,
             settings.telegram_mode.value,
-            "on" if shop.stripe else "off (set STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET)",
+            "on" if shop.card else "off (set STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET)",
         )
         if started is not None:
             started.set_result(parts)

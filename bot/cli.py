@@ -22,14 +22,16 @@ from bot.keyfile import encryption_key, open_vault
 from bot.migrate import migrate
 from bot.settings import ConfigError, Settings, load_settings
 from handlers.i18n import LANGUAGES
+from handlers.stars_invoice import MAX_STARS, MAX_SUBSCRIPTION_STARS
+from handlers.stars_invoice import PROVIDER as STARS_PROVIDER
 from store import catalogue, clients, inventory, reports
 from store.catalogue import ProductChanges
 from store.check import KEY_SAMPLE, check
 from store.crypto import KeyVault, KeyVaultError
 from store.db import Database
 from store.errors import DatabaseUnavailable, StoreError
-from store.models import Allocation, ProductKind
-from store.money import to_major
+from store.models import Allocation, Period, ProductKind
+from store.money import STARS, to_major
 from store.vault import reencrypt
 
 _SETUP_HINT = (
@@ -144,6 +146,8 @@ async def cmd_product_add(settings: Settings, args: argparse.Namespace) -> int:
             max_per_buyer=args.max_per_buyer,
             low_stock_threshold=args.low_stock,
             delivery_template=args.template or "",
+            prices=_provider_prices(args),
+            every=args.every,
             category=args.category or "",
             allocation=Allocation(args.allocation),
         )
@@ -165,6 +169,7 @@ async def cmd_product_edit(settings: Settings, args: argparse.Namespace) -> int:
         delivery_template=args.template,
         active=args.active,
         language=args.lang,
+        prices=_provider_prices(args, remove_with_zero=True),
         category=args.category,
         allocation=Allocation(args.allocation) if args.allocation else None,
     )
@@ -394,7 +399,23 @@ async def cmd_client_review(settings: Settings, args: argparse.Namespace) -> int
 
 
 def _price(product: catalogue.ProductView) -> str:
-    return f"{to_major(product.price_minor, product.currency)} {product.currency.upper()}"
+    price = f"{to_major(product.price_minor, product.currency)} {product.currency.upper()}"
+    stars = product.price_for(STARS_PROVIDER, STARS)
+    return price if stars is None else f"{price} or {stars} Stars"
+
+
+def _provider_prices(
+    args: argparse.Namespace, *, remove_with_zero: bool = False
+) -> dict[str, tuple[int, str] | None] | None:
+    """The prices a provider with its own currency charges, from `--stars N` (0: none)."""
+    if args.stars is None:
+        return None
+    if args.stars == 0 and remove_with_zero:
+        return {STARS_PROVIDER: None}
+    top = MAX_SUBSCRIPTION_STARS if getattr(args, "every", None) else MAX_STARS
+    if not 1 <= args.stars <= top:
+        raise Failure(f"--stars must be a whole number of Stars from 1 to {top}")
+    return {STARS_PROVIDER: (args.stars, STARS)}
 
 
 # ---------------------------------------------------------------- argument parsing
@@ -440,6 +461,12 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--max-per-buyer", type=int)
     add.add_argument("--low-stock", type=int, default=5, help="alert when stock falls to this")
     add.add_argument("--template", help="how to redeem; may use {key}, {order}, {product}")
+    add.add_argument("--stars", type=int, help="also sold for this many Telegram Stars")
+    add.add_argument(
+        "--every",
+        choices=[p.value for p in Period],
+        help="a subscription: paid every period, a new key each time",
+    )
     add.add_argument("--category", help="buyers see products grouped by category")
     add.add_argument(
         "--allocation", choices=[a.value for a in Allocation], default=Allocation.OLDEST.value
@@ -459,6 +486,7 @@ def _parser() -> argparse.ArgumentParser:
     edit.add_argument("--max-per-buyer", type=int, help="0 removes the limit")
     edit.add_argument("--low-stock", type=int)
     edit.add_argument("--template")
+    edit.add_argument("--stars", type=int, help="price in Telegram Stars; 0: not sold for Stars")
     edit.add_argument("--category", help='"" removes the category')
     edit.add_argument("--allocation", choices=[a.value for a in Allocation])
     sale = edit.add_mutually_exclusive_group()

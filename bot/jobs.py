@@ -5,7 +5,8 @@ the provider about every open order whose checkout should have closed, fulfils t
 were paid (a lost webhook, a crash) and releases the ones that expired; it cancels orders
 whose checkout never got recorded; and it makes the refunds owed for payments that found no
 stock. Each step is the same idempotent store function the webhook uses, so running it
-twice, or on two instances at once, does no harm.
+twice, or on two instances at once, does no harm. A provider that lists its payments
+(Telegram Stars) is also asked for the ones the ledger lacks, and those are applied.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from telegram import Bot
 from telegram.error import BadRequest, Forbidden, TelegramError
 
 from bot.waiting import wait_any
+from handlers.alerts import AlertKind, AlertText
 from handlers.context import Shop
-from store import deliveries, orders
+from handlers.i18n import t
+from store import deliveries, orders, subscriptions
 from store.errors import NotFound, OrderNotPayable, PaymentUnavailable
 from store.orders import Outcome
 
@@ -27,6 +30,11 @@ log = logging.getLogger(__name__)
 
 _RETRY_UNREACHABLE = timedelta(minutes=2)
 _RECHECK_OPEN = timedelta(minutes=5)
+# A subscription whose period ran out is ended this long after, if no renewal came: a late
+# renewal payment (or its update, found by reconciliation) has that long to arrive.
+_RENEWAL_GRACE = timedelta(days=1)
+# Admins hear this long ahead when stock will not cover the subscriptions renewing.
+_RENEWAL_WARNING = timedelta(days=3)
 
 
 async def reconcile(shop: Shop, *, now: datetime | None = None) -> list[orders.Result]:
@@ -38,14 +46,7 @@ async def reconcile(shop: Shop, *, now: datetime | None = None) -> list[orders.R
     for pending in await orders.due_for_check(shop.db, now=now):
         moment = now or datetime.now(UTC)
         try:
-            result = await orders.confirm(
-                shop.db,
-                shop.gateways,
-                pending.order_id,
-                shop.stock_policy,
-                close_if_open=True,
-                now=now,
-            )
+            result = await shop.confirm(pending.order_id, close_if_open=True, now=now)
         except PaymentUnavailable:
             await orders.postpone_check(shop.db, pending.order_id, moment + _RETRY_UNREACHABLE)
             continue
@@ -59,9 +60,56 @@ async def reconcile(shop: Shop, *, now: datetime | None = None) -> list[orders.R
             await orders.postpone_check(shop.db, pending.order_id, moment + _RECHECK_OPEN)
         else:
             log.info("reconciliation settled order %s: %s", pending.order_id, result.outcome)
-            shop.settled(result)
         results.append(result)
-    results += await make_refunds(shop)
+    ended = await subscriptions.end_lapsed(shop.db, grace=_RENEWAL_GRACE, now=now)
+    if ended:
+        log.info("%d subscriptions ended unrenewed", len(ended))
+        shop.wake_delivery()
+    await warn_of_renewals_short(shop, now=now)
+    results += await apply_missed_payments(shop)
+    results += await shop.make_owed_refunds()
+    return results
+
+
+async def warn_of_renewals_short(shop: Shop, *, now: datetime | None = None) -> None:
+    """Alert the admins when stock will not cover the subscriptions renewing in the next
+    days: once per product and shortfall, not on every pass."""
+    shortages = await subscriptions.renewals_short(shop.db, within=_RENEWAL_WARNING, now=now)
+    current = {s.sku: s.due - s.available for s in shortages}
+    for short in shortages:
+        if shop.renewal_warnings.get(short.sku) != current[short.sku]:
+            shop.notifier.alert(AlertKind.LOW_STOCK, _renewals_short(short))
+    shop.renewal_warnings = current
+
+
+def _renewals_short(short: subscriptions.RenewalShortage) -> AlertText:
+    return lambda lang: t(
+        lang,
+        "Restock {sku}: {due} subscriptions renew within {days} days and {n} keys are available.",
+        sku=short.sku,
+        due=short.due,
+        days=_RENEWAL_WARNING.days,
+        n=short.available,
+    )
+
+
+async def apply_missed_payments(shop: Shop) -> list[orders.Result]:
+    """Apply payments a provider lists that the ledger lacks (their update was lost)."""
+    results = []
+    for name, gateway in shop.gateways.items():
+        try:
+            listed = await gateway.missed_payments()
+        except PaymentUnavailable:
+            continue  # asked again on the next pass
+        missing = await orders.unrecorded(shop.db, name, [event_id for event_id, _ in listed])
+        for event_id, payment in listed:
+            if event_id not in missing:
+                continue
+            result = await shop.apply_payment(
+                name, payment, orders.Event(name, event_id, "reconciled_payment")
+            )
+            log.info("reconciliation applied a missed payment: order %s", payment.order_id)
+            results.append(result)
     return results
 
 
@@ -75,24 +123,6 @@ async def seconds_to_next_check(shop: Shop, longest: float) -> float:
     if due is None:
         return longest
     return min(longest, max(0.0, (due - datetime.now(UTC)).total_seconds()))
-
-
-async def make_refunds(shop: Shop) -> list[orders.Result]:
-    """Return the money of orders that were paid with nothing left to give."""
-    results = []
-    for owed in await orders.refunds_due(shop.db):
-        gateway = shop.gateways.get(owed.provider)
-        if gateway is None or owed.payment_ref is None:
-            log.error("order %s needs a refund that cannot be made automatically", owed.order_id)
-            continue
-        try:
-            await gateway.refund(owed.order_id, owed.payment_ref, owed.paid_amount_minor)
-        except PaymentUnavailable:
-            continue  # tried again on the next pass
-        result = await orders.record_refund(shop.db, owed.order_id)
-        shop.settled(result)
-        results.append(result)
-    return results
 
 
 async def remove_expired_key_messages(shop: Shop, bot: Bot) -> int:

@@ -95,6 +95,9 @@ def _positive(value: timedelta) -> timedelta:
 Duration = Annotated[timedelta, BeforeValidator(parse_duration), AfterValidator(_positive)]
 
 
+PROVIDERS = frozenset({"stripe", "stars"})
+
+
 class TelegramMode(StrEnum):
     POLLING = "polling"
     WEBHOOK = "webhook"
@@ -135,6 +138,12 @@ class Settings(BaseSettings):
     stripe_secret_key: SecretStr | None = None
     stripe_webhook_secret: SecretStr | None = None
     stripe_api_base: str | None = None
+
+    # Payments: which providers the shop offers (Stripe also needs its keys above), and the
+    # seller's texts for /paysupport and /terms (unset: a default in the buyer's language).
+    payment_providers: Annotated[frozenset[str], NoDecode] = frozenset({"stripe", "stars"})
+    paysupport_text: str | None = None
+    terms_text: str | None = None
 
     # HTTP server
     public_url: str | None = None
@@ -183,6 +192,20 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "ADMIN_IDS must be Telegram user ids separated by commas"
                 ) from None
+        return value
+
+    @field_validator("payment_providers", mode="before")
+    @classmethod
+    def _parse_providers(cls, value: object) -> object:
+        if isinstance(value, str):
+            names = frozenset(p.lower() for p in re.split(r"[,\s]+", value.strip()) if p)
+            unknown = names - PROVIDERS
+            if unknown:
+                raise ValueError(
+                    f"PAYMENT_PROVIDERS may list {', '.join(sorted(PROVIDERS))}; "
+                    f"not {', '.join(sorted(unknown))}"
+                )
+            return names
         return value
 
     @field_validator("database_url")
@@ -331,6 +354,8 @@ class Settings(BaseSettings):
         "redis_url",
         "stripe_api_base",
         "public_url",
+        "paysupport_text",
+        "terms_text",
         "smtp_url",
         "alert_webhook_url",
         mode="before",
@@ -355,7 +380,11 @@ class Settings(BaseSettings):
 
     @property
     def stripe_enabled(self) -> bool:
-        return self.stripe_secret_key is not None
+        return self.stripe_secret_key is not None and "stripe" in self.payment_providers
+
+    @property
+    def stars_enabled(self) -> bool:
+        return "stars" in self.payment_providers
 
     def secrets(self) -> list[str]:
         """Every secret value, for the log filter that scrubs them."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import stripe
 
-from handlers.stripe_webhook import payment_from_session
+from bot.stripe_webhook import payment_from_session
 from store.errors import PaymentUnavailable
 from store.payments import CheckoutRequest, CheckoutStarted, Payment
 
@@ -27,6 +27,7 @@ _MIN_EXPIRY = 30 * 60 + 30  # seconds
 
 class StripeGateway:
     name = "stripe"
+    currency = None  # the product's own price
 
     def __init__(
         self,
@@ -128,6 +129,10 @@ class StripeGateway:
             raise self._unavailable("look up a payment", exc) from None
         order = (intent.to_dict().get("metadata") or {}).get("order_id")
         return int(order) if isinstance(order, str) and order.isdigit() else None
+
+    async def missed_payments(self) -> list[tuple[str, Payment]]:
+        # Reconciliation asks about each overdue Checkout Session (`checkout_status`).
+        return []
 
     def _payment(self, order_id: int, session: Any) -> Payment:
         payment = payment_from_session(session.to_dict())

@@ -19,9 +19,9 @@ from telegram.ext import Application
 
 from bot.metrics import Metrics
 from bot.ratelimit import RateLimiter
+from bot.stripe_webhook import MAX_BODY, stripe_webhook
 from handlers import api
 from handlers.context import SHOP, Shop
-from handlers.stripe_webhook import MAX_BODY, stripe_webhook
 
 log = logging.getLogger(__name__)
 

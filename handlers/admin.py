@@ -29,7 +29,7 @@ from handlers import render
 from handlers.buyer import stale_button, unknown
 from handlers.context import KeyvendContext
 from handlers.i18n import language_of, t
-from store import catalogue, inventory, orders
+from store import catalogue, inventory
 from store.errors import NotFound, OrderNotPayable, PaymentUnavailable
 
 log = logging.getLogger(__name__)
@@ -242,20 +242,15 @@ async def _import(
     """Store the keys; the report for the admin, or the one-line reason nothing was stored."""
     shop = context.shop
     try:
-        report = await inventory.restock(
-            shop.db,
-            shop.vault,
+        report = await shop.restock(
             sku,
             inventory.parse_keys(keys) if isinstance(keys, str) else keys,
             source="chat" if isinstance(keys, str) else "file",
             admin_id=update.effective_user.id,
             progress=progress,
-            live=True,
         )
     except (NotFound, inventory.InvalidInput) as exc:
         return render.html.escape(str(exc))
-    if report.backorders_fulfilled:
-        shop.wake_delivery()
     return render.restock_report(report, _language(update))
 
 
@@ -285,7 +280,7 @@ async def confirm(update: Update, context: KeyvendContext) -> None:
         return
     order_id = int(context.args[0].lstrip("#"))
     try:
-        result = await orders.confirm(shop.db, shop.gateways, order_id, shop.stock_policy)
+        result = await shop.confirm(order_id)
     except (NotFound, OrderNotPayable, PaymentUnavailable) as exc:
         await _reply(
             update,
@@ -297,9 +292,42 @@ async def confirm(update: Update, context: KeyvendContext) -> None:
             ),
         )
         return
-    shop.settled(result)
     log.info("admin %s confirmed order %s: %s", update.effective_user.id, order_id, result.outcome)
     await _reply(
         update,
         t(language, "Order #{order}: {outcome}", order=order_id, outcome=result.outcome.value),
+    )
+
+
+@admin_only
+async def refund(update: Update, context: KeyvendContext) -> None:
+    """Return an order's money through its own provider and revoke its keys: `/refund ORDER_ID`."""
+    shop = context.shop
+    language = _language(update)
+    admin_id = update.effective_user.id
+    if len(context.args or []) != 1 or not context.args[0].lstrip("#").isdigit():
+        await _reply(update, t(language, "Usage: /refund ORDER_ID"))
+        return
+    order_id = int(context.args[0].lstrip("#"))
+    try:
+        result = await shop.refund(order_id, admin_id=admin_id)
+    except (NotFound, OrderNotPayable, PaymentUnavailable) as exc:
+        await _reply(
+            update,
+            t(
+                language,
+                "Order #{order}: {reason}",
+                order=order_id,
+                reason=render.html.escape(str(exc)),
+            ),
+        )
+        return
+    log.info("admin %s refunded order %s: %s", admin_id, order_id, result.outcome)
+    await _reply(
+        update,
+        t(
+            language,
+            "Order #{order} is refunded; its keys are revoked and the buyer is told.",
+            order=order_id,
+        ),
     )

@@ -19,7 +19,7 @@ from telegram.ext import ApplicationHandlerStop
 from handlers import commands, render
 from handlers.context import KeyvendContext
 from handlers.i18n import t, user_language
-from store import buyers, catalogue, orders, watchers
+from store import buyers, catalogue, orders, subscriptions, watchers
 from store.errors import (
     Blacklisted,
     HoldLimit,
@@ -34,6 +34,7 @@ from store.errors import (
     TooManyUnpaid,
 )
 from store.models import OrderStatus
+from store.payments import SubscriptionGateway
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ async def throttle(update: Update, context: KeyvendContext) -> None:
     user, chat = update.effective_user, update.effective_chat
     if user is not None and context.shop.is_admin(user.id):
         return
+    if update.pre_checkout_query or (update.message and update.message.successful_payment):
+        return  # money on its way or arrived: never dropped, whoever sends it
     # Updates without a sender (channel posts) count against their chat; a chat id never
     # collides with a user's id (channels and groups are negative).
     sender = user.id if user is not None else chat.id if chat is not None else None
@@ -186,10 +189,20 @@ async def _open_product(
 def _card(
     context: KeyvendContext, product: catalogue.ProductView, quantity: int, language: str
 ) -> render.Screen:
-    quantity = max(1, min(quantity, product.max_quantity() or 1))
-    return render.product_card(
-        product, quantity, language, card_payments=context.shop.stripe is not None
-    )
+    quantity = 1 if product.every else max(1, min(quantity, product.max_quantity() or 1))
+    shop = context.shop
+    offers = [
+        render.Offer(
+            name, unit, gateway.currency or product.currency, gateway is shop.card, product.every
+        )
+        for name, gateway in shop.gateways.items()
+        if (unit := product.price_for(name, gateway.currency)) is not None
+        and (
+            product.every is None
+            or (isinstance(gateway, SubscriptionGateway) and product.every in gateway.periods)
+        )
+    ]
+    return render.product_card(product, quantity, language, offers=offers)
 
 
 async def show_product(update: Update, context: KeyvendContext) -> None:
@@ -225,13 +238,15 @@ async def notify_me(update: Update, context: KeyvendContext) -> None:
 
 
 async def pay(update: Update, context: KeyvendContext) -> None:
-    """Reserve the keys and open a card checkout (`pay:<product>:<qty>`)."""
+    """Reserve the keys and open a checkout (`pay:<product>:<qty>[:<provider>]`, the card
+    provider when none is named)."""
     query = update.callback_query
     shop = context.shop
     language = _language(update)
     user_id = update.effective_user.id
-    _, product_id, quantity = query.data.split(":")
-    if shop.stripe is None:
+    _, product_id, quantity, *provider = query.data.split(":")
+    gateway = shop.gateways.get(provider[0]) if provider else shop.card
+    if gateway is None:
         await _tell(update, t(language, "Payments are not set up yet in this shop."))
         return
     retry_at = await shop.limiter.hit("checkouts", user_id)
@@ -240,20 +255,18 @@ async def pay(update: Update, context: KeyvendContext) -> None:
         return
     await query.answer(t(language, "Preparing your checkout…"))
     try:
-        sale = await orders.checkout(
-            shop.db,
-            shop.stripe,
+        sale = await shop.checkout(
+            gateway,
             buyer_id=user_id,
             language=language,
             product_id=int(product_id),
             quantity=int(quantity),
-            policy=shop.checkout_policy,
         )
     except StoreError as exc:
-        shop.counters.count("keyvend_checkouts_total", outcome=type(exc).__name__)
         await update.effective_chat.send_message(_checkout_refusal(exc, language))
         return
-    shop.counters.count("keyvend_checkouts_total", outcome="started")
+    if sale.url is None:
+        return  # the provider's own invoice, with its pay button, is in the chat already
     amount = render.money(sale.amount_minor, sale.currency, language)
     minutes = int((sale.expires_at - datetime.now(UTC)).total_seconds() // 60)
     await _show(
@@ -318,7 +331,7 @@ async def _returned_from_payment(update: Update, context: KeyvendContext, order_
     if order.status == OrderStatus.PENDING and order.checkout_url:
         # If Stripe cannot answer now, the webhook or reconciliation settles the order.
         with contextlib.suppress(PaymentUnavailable, OrderNotPayable):
-            shop.settled(await orders.confirm(shop.db, shop.gateways, order_id, shop.stock_policy))
+            await shop.confirm(order_id)
         order = await orders.buyer_order(shop.db, order_id, user_id, language)
     await _show(update, render.order_detail(order, language))
 
@@ -367,6 +380,79 @@ async def show_keys(update: Update, context: KeyvendContext) -> None:
         return
     context.shop.wake_delivery()
     await query.answer(t(language, "Your keys are on their way."))
+
+
+async def my_subscriptions(update: Update, context: KeyvendContext) -> None:
+    """List the buyer's subscriptions with their next date, each with a cancel button."""
+    await _show(update, await _subscriptions(update, context))
+
+
+async def _subscriptions(update: Update, context: KeyvendContext) -> render.Screen:
+    language = _language(update)
+    return render.subscriptions_list(
+        await subscriptions.buyer_subscriptions(
+            context.shop.db, update.effective_user.id, language
+        ),
+        language,
+    )
+
+
+async def cancel_subscription(update: Update, context: KeyvendContext) -> None:
+    """Stop one of the buyer's subscriptions at the end of the period paid (`subx:<id>`)."""
+    query = update.callback_query
+    shop = context.shop
+    language = _language(update)
+    subscription_id = int(query.data.split(":")[1])
+    try:
+        target = await subscriptions.to_cancel(shop.db, subscription_id, update.effective_user.id)
+        gateway = shop.gateways.get(target.provider)
+        if not isinstance(gateway, SubscriptionGateway) or target.payment_ref is None:
+            raise PaymentUnavailable(f"{target.provider} subscriptions cannot be cancelled here")
+        await gateway.cancel_subscription(target.payment_ref)
+    except NotFound:
+        await query.answer(t(language, "Subscription not found."), show_alert=True)
+        return
+    except OrderNotPayable:
+        await query.answer(t(language, "This subscription has ended already."), show_alert=True)
+        return
+    except PaymentUnavailable:
+        await query.answer(
+            t(language, "Cancelling is unavailable right now. Please try again in a minute."),
+            show_alert=True,
+        )
+        return
+    await subscriptions.mark_cancelled(shop.db, subscription_id)
+    await query.answer(
+        t(language, "Cancelled: no more payments. Your current period runs to its end.")
+    )
+    await _show(update, await _subscriptions(update, context), edit=True)
+
+
+async def paysupport(update: Update, context: KeyvendContext) -> None:
+    """Tell the buyer how to get help with a payment (Telegram requires this command)."""
+    language = _language(update)
+    await update.effective_chat.send_message(
+        context.shop.paysupport_text
+        or t(
+            language,
+            "Questions about a payment? Write to the seller here and include your order number "
+            "(see /orders). A delivered order that does not work is replaced or refunded.",
+        )
+    )
+
+
+async def terms(update: Update, context: KeyvendContext) -> None:
+    """Show the seller's terms of sale."""
+    language = _language(update)
+    await update.effective_chat.send_message(
+        context.shop.terms_text
+        or t(
+            language,
+            "Terms: every product is a digital key delivered in this chat right after payment. "
+            "Keys are not returnable once shown, except when one does not work; payment "
+            "problems: /paysupport.",
+        )
+    )
 
 
 async def help_command(update: Update, context: KeyvendContext) -> None:

@@ -34,6 +34,9 @@ BUYER_COMMANDS = (
         "",
         lambda lang: t(lang, "your orders; open a delivered one to see its keys again"),
     ),
+    Command("subscriptions", "", lambda lang: t(lang, "your subscriptions; cancel one")),
+    Command("paysupport", "", lambda lang: t(lang, "help with a payment")),
+    Command("terms", "", lambda lang: t(lang, "terms of sale")),
     Command("language", "", lambda lang: t(lang, "choose your language")),
     Command("help", "", lambda lang: t(lang, "the list of commands")),
 )
@@ -51,6 +54,7 @@ ADMIN_COMMANDS = (
     Command("order", "ID", lambda lang: t(lang, "an order's card")),
     Command("find", "ORDER | BUYER | @username | KEY", lambda lang: t(lang, "find orders")),
     Command("confirm", "ORDER", lambda lang: t(lang, "ask Stripe about an order and settle it")),
+    Command("refund", "ORDER", lambda lang: t(lang, "return the money and revoke the keys")),
     Command("ban", "USER [reason]", lambda lang: t(lang, "stop a buyer from buying")),
     Command("unban", "USER", lambda lang: t(lang, "let a banned buyer buy again")),
     Command("banned", "", lambda lang: t(lang, "the banned buyers")),

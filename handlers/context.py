@@ -1,6 +1,9 @@
 """What handlers are given to work with: the shop's services, and the PTB context carrying them.
 
-`Shop` is assembled once by the composition root (bot/app.py) and reaches Telegram handlers
+`Shop` is the service layer: one method per use case (checkout, fulfil, close unpaid,
+confirm, refund, dispute, restock, a provider's payment or renewal), each running the store
+transition and then its reactions (`settled`: waking the delivery worker or the refunds,
+alerts, metrics), so no handler or job has a follow-up step to remember. It is assembled once by the composition root (bot/app.py) and reaches Telegram handlers
 through `KeyvendContext.shop` and HTTP routes through `request.app[SHOP]`. The rate limiter,
 the admin notifier and the workers are bot/ concerns; handlers see them only through the
 small protocols below.
@@ -9,7 +12,7 @@ small protocols below.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -19,10 +22,13 @@ from telegram.ext import Application, CallbackContext, ExtBot
 
 from handlers.alerts import AlertKind, AlertText
 from handlers.i18n import t
+from store import catalogue, inventory, orders
 from store.crypto import KeyVault
 from store.db import Database
-from store.orders import CheckoutPolicy, Outcome, OutOfStockPolicy, Result
-from store.payments import PaymentGateway
+from store.errors import PaymentUnavailable, StoreError
+from store.inventory import ParsedKeys, RestockReport
+from store.orders import CheckoutPolicy, Event, Outcome, OutOfStockPolicy, Result
+from store.payments import CheckoutState, Payment, PaymentGateway
 
 log = logging.getLogger(__name__)
 
@@ -53,22 +59,262 @@ class Shop:
     notifier: Notifier
     counters: Counters
     key_message_ttl: timedelta
-    stripe: PaymentGateway | None = None
-    stripe_webhook_secret: str | None = None
+    # The card provider: offered first, and the one a pay button naming no provider means.
+    card: PaymentGateway | None = None
+    stripe_webhook_secret: str | None = None  # for bot/stripe_webhook.py
     blacklist_on_dispute: bool = False
     wake_delivery: Callable[[], None] = lambda: None
     wake_refunds: Callable[[], None] = lambda: None
     wake_client_outbox: Callable[[], None] = lambda: None  # client webhooks and e-mails
     gateways: dict[str, PaymentGateway] = field(default_factory=dict)
+    paysupport_text: str | None = None  # the seller's; None: the default, translated
+    # Renewal shortfalls the admins were last told about, by SKU (so they hear of each once).
+    renewal_warnings: dict[str, int] = field(default_factory=dict)
+    terms_text: str | None = None
 
     def __post_init__(self) -> None:
-        if self.stripe is not None:
-            self.gateways.setdefault(self.stripe.name, self.stripe)
+        if self.card is not None:
+            self.gateways = {self.card.name: self.card, **self.gateways}
 
     def is_admin(self, user_id: int | None) -> bool:
         return user_id is not None and user_id in self.admin_ids
 
-    def settled(self, result: Result) -> None:
+    # ------------------------------------------------------------ use cases
+    # Each runs one store transition and then its reactions (`settled`): no caller follows
+    # up by hand.
+
+    async def checkout(
+        self,
+        gateway: PaymentGateway,
+        *,
+        buyer_id: int,
+        language: str,
+        product_id: int,
+        quantity: int,
+    ) -> orders.CheckoutResult:
+        """Reserve the keys and open the provider's checkout; StoreError says why not."""
+        try:
+            sale = await orders.checkout(
+                self.db,
+                gateway,
+                buyer_id=buyer_id,
+                language=language,
+                product_id=product_id,
+                quantity=quantity,
+                policy=self.checkout_policy,
+            )
+        except StoreError as exc:
+            self.counters.count("keyvend_checkouts_total", outcome=type(exc).__name__)
+            raise
+        self.counters.count("keyvend_checkouts_total", outcome="started")
+        return sale
+
+    async def fulfil(self, payment: Payment, event: Event | None = None) -> Result:
+        """A provider says an order was paid (CheckoutNotRecorded: too early to tell)."""
+        return self.settled(await orders.fulfil(self.db, payment, self.stock_policy, event=event))
+
+    async def awaiting_payment(
+        self, order_id: int, *, checkout_ref: str | None, event: Event
+    ) -> Result:
+        """A delayed payment method is settling: hold the keys for a while longer."""
+        return self.settled(
+            await orders.awaiting_payment(
+                self.db,
+                order_id,
+                checkout_ref=checkout_ref,
+                event=event,
+                recheck_after=self.checkout_policy.ttl * 12,
+            )
+        )
+
+    async def close_unpaid(
+        self,
+        order_id: int,
+        state: CheckoutState,
+        *,
+        checkout_ref: str | None = None,
+        event: Event | None = None,
+    ) -> Result:
+        """A checkout closed unpaid: its keys go back on sale."""
+        return self.settled(
+            await orders.close_unpaid(
+                self.db, order_id, state, checkout_ref=checkout_ref, event=event
+            )
+        )
+
+    async def confirm(
+        self, order_id: int, *, close_if_open: bool = False, now: datetime | None = None
+    ) -> Result:
+        """Ask the order's provider what became of it and apply the answer."""
+        return self.settled(
+            await orders.confirm(
+                self.db,
+                self.gateways,
+                order_id,
+                self.stock_policy,
+                close_if_open=close_if_open,
+                now=now,
+            )
+        )
+
+    async def refund(self, order_id: int, *, admin_id: int | None = None) -> Result:
+        """Return an order's money through its own provider, then revoke its keys and tell
+        the buyer; NotFound, OrderNotPayable or PaymentUnavailable say why not."""
+        paid = await orders.paid_order(self.db, order_id)
+        await self._gateway(paid.provider).refund(
+            order_id, paid.payment_ref, paid.paid_amount_minor
+        )
+        return self.settled(await orders.record_refund(self.db, order_id, admin_id=admin_id))
+
+    async def make_owed_refunds(self) -> list[Result]:
+        """Return the money of orders that were paid with nothing left to give."""
+        results = []
+        for owed in await orders.refunds_due(self.db):
+            gateway = self.gateways.get(owed.provider)
+            if gateway is None or owed.payment_ref is None:
+                log.error(
+                    "order %s needs a refund that cannot be made automatically", owed.order_id
+                )
+                continue
+            try:
+                await gateway.refund(owed.order_id, owed.payment_ref, owed.paid_amount_minor)
+            except PaymentUnavailable:
+                continue  # tried again on the next pass
+            results.append(self.settled(await orders.record_refund(self.db, owed.order_id)))
+        return results
+
+    async def refunded(
+        self, named: int | None, *, payment_ref: str | None, full: bool, event: Event
+    ) -> Result:
+        """The provider reports money returned (a refund made outside keyvend)."""
+
+        async def record(paid: Payment | None) -> Result:
+            return await orders.record_refund(
+                self.db, named, payment_ref=payment_ref, full=full, event=event, paid=paid
+            )
+
+        return self.settled(await self._verified(record))
+
+    async def disputed(self, *, payment_ref: str | None, event: Event, reason: str) -> Result:
+        """The buyer disputed a charge: flag the order, alert the admins with the evidence."""
+
+        async def record(paid: Payment | None, named: int | None = None) -> Result:
+            found = await orders.record_dispute(
+                self.db,
+                named,
+                payment_ref=payment_ref,
+                blacklist=self.blacklist_on_dispute,
+                event=event,
+                paid=paid,
+            )
+            if found.result.outcome is Outcome.DISPUTED:
+                self.notifier.alert(AlertKind.DISPUTE, _dispute_alert(found, reason))
+            return found.result
+
+        result = await record(None)
+        if result.outcome is Outcome.UNKNOWN_ORDER and payment_ref:
+            # A dispute may carry no order id: the payment names the order (a hint only: the
+            # order's own checkout must confirm the payment is its own).
+            named = await self._gateway(event.provider).order_of_payment(payment_ref)
+            result = await self._verified(lambda paid: record(paid, named))
+        return self.settled(result)
+
+    async def restock(
+        self,
+        sku: str,
+        keys: ParsedKeys | Iterable[ParsedKeys],
+        *,
+        source: str,
+        admin_id: int | None,
+        progress: inventory.Progress | None = None,
+    ) -> RestockReport:
+        """Import keys while the shop serves; backorders they fill are fulfilled and
+        delivered like any sale."""
+        report = await inventory.restock(
+            self.db,
+            self.vault,
+            sku,
+            keys,
+            source=source,
+            admin_id=admin_id,
+            progress=progress,
+            live=True,
+        )
+        for order_id in report.backorders_fulfilled:
+            self.settled(Result(Outcome.FULFILLED, order_id, sku=sku))
+        if report.backorders_fulfilled:
+            product = await catalogue.get_product(self.db, sku=sku)
+            left = report.available
+            if left <= product.low_stock_threshold:
+                self.notifier.alert(
+                    AlertKind.LOW_STOCK,
+                    lambda lang: t(
+                        lang,
+                        "Low stock: {sku} has {n} left after filling backorders.",
+                        sku=sku,
+                        n=left,
+                    ),
+                )
+        return report
+
+    async def _verified(self, record: Callable[[Payment | None], Awaitable[Result]]) -> Result:
+        """Record a refund or dispute; if its order's payment is not recorded yet (the payment
+        event is late or lost), ask the provider about the order's own checkout and record it
+        with that report, so a payment of another integration never touches our order."""
+        result = await record(None)
+        if result.outcome is Outcome.UNVERIFIED:
+            paid = await orders.provider_report(self.db, self.gateways, result.order_id)
+            result = await record(paid)
+            if result.outcome is Outcome.UNVERIFIED:  # no checkout to ask about
+                result = Result(Outcome.FOREIGN, result.order_id)
+        return result
+
+    def _gateway(self, provider: str) -> PaymentGateway:
+        gateway = self.gateways.get(provider)
+        if gateway is None:
+            raise PaymentUnavailable(f"{provider} payments are off in this shop")
+        return gateway
+
+    async def apply_payment(self, provider: str, payment: Payment, event: Event) -> Result:
+        """Apply a provider's charge to its order (or the next period of the subscription it
+        started), then react; a second charge for an order that another charge paid already
+        goes straight back to the buyer."""
+        result = self.settled(
+            await orders.pay_period(self.db, payment, self.stock_policy, event=event)
+        )
+        if result.outcome is Outcome.UNCHANGED and payment.payment_ref is not None:
+            state = await orders.order_state(self.db, payment.order_id)
+            if state is not None and state.payment_ref != payment.payment_ref:
+                await self._return_extra_charge(provider, payment)
+        return result
+
+    async def _return_extra_charge(self, provider: str, payment: Payment) -> None:
+        gateway = self.gateways.get(provider)
+        try:
+            if gateway is None:
+                raise PaymentUnavailable(f"{provider} payments are off")
+            await gateway.refund(payment.order_id, payment.payment_ref, payment.amount_minor or 0)
+        except PaymentUnavailable:
+            self.notifier.alert(
+                AlertKind.REFUND,
+                lambda lang: t(
+                    lang,
+                    "Order #{order} was paid twice; the second payment could not be returned "
+                    "automatically.",
+                    order=payment.order_id,
+                ),
+            )
+            return
+        self.notifier.alert(
+            AlertKind.REFUND,
+            lambda lang: t(
+                lang,
+                "Order #{order} was paid twice; the second payment was returned.",
+                order=payment.order_id,
+            ),
+        )
+
+    def settled(self, result: Result) -> Result:
         """Set in motion what a transition's result calls for: a send, a refund, an alert."""
         o = result.outcome
         if o in (Outcome.FULFILLED, Outcome.BACKORDERED, Outcome.REVIEW, Outcome.REFUNDED):
@@ -132,6 +378,31 @@ class Shop:
                 lambda lang: t(lang, "Low stock: {sku} has {n} left.", sku=sku, n=left),
             )
         self.counters.count("keyvend_transitions_total", outcome=o.value)
+        return result
+
+
+def _dispute_alert(dispute: orders.DisputeResult, reason: str) -> AlertText:
+    result, reason = dispute.result, reason[:40]
+
+    def text(language: str) -> str:
+        lines = [
+            t(
+                language,
+                "Dispute on order #{order} by buyer {buyer}: reason {reason}.",
+                order=result.order_id,
+                buyer=result.buyer_id,
+                reason=reason,
+            ),
+            t(language, "Key reveals (evidence):")
+            if dispute.reveals
+            else t(language, "The keys were never shown to the buyer."),
+        ]
+        lines += [f"- {r.at:%Y-%m-%d %H:%M:%S} UTC, {r.how}" for r in dispute.reveals]
+        if dispute.blacklisted:
+            lines.append(t(language, "The buyer is now blocked from buying."))
+        return "\n".join(lines)
+
+    return text
 
 
 SHOP: web.AppKey[Shop] = web.AppKey("shop", Shop)

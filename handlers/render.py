@@ -19,10 +19,11 @@ from handlers.i18n import t, tn
 from store.catalogue import STOCK_DISPLAY_CAP, TEMPLATE_FIELDS, ProductView
 from store.deliveries import Job
 from store.inventory import RestockReport, StockLevels
-from store.models import DeliveryKind, OrderStatus
-from store.money import to_major
+from store.models import DeliveryKind, OrderStatus, Period, SubscriptionStatus
+from store.money import STARS, to_major
 from store.orders import OrderView
 from store.reports import Stats
+from store.subscriptions import SubscriptionView
 
 MESSAGE_LIMIT = 4096
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(TEMPLATE_FIELDS) + r")\}")
@@ -49,8 +50,9 @@ def watch_data(product_id: int) -> str:
     return f"w:{product_id}"
 
 
-def pay_data(product_id: int, quantity: int) -> str:
-    return f"pay:{product_id}:{quantity}"
+def pay_data(product_id: int, quantity: int, provider: str | None = None) -> str:
+    """Pay through a provider; without one, the shop's card provider."""
+    return f"pay:{product_id}:{quantity}" + (f":{provider}" if provider else "")
 
 
 def order_data(order_id: int) -> str:
@@ -65,6 +67,8 @@ def keys_data(order_id: int) -> str:
 
 
 def money(minor: int, currency: str, language: str) -> str:
+    if currency == STARS:
+        return tn(language, "{n} Star", "{n} Stars", minor)
     return format_currency(
         to_major(minor, currency), currency.upper(), locale=_LOCALE.get(language, "en_US")
     )
@@ -83,6 +87,19 @@ def status_name(status: OrderStatus, language: str) -> str:
         OrderStatus.REVIEW: t(language, "paid, under review"),
     }
     return names[status]
+
+
+def period_name(every: str, language: str) -> str:
+    names = {
+        Period.WEEK: t(language, "week"),
+        Period.MONTH: t(language, "month"),
+        Period.YEAR: t(language, "year"),
+    }
+    return names[Period(every)]
+
+
+def subscription_data(subscription_id: int) -> str:
+    return f"subx:{subscription_id}"
 
 
 def _e(text: str) -> str:
@@ -165,7 +182,18 @@ def _stock(stock: int) -> str:
     return f"{STOCK_DISPLAY_CAP}+" if stock >= STOCK_DISPLAY_CAP else str(stock)
 
 
-def product_card(p: ProductView, quantity: int, language: str, *, card_payments: bool) -> Screen:
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """A way to pay for a product: through which provider, at what unit price."""
+
+    provider: str
+    unit_minor: int
+    currency: str
+    default: bool = False  # the card provider, whose button data names no provider
+    every: str | None = None  # a subscription's period
+
+
+def product_card(p: ProductView, quantity: int, language: str, *, offers: list[Offer]) -> Screen:
     lines = [f"<b>{_e(p.name_in(language))}</b>"]
     description = p.description_in(language)
     if description:
@@ -192,20 +220,33 @@ def product_card(p: ProductView, quantity: int, language: str, *, card_payments:
         InlineKeyboardButton("+", callback_data=product_data(p.id, min(top, quantity + 1))),
     ]
     rows = [stepper]
-    if card_payments:
-        rows.append(
-            [
-                InlineKeyboardButton(
-                    t(language, "💳 Pay {total} by card", total=total),
-                    callback_data=pay_data(p.id, quantity),
-                )
-            ]
-        )
+    buttons = [_pay_button(p.id, quantity, offer, language) for offer in offers]
+    if buttons:
+        rows.append(buttons)
     else:
         lines.append("")
         lines.append(t(language, "Payments are not set up yet in this shop."))
     rows.append([_back_to_catalogue(language)])
     return Screen("\n".join(lines), InlineKeyboardMarkup(rows))
+
+
+def _pay_button(
+    product_id: int, quantity: int, offer: Offer, language: str
+) -> InlineKeyboardButton:
+    total = offer.unit_minor * quantity
+    if offer.every is not None:
+        label = t(
+            language,
+            "🔁 Subscribe: {price} a {period}",
+            price=money(total, offer.currency, language),
+            period=period_name(offer.every, language),
+        )
+    elif offer.currency == STARS:
+        label = t(language, "⭐ Pay {n} Stars", n=total)
+    else:
+        label = t(language, "💳 Pay {total} by card", total=money(total, offer.currency, language))
+    provider = None if offer.default else offer.provider
+    return InlineKeyboardButton(label, callback_data=pay_data(product_id, quantity, provider))
 
 
 def _back_to_catalogue(language: str) -> InlineKeyboardButton:
@@ -268,6 +309,33 @@ def order_detail(o: OrderView, language: str) -> Screen:
     return Screen("\n".join(lines), InlineKeyboardMarkup(rows))
 
 
+def subscriptions_list(subscriptions: list[SubscriptionView], language: str) -> Screen:
+    if not subscriptions:
+        return Screen(t(language, "You have no subscriptions. /start shows the catalogue."))
+    lines, rows = [t(language, "Your subscriptions:")], []
+    for s in subscriptions:
+        when = f"{s.current_period_end:%Y-%m-%d}" if s.current_period_end else "—"
+        if s.status is SubscriptionStatus.ENDED:
+            state = t(language, "ended")
+        elif s.cancel_at_period_end:
+            state = t(language, "cancelled, runs until {date}", date=when)
+        elif s.status is SubscriptionStatus.PAST_DUE:
+            state = t(language, "payment failed; renews when paid")
+        else:
+            state = t(language, "next key on {date}", date=when)
+        lines.append(f"• {_e(s.product_name)}: {state}")
+        if s.status is not SubscriptionStatus.ENDED and not s.cancel_at_period_end:
+            rows.append(
+                [
+                    InlineKeyboardButton(
+                        t(language, "✖️ Cancel {product}", product=s.product_name),
+                        callback_data=subscription_data(s.id),
+                    )
+                ]
+            )
+    return Screen("\n".join(lines), InlineKeyboardMarkup(rows) if rows else None)
+
+
 # ---------------------------------------------------------------- deliveries
 
 
@@ -285,6 +353,15 @@ def delivery(job: Job, ttl: timedelta, language: str) -> list[str]:
                 order=job.order_id,
                 product=_e(job.product_name),
                 quantity=job.quantity,
+            )
+        ]
+    if job.kind is DeliveryKind.SUBSCRIPTION_ENDED:
+        return [
+            t(
+                language,
+                "Your subscription to {product} has ended, so no more keys will come. "
+                "Subscribe again any time from /start.",
+                product=_e(job.product_name),
             )
         ]
     if job.kind is DeliveryKind.RESTOCKED:

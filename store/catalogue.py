@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from store.audit import audit
 from store.db import Database
 from store.errors import InvalidInput, NotFound
-from store.models import Allocation, Key, KeyStatus, Product, ProductKind, translated
-from store.money import check_currency, to_minor
+from store.models import Allocation, Key, KeyStatus, Period, Product, ProductKind, translated
+from store.money import MAX_AMOUNT, check_currency, to_minor
 
 # Buyers see exact stock up to this many; counting further would cost a scan per view.
 STOCK_DISPLAY_CAP = 1000
@@ -42,6 +42,8 @@ class ProductView:
     active: bool
     stock: int  # available to buy now, capped at STOCK_DISPLAY_CAP
     translations: dict[str, dict[str, str]] = field(default_factory=dict)
+    prices: dict[str, dict[str, Any]] = field(default_factory=dict)  # see Product.prices
+    every: str | None = None  # a subscription product's period
     category: str = ""
     allocation: str = Allocation.OLDEST
 
@@ -53,6 +55,43 @@ class ProductView:
 
     def max_quantity(self) -> int:
         return max(0, min(self.stock, self.max_per_order))
+
+    def price_for(self, provider: str, currency: str | None) -> int | None:
+        return unit_price(self.price_minor, self.prices, provider, currency)
+
+
+def unit_price(
+    card_price: int, prices: dict[str, Any] | None, provider: str, currency: str | None
+) -> int | None:
+    """What one unit costs through a provider, in its currency; None if not sold through it.
+
+    A provider without a currency of its own charges the product's price; one with its own
+    (Telegram Stars) needs a price set for it in that currency.
+    """
+    if currency is None:
+        return card_price
+    entry = (prices or {}).get(provider) or {}
+    return entry.get("amount") if entry.get("currency") == currency else None
+
+
+def check_provider_price(amount: int) -> int:
+    if isinstance(amount, bool) or not isinstance(amount, int) or not 1 <= amount <= MAX_AMOUNT:
+        raise InvalidInput(f"a price must be a whole number from 1 to {MAX_AMOUNT}")
+    return amount
+
+
+def _with_prices(
+    prices: dict[str, Any] | None, changes: dict[str, tuple[int, str] | None]
+) -> dict[str, Any]:
+    """`prices` with each provider's entry set to (amount, currency), or removed for None."""
+    updated = {name: dict(entry) for name, entry in (prices or {}).items()}
+    for provider, price in changes.items():
+        if price is None:
+            updated.pop(provider, None)
+        else:
+            amount, currency = price
+            updated[provider] = {"amount": check_provider_price(amount), "currency": currency}
+    return updated
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +108,8 @@ class ProductChanges:
     delivery_template: str | None = None
     active: bool | None = None
     language: str | None = None  # name/description apply to this language's translation
+    # A provider's own price: (amount, currency) sets it, None takes the product off it.
+    prices: dict[str, tuple[int, str] | None] | None = None
     category: str | None = None  # "" removes the category
     allocation: Allocation | None = None
 
@@ -111,11 +152,13 @@ async def add_product(
     max_per_buyer: int | None = None,
     low_stock_threshold: int = 5,
     delivery_template: str = "",
+    prices: dict[str, tuple[int, str]] | None = None,
+    every: str | None = None,
     category: str = "",
     allocation: Allocation = Allocation.OLDEST,
     admin_id: int | None = None,
 ) -> ProductView:
-    """Put a new product in the catalogue."""
+    """Put a new product in the catalogue; `prices` are providers' own, {name: (amount, cur)}."""
     check_sku(sku)
     if not name.strip():
         raise InvalidInput("product name must not be empty")
@@ -125,6 +168,8 @@ async def add_product(
         name=name.strip(),
         description=description,
         translations={},
+        prices=_with_prices({}, dict(prices or {})),
+        every=_check_period(every),
         kind=ProductKind(kind),
         price_minor=to_minor(price, currency),
         currency=check_currency(currency),
@@ -193,6 +238,8 @@ async def edit_product(
             product.delivery_template = check_template(changes.delivery_template)
         if changes.active is not None:
             product.active = changes.active
+        if changes.prices:
+            product.prices = _with_prices(product.prices, changes.prices)
         if changes.category is not None:
             product.category = check_category(changes.category)
         if changes.allocation is not None:
@@ -278,9 +325,19 @@ def _view(product: Product, *, stock: int) -> ProductView:
         active=product.active,
         stock=stock,
         translations=_translations(product.translations),
+        prices={name: dict(entry) for name, entry in (product.prices or {}).items()},
+        every=product.every,
         category=product.category,
         allocation=product.allocation,
     )
+
+
+def _check_period(every: str | None) -> str | None:
+    if every is None:
+        return None
+    if every not in set(Period):
+        raise InvalidInput(f"--every must be one of {', '.join(Period)}")
+    return Period(every).value
 
 
 def _translations(raw: dict[str, Any]) -> dict[str, dict[str, str]]:

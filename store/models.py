@@ -91,6 +91,21 @@ class DeliveryKind(StrEnum):
     # Notice: a product the buyer asked about is back in stock. It has no order (it names a
     # product) and carries no value, so it waits until no key delivery is due.
     RESTOCKED = "restocked"
+    SUBSCRIPTION_ENDED = "sub_ended"  # notice: a subscription ended, no more keys come
+
+
+class SubscriptionStatus(StrEnum):
+    ACTIVE = "active"  # paid up; each paid period delivers a key
+    PAST_DUE = "past_due"  # a period's payment failed; the provider retries
+    ENDED = "ended"  # cancelled or not renewed: no more keys
+
+
+class Period(StrEnum):
+    """How often a subscription product is paid for."""
+
+    WEEK = "week"
+    MONTH = "month"
+    YEAR = "year"
 
 
 # The buyer of every order placed over the business API: no Telegram user (their ids are
@@ -147,8 +162,13 @@ class Product(Base):
     # {"zh": {"name": ..., "description": ...}}: names and descriptions in other languages
     translations: Mapped[dict[str, Any]] = mapped_column(default=dict)
     kind: Mapped[str] = mapped_column(String(10), default=ProductKind.UNIQUE)
+    # The card price; a provider with a currency of its own (Telegram Stars) is priced in
+    # `prices` instead: {"stars": {"amount": 50, "currency": "xtr"}}. No entry: not offered.
     price_minor: Mapped[int] = mapped_column(Integer)
     currency: Mapped[str] = mapped_column(String(3))
+    prices: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # A subscription product is paid every `every` (a Period) and delivers a key each time.
+    every: Mapped[str | None] = mapped_column(String(8), default=None)
     max_per_order: Mapped[int] = mapped_column(Integer, default=10)
     max_per_buyer: Mapped[int | None] = mapped_column(Integer, default=None)
     low_stock_threshold: Mapped[int] = mapped_column(Integer, default=5)
@@ -230,19 +250,48 @@ class Order(Base):
     # The one key every buyer of a shared-key product receives. (Not a foreign key: keys
     # already point at orders, and a cycle of constraints would make schema changes painful.)
     shared_key_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    # The subscription a renewal's order belongs to (the first period's order is the one the
+    # subscription points at). Not a foreign key, for the same reason as shared_key_id.
+    subscription_id: Mapped[int | None] = mapped_column(Integer, default=None, index=True)
 
 
 class PaymentEvent(Base):
-    """The idempotency ledger: a provider event is applied at most once."""
+    """The idempotency ledger: a provider's event is applied at most once.
+
+    Event ids are unique per provider only (a Stripe event id and a Telegram charge id live in
+    different spaces), so the constraint is on the pair.
+    """
 
     __tablename__ = "payment_events"
+    __table_args__ = (UniqueConstraint("provider", "event_id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     provider: Mapped[str] = mapped_column(String(16))
-    event_id: Mapped[str] = mapped_column(String(255), unique=True)
+    event_id: Mapped[str] = mapped_column(String(255))
     type: Mapped[str] = mapped_column(String(64))
     order_id: Mapped[int | None] = mapped_column(Integer, default=None)
     received_at: Mapped[datetime]
+
+
+class Subscription(Base):
+    """A buyer paying for a product every period; each paid period is an order of its own."""
+
+    __tablename__ = "subscriptions"
+    __table_args__ = (Index(None, "buyer_id"), Index(None, "status", "current_period_end"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    buyer_id: Mapped[int] = mapped_column(ForeignKey("buyers.id"))
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"))
+    provider: Mapped[str] = mapped_column(String(16))
+    # The order of the first period: it carries the checkout the buyer subscribed through.
+    first_order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), unique=True)
+    # The provider's handle to manage it (cancel): its first payment's reference.
+    payment_ref: Mapped[str | None] = mapped_column(String(255), default=None)
+    status: Mapped[str] = mapped_column(String(16), default=SubscriptionStatus.ACTIVE)
+    current_period_end: Mapped[datetime | None] = mapped_column(default=None)
+    cancel_at_period_end: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Delivery(Base):

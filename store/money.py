@@ -177,6 +177,7 @@ ZERO_DECIMAL = frozenset(
 # Three-decimal currencies need amounts rounded to tens in Stripe; not supported here.
 THREE_DECIMAL = frozenset(["bhd", "jod", "kwd", "omr", "tnd"])
 STARS = "xtr"  # Telegram Stars: whole stars
+MAX_AMOUNT = 99_999_999  # Stripe's per-charge ceiling, and ours for any provider
 
 
 def exponent(currency: str) -> int:
@@ -196,7 +197,7 @@ def to_minor(amount: str | Decimal, currency: str) -> int:
     minor = value.scaleb(exponent(currency))
     if minor != minor.to_integral_value():
         raise InvalidInput(f"{currency.upper()} has {exponent(currency)} decimal places")
-    if minor > 99_999_999:  # Stripe's per-charge ceiling
+    if minor > MAX_AMOUNT:
         raise InvalidInput("price is above what a card payment can take")
     return int(minor)
 

@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from store import allocation
 from store.audit import audit
 from store.buyers import dialect_insert, touch
+from store.catalogue import unit_price
 from store.db import Database
 from store.errors import (
     Blacklisted,
@@ -60,6 +61,8 @@ from store.models import (
     Product,
     ProductKind,
     Reveal,
+    Subscription,
+    SubscriptionStatus,
 )
 from store.payments import CheckoutRequest, CheckoutState, Payment, PaymentGateway
 
@@ -113,7 +116,7 @@ class CheckoutPolicy:
 @dataclass(frozen=True, slots=True)
 class CheckoutResult:
     order_id: int
-    url: str
+    url: str | None  # None: the provider put its pay button in the buyer's chat itself
     product_name: str
     quantity: int
     amount_minor: int
@@ -220,7 +223,15 @@ async def checkout(
     now = now or datetime.now(UTC)
     expires_at = now + policy.ttl
     opened = await db.write(
-        _open_order, gateway.name, buyer_id, language, product_id, quantity, policy, now, expires_at
+        _open_order,
+        (gateway.name, gateway.currency),
+        buyer_id,
+        language,
+        product_id,
+        quantity,
+        policy,
+        now,
+        expires_at,
     )
     request = CheckoutRequest(
         order_id=opened.order_id,
@@ -229,6 +240,9 @@ async def checkout(
         unit_amount_minor=opened.unit_amount_minor,
         currency=opened.currency,
         expires_at=expires_at,
+        buyer_id=buyer_id,
+        language=language,
+        every=opened.every,
     )
     try:
         started = await gateway.start_checkout(request)
@@ -257,11 +271,12 @@ class _Opened:
     product_name: str
     unit_amount_minor: int
     currency: str
+    every: str | None = None
 
 
 async def _open_order(
     session: AsyncSession,
-    provider: str,
+    pricing: tuple[str, str | None],  # the provider's name and currency
     buyer_id: int,
     language: str,
     product_id: int,
@@ -270,6 +285,7 @@ async def _open_order(
     now: datetime,
     expires_at: datetime,
 ) -> _Opened:
+    provider, provider_currency = pricing
     if await touch(session, buyer_id, language, now):
         raise Blacklisted("buyer is blacklisted")
     product = await session.get(Product, product_id)
@@ -281,6 +297,8 @@ async def _open_order(
         raise InvalidInput("quantity must be at least 1")
     if quantity > product.max_per_order:
         raise OverLimit(product.max_per_order)
+    if product.every is not None and quantity != 1:
+        raise InvalidInput("a subscription is bought one at a time")
     unpaid = await session.scalar(
         select(func.count()).where(Order.buyer_id == buyer_id, Order.status == OrderStatus.PENDING)
     )
@@ -298,12 +316,16 @@ async def _open_order(
             raise OverLimit(max(0, product.max_per_buyer - held))
     if product.kind == ProductKind.UNIQUE:
         await _check_hold(session, product.id, buyer_id, quantity, policy)
+    unit = unit_price(product.price_minor, product.prices, provider, provider_currency)
+    if unit is None:
+        raise PaymentUnavailable(f"{product.sku} is not sold through {provider}")
+    currency = provider_currency or product.currency
     order = Order(
         buyer_id=buyer_id,
         product_id=product.id,
         quantity=quantity,
-        amount_minor=product.price_minor * quantity,
-        currency=product.currency,
+        amount_minor=unit * quantity,
+        currency=currency,
         provider=provider,
         status=OrderStatus.PENDING,
         reserved_until=expires_at,
@@ -321,7 +343,7 @@ async def _open_order(
         )
         if got < quantity:
             raise OutOfStock(got)
-    return _Opened(order.id, product.name_in(language), product.price_minor, product.currency)
+    return _Opened(order.id, product.name_in(language), unit, currency, product.every)
 
 
 async def _check_hold(
@@ -365,7 +387,7 @@ async def _attach_checkout(
     session: AsyncSession,
     order_id: int,
     ref: str,
-    url: str,
+    url: str | None,
     provider_expires_at: datetime | None = None,
 ) -> None:
     order = await session.get(Order, order_id)
@@ -376,6 +398,65 @@ async def _attach_checkout(
             # The provider keeps its checkout open past our reservation (Stripe's minimum is
             # 30 minutes): reconciliation closes it at the provider when the reservation ends.
             order.check_after = order.reserved_until
+
+
+class NotPayable(StrEnum):
+    """Why an order cannot take a payment now (what a payer is told before paying)."""
+
+    UNKNOWN = "unknown"  # no such order, or not this checkout's
+    NOT_YOURS = "not_yours"  # someone else's order
+    CLOSED = "closed"  # paid, expired or cancelled already
+    EXPIRED = "expired"  # its reservation lapsed
+    SOLD_OUT = "sold_out"  # its keys are no longer held for it
+    AMOUNT = "amount"  # the payment is not the order's amount
+
+
+async def check_payable(
+    db: Database,
+    order_id: int,
+    *,
+    checkout_ref: str,
+    payer_id: int,
+    amount_minor: int,
+    currency: str,
+    now: datetime | None = None,
+) -> NotPayable | None:
+    """Whether an order may be paid now, as asked just before the money moves; None if so.
+
+    For providers that ask the shop before charging (Telegram's pre-checkout query): the
+    order must be this checkout's and this payer's, still pending within its reservation,
+    still holding its keys, and the amount must be the order's.
+    """
+
+    async def work(session: AsyncSession) -> NotPayable | None:
+        moment = now or datetime.now(UTC)
+        order = await session.get(Order, order_id)
+        if order is None or order.provider_ref != checkout_ref:
+            return NotPayable.UNKNOWN
+        if order.buyer_id != payer_id:
+            return NotPayable.NOT_YOURS
+        if order.status != OrderStatus.PENDING or order.paid_at is not None:
+            return NotPayable.CLOSED
+        if order.reserved_until <= moment:
+            return NotPayable.EXPIRED
+        if amount_minor != order.amount_minor or currency.lower() != order.currency:
+            return NotPayable.AMOUNT
+        if order.shared_key_id is None:
+            product = await session.get(Product, order.product_id)
+            if product.kind == ProductKind.SHARED:
+                held = await allocation.newest_shared_key(session, product.id) is not None
+            else:
+                reserved = await session.scalar(
+                    select(func.count()).where(
+                        Key.order_id == order.id, Key.status == KeyStatus.RESERVED
+                    )
+                )
+                held = reserved == order.quantity
+            if not held:
+                return NotPayable.SOLD_OUT
+        return None
+
+    return await db.read(work)
 
 
 # ---------------------------------------------------------------- payment
@@ -509,6 +590,117 @@ async def _stock_left(session: AsyncSession, product: Product) -> int | None:
         .subquery()
     )
     return await session.scalar(select(func.count()).select_from(capped))
+
+
+async def pay_period(
+    db: Database,
+    payment: Payment,
+    policy: OutOfStockPolicy,
+    *,
+    event: Event,
+    now: datetime | None = None,
+) -> Result:
+    """Apply a payment that may be one period of a subscription: exactly once per payment.
+
+    `payment.order_id` is the order the buyer subscribed through. Unpaid, it is the first
+    period: fulfilled like any order, and the subscription starts. Paid by another payment,
+    this is a renewal: a new order of one key is made for it, paid, and filled from stock
+    (or the out-of-stock policy applies), and the subscription runs to `payment.period_end`.
+    For a product that is not a subscription, a second payment changes nothing (UNCHANGED).
+    """
+    return await db.write(_pay_period, payment, policy, event, now or datetime.now(UTC))
+
+
+async def _pay_period(
+    session: AsyncSession, payment: Payment, policy: OutOfStockPolicy, event: Event, now: datetime
+) -> Result:
+    first = await _lock_order(session, payment.order_id)
+    if first is not None and first.provider_ref is None and first.status == OrderStatus.PENDING:
+        raise CheckoutNotRecorded(f"order {first.id} has no checkout recorded yet")
+    if not await _record_event(session, event, payment.order_id, now):
+        return Result(Outcome.DUPLICATE, payment.order_id)
+    with session.no_autoflush:
+        if first is None:
+            return Result(Outcome.UNKNOWN_ORDER, payment.order_id)
+        if not _own_checkout(first, payment.checkout_ref):
+            return Result(Outcome.FOREIGN, first.id)
+        product = await _product_for_payment(session, first.product_id)
+        if first.paid_at is None:
+            result = await _apply_payment(session, payment, policy, None, now)
+            if product.every is not None and result.outcome is not Outcome.REVIEW:
+                await _start_subscription(session, first, payment, now)
+            return result
+        if product.every is None or first.payment_ref == payment.payment_ref:
+            return Result(Outcome.UNCHANGED, first.id, first.buyer_id, product.sku)
+        subscription = await _start_subscription(session, first, payment, now)
+        subscription.current_period_end = payment.period_end
+        if subscription.status != SubscriptionStatus.ENDED:
+            subscription.status = SubscriptionStatus.ACTIVE
+        renewal = Order(
+            buyer_id=first.buyer_id,
+            product_id=product.id,
+            quantity=1,
+            amount_minor=payment.amount_minor or 0,
+            currency=(payment.currency or first.currency).lower(),
+            provider=first.provider,
+            payment_ref=payment.payment_ref,
+            status=OrderStatus.PENDING,
+            reserved_until=now,
+            check_after=now,
+            created_at=now,
+            paid_at=now,
+            paid_amount_minor=payment.amount_minor,
+            paid_currency=payment.currency,
+            subscription_id=subscription.id,
+        )
+        session.add(renewal)
+        await session.flush()
+        base = {"order_id": renewal.id, "buyer_id": renewal.buyer_id, "sku": product.sku}
+        if await _allocate(session, renewal, product):
+            renewal.status = OrderStatus.FULFILLED
+            renewal.fulfilled_at = renewal.closed_at = now
+            session.add(allocation.delivery(renewal, DeliveryKind.KEYS, now))
+            return Result(
+                Outcome.FULFILLED,
+                **base,
+                stock_left=await _stock_left(session, product),
+                low_stock_threshold=product.low_stock_threshold,
+                sold=1,
+            )
+        if policy.backorder:
+            renewal.status = OrderStatus.BACKORDERED
+            session.add(allocation.delivery(renewal, DeliveryKind.BACKORDERED, now))
+            return Result(Outcome.BACKORDERED, **base)
+        renewal.status = OrderStatus.REFUND_PENDING
+        return Result(Outcome.REFUND_DUE, **base)
+
+
+async def _start_subscription(
+    session: AsyncSession, first: Order, payment: Payment, now: datetime
+) -> Subscription:
+    """The subscription begun by its first order; made now if it is not there yet."""
+    insert = dialect_insert(session)
+    await session.execute(
+        insert(Subscription)
+        .values(
+            buyer_id=first.buyer_id,
+            product_id=first.product_id,
+            provider=first.provider,
+            first_order_id=first.id,
+            payment_ref=first.payment_ref or payment.payment_ref,
+            status=SubscriptionStatus.ACTIVE,
+            current_period_end=payment.period_end,
+            cancel_at_period_end=False,
+            created_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=[Subscription.first_order_id])
+    )
+    return await session.scalar(
+        select(Subscription)
+        .where(Subscription.first_order_id == first.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
 
 
 async def fulfil_backorders(session: AsyncSession, product_id: int, now: datetime) -> list[int]:
@@ -838,6 +1030,42 @@ async def confirm(
     return Result(Outcome.UNCHANGED, order_id)
 
 
+async def unrecorded(db: Database, provider: str, event_ids: list[str]) -> set[str]:
+    """Which of a provider's event ids the ledger lacks."""
+
+    async def work(session: AsyncSession) -> set[str]:
+        known: set[str] = set()
+        for start in range(0, len(event_ids), 500):
+            chunk = event_ids[start : start + 500]
+            known.update(
+                await session.scalars(
+                    select(PaymentEvent.event_id).where(
+                        PaymentEvent.provider == provider, PaymentEvent.event_id.in_(chunk)
+                    )
+                )
+            )
+        return set(event_ids) - known
+
+    return await db.read(work)
+
+
+async def paid_order(db: Database, order_id: int) -> Pending:
+    """A paid order whose money can go back; NotFound or OrderNotPayable (with why) if not."""
+    pending = await db.read(_pending_by_id, order_id)
+    if pending is None:
+        raise NotFound(f"no order {order_id}")
+    if pending.status == OrderStatus.REFUNDED:
+        raise OrderNotPayable(f"order {order_id} is refunded already")
+    if pending.payment_ref is None or pending.paid_amount_minor is None:
+        raise OrderNotPayable(f"order {order_id} is {pending.status}, not paid")
+    return pending
+
+
+async def order_state(db: Database, order_id: int) -> Pending | None:
+    """An order as its provider's adapter sees it: status and payment handles."""
+    return await db.read(_pending_by_id, order_id)
+
+
 async def provider_report(
     db: Database, gateways: Mapping[str, PaymentGateway], order_id: int | None
 ) -> Payment | None:
@@ -1022,7 +1250,7 @@ async def _record_event(
             order_id=order_id,
             received_at=now,
         )
-        .on_conflict_do_nothing(index_elements=[PaymentEvent.event_id])
+        .on_conflict_do_nothing(index_elements=[PaymentEvent.provider, PaymentEvent.event_id])
         .returning(PaymentEvent.id)
     )
     return inserted is not None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,12 +21,17 @@ class CheckoutRequest:
     unit_amount_minor: int
     currency: str
     expires_at: datetime
+    buyer_id: int | None = None  # whose chat an in-chat invoice goes to
+    language: str = "en"  # the buyer's, for what the provider shows them
+    every: str | None = None  # a subscription's period (store.models.Period); None: one-off
 
 
 @dataclass(frozen=True, slots=True)
 class CheckoutStarted:
     ref: str  # the provider's id for this checkout
-    url: str  # where the buyer pays
+    # Where the buyer pays; None when the provider put its own pay button in the buyer's chat
+    # (a Telegram invoice), so there is no link to show.
+    url: str | None
     expires_at: datetime | None = None  # when the provider closes it, if it says
 
 
@@ -48,10 +53,25 @@ class Payment:
     payment_ref: str | None = None  # the handle refunds use
     amount_minor: int | None = None
     currency: str | None = None
+    # For a subscription's payment: when the period it pays for ends.
+    period_end: datetime | None = None
+
+
+@runtime_checkable
+class SubscriptionGateway(Protocol):
+    """A provider that sells subscriptions, and whose subscriptions keyvend can cancel."""
+
+    periods: frozenset[str]  # the product periods (store.models.Period) it can renew
+
+    async def cancel_subscription(self, payment_ref: str) -> None:
+        """Stop renewing at the end of the period paid for; safe to repeat."""
 
 
 class PaymentGateway(Protocol):
     name: str
+    # The currency this provider charges in, priced per product in `Product.prices`; None for
+    # a provider that charges the product's own price and currency (cards).
+    currency: str | None
 
     async def start_checkout(self, request: CheckoutRequest) -> CheckoutStarted:
         """Open a checkout; the same order id must never open two."""
@@ -67,3 +87,8 @@ class PaymentGateway(Protocol):
 
     async def order_of_payment(self, payment_ref: str) -> int | None:
         """Which of this shop's orders a payment belongs to, if any."""
+
+    async def missed_payments(self) -> list[tuple[str, Payment]]:
+        """Payments the provider made that may never have reached the shop, each with its
+        ledger event id; applying one that did is a harmless duplicate. A provider whose
+        checkouts reconciliation asks about one by one returns none."""

@@ -115,8 +115,8 @@ async def test_payment_after_release_with_stock_gone_is_refunded_once(launch: La
 
         # The refund path again, every way it can recur: the job, a crashed pass that made the
         # refund but never recorded it (the same idempotency key replays it), Stripe's copy.
-        await asyncio.gather(jobs.make_refunds(shop.parts.shop), jobs.reconcile(shop.parts.shop))
-        again = await shop.parts.shop.stripe.refund(late.order_id, intent, 999)
+        await asyncio.gather(shop.parts.shop.make_owed_refunds(), jobs.reconcile(shop.parts.shop))
+        again = await shop.parts.shop.card.refund(late.order_id, intent, 999)
         assert again == refund["id"]
         await post_ok(shop, completed)
         await post_ok(shop, shop.stripe.event(completed["type"], completed["data"]["object"]))

@@ -67,6 +67,7 @@ class _Stalled:
     """A payment provider that never answers, so a checkout can be cut off mid-way."""
 
     name = "stripe"
+    currency = None
 
     async def start_checkout(self, request):
         await asyncio.Event().wait()

@@ -4,7 +4,7 @@ This module owns :class:`FakeTelegram`: a real HTTP server (aiohttp.web) that sp
 subset of the Bot API keyvend uses, so the *real* python-telegram-bot client can be pointed
 at it with ``base_url=f"{fake.url}/bot"`` and ``base_file_url=f"{fake.url}/file/bot"``.
 It records what the bot did (``sent``, ``deleted``, ``calls`` ...), lets a test act as users
-(``message``, ``press``, ``pre_checkout``, ``successful_payment``) over long polling or a
+(``message``, ``press``, ``pay``, ``pre_checkout``, ``successful_payment``) over long polling or a
 webhook, and injects deterministic faults (rate limits, 5xx, hangs, blocked users).
 
 Where Telegram's behaviour is cheap to mimic and apps commonly trip over it, the fake
@@ -435,6 +435,12 @@ class FakeTelegram:
         self.callback_answers: list[dict[str, Any]] = []
         self.pre_checkout_answers: list[dict[str, Any]] = []
         self.refunded_star_payments: list[dict[str, Any]] = []
+        # Invoices the bot issued: (chat, message id) for sendInvoice, the link for
+        # createInvoiceLink; each {"payload", "currency", "total_amount", "subscription_period"}.
+        self.invoices: dict[tuple[int, int] | str, dict[str, Any]] = {}
+        # The bot's Star transactions, oldest first, as getStarTransactions returns them.
+        self.star_transactions: list[dict[str, Any]] = []
+        self.subscription_edits: list[dict[str, Any]] = []
         self.chat_actions: list[dict[str, Any]] = []
         self.injected: list[dict[str, Any]] = []  # every update the test created
         self.webhook_deliveries: list[tuple[int, int]] = []  # (update_id, HTTP status)
@@ -512,6 +518,9 @@ class FakeTelegram:
             "sendInvoice": self._send_invoice,
             "answerPreCheckoutQuery": self._answer_pre_checkout_query,
             "refundStarPayment": self._refund_star_payment,
+            "createInvoiceLink": self._create_invoice_link,
+            "getStarTransactions": self._get_star_transactions,
+            "editUserStarSubscription": self._edit_user_star_subscription,
             "setMyCommands": self._set_my_commands,
             "deleteMyCommands": self._delete_my_commands,
             "getMyCommands": self._get_my_commands,
@@ -806,6 +815,135 @@ class FakeTelegram:
             }
         )
 
+    async def pay(
+        self,
+        user_id: int,
+        invoice: SentMessage | str,
+        *,
+        language_code: str = "en",
+        lose_update: bool = False,
+        timeout: float = 30.0,
+    ) -> dict[str, Any]:
+        """The user taps Pay on an invoice (a sendInvoice message, or a link from
+        createInvoiceLink): Telegram asks the bot (pre_checkout_query) and, if the bot says
+        yes, charges the user and sends the bot the successful_payment message.
+
+        Returns the bot's answer to the pre-checkout query, with the charge id under
+        "charge_id" when the payment went through. With `lose_update`, the money moves and
+        the transaction is listed, but the successful_payment update is never delivered:
+        as if the bot acknowledged it and died before applying it.
+        """
+        key = invoice if isinstance(invoice, str) else (invoice.chat_id, invoice.message_id)
+        issued = self.invoices.get(key)
+        if issued is None:
+            raise LookupError(f"no invoice {key!r} was issued by the bot")
+        query = self.pre_checkout(
+            user_id, issued["payload"], issued["total_amount"], issued["currency"]
+        )["pre_checkout_query"]
+        answer = await self._answer_to(query["id"], timeout)
+        if answer.get("ok") is not True:
+            return answer
+        period = issued.get("subscription_period")
+        charge_id = self.charge(
+            user_id,
+            issued["payload"],
+            issued["total_amount"],
+            issued["currency"],
+            subscription_period=period,
+            deliver=not lose_update,
+            is_recurring=bool(period),
+            is_first_recurring=bool(period),
+            language_code=language_code,
+        )
+        return {**answer, "charge_id": charge_id}
+
+    def renew(self, user_id: int, charge_id: str, *, lose_update: bool = False) -> str:
+        """Telegram charges the next period of a Stars subscription; returns the new charge id."""
+        first = self._charges[charge_id]
+        return self.charge(
+            user_id,
+            first["payload"],
+            first["total_amount"],
+            "XTR",
+            subscription_period=first["subscription_period"],
+            deliver=not lose_update,
+            is_recurring=True,
+            is_first_recurring=False,
+        )
+
+    async def _answer_to(self, query_id: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for answer in self.pre_checkout_answers:
+                if str(answer.get("pre_checkout_query_id")) == query_id:
+                    return answer
+            await asyncio.sleep(0.01)
+        raise TimeoutError(f"the bot did not answer pre-checkout query {query_id}")
+
+    def charge(
+        self,
+        user_id: int,
+        invoice_payload: str,
+        total_amount: int,
+        currency: str = "XTR",
+        *,
+        charge_id: str | None = None,
+        subscription_period: int | None = None,
+        deliver: bool = True,
+        is_recurring: bool = False,
+        is_first_recurring: bool = False,
+        language_code: str = "en",
+    ) -> str:
+        """Record a charge (and its Star transaction); send successful_payment if `deliver`."""
+        if charge_id is None:
+            charge_id = f"stxFAKE{self._rng.getrandbits(64):016x}"
+        self._charges[charge_id] = {
+            "user_id": user_id,
+            "total_amount": total_amount,
+            "payload": invoice_payload,
+            "subscription_period": subscription_period,
+            "refunded": False,
+        }
+        source: dict[str, Any] = {
+            "type": "user",
+            "transaction_type": "invoice_payment",
+            "user": self._user(user_id, "Buyer", language_code),
+            "invoice_payload": invoice_payload,
+        }
+        if subscription_period:
+            source["subscription_period"] = subscription_period
+        now = int(time.time())
+        self.star_transactions.append(
+            {"id": charge_id, "amount": total_amount, "date": now, "source": source}
+        )
+        paid: dict[str, Any] = {
+            "currency": currency,
+            "total_amount": total_amount,
+            "invoice_payload": invoice_payload,
+            "telegram_payment_charge_id": charge_id,
+            "provider_payment_charge_id": "",
+        }
+        if subscription_period:
+            paid["subscription_expiration_date"] = now + subscription_period
+            paid["is_recurring"] = is_recurring
+            paid["is_first_recurring"] = is_first_recurring
+        if deliver:
+            self._payment_message(user_id, paid, language_code)
+        return charge_id
+
+    def _payment_message(
+        self, user_id: int, paid: dict[str, Any], language_code: str = "en"
+    ) -> dict[str, Any]:
+        msg = {
+            "message_id": self._new_message_id(user_id),
+            "date": int(time.time()),
+            "chat": self._chat(user_id, "Buyer"),
+            "from": self._user(user_id, "Buyer", language_code),
+            "successful_payment": paid,
+        }
+        self._store[(user_id, msg["message_id"])] = msg
+        return self._queue({"message": msg})
+
     def successful_payment(
         self,
         user_id: int,
@@ -814,28 +952,22 @@ class FakeTelegram:
         currency: str = "XTR",
         charge_id: str | None = None,
     ) -> dict[str, Any]:
-        if charge_id is None:
-            charge_id = f"stxFAKE{self._rng.getrandbits(64):016x}"
-        self._charges[charge_id] = {
-            "user_id": user_id,
-            "total_amount": total_amount,
-            "refunded": False,
-        }
-        msg = {
-            "message_id": self._new_message_id(user_id),
-            "date": int(time.time()),
-            "chat": self._chat(user_id, "Buyer"),
-            "from": self._user(user_id, "Buyer", "en"),
-            "successful_payment": {
+        """Queue a successful_payment message; a charge id seen before is sent again as is
+        (Telegram redelivering the same update), a new one is charged first."""
+        if charge_id is None or charge_id not in self._charges:
+            charge_id = self.charge(
+                user_id, invoice_payload, total_amount, currency, charge_id=charge_id, deliver=False
+            )
+        return self._payment_message(
+            user_id,
+            {
                 "currency": currency,
                 "total_amount": total_amount,
                 "invoice_payload": invoice_payload,
                 "telegram_payment_charge_id": charge_id,
                 "provider_payment_charge_id": "",
             },
-        }
-        self._store[(user_id, msg["message_id"])] = msg
-        return self._queue({"message": msg})
+        )
 
     def _new_query_id(self) -> str:
         query_id = f"{self.bot_id}{self._next_query_id:08d}"
@@ -1317,15 +1449,7 @@ class FakeTelegram:
 
     async def _send_invoice(self, params: dict[str, Any]) -> dict[str, Any]:
         chat_id = self._chat_id(params)
-        for key in ("title", "description", "payload", "currency"):
-            if not params.get(key):
-                raise _bad_request(f"{key} is empty")
-        prices = self._json_param(params, "prices")
-        if not isinstance(prices, list) or not prices:
-            raise _bad_request("prices must be non-empty")
-        if params["currency"] == "XTR" and len(prices) != 1:
-            raise _bad_request("STARS_INVOICE_INVALID")
-        total = sum(int(p.get("amount", 0)) for p in prices)
+        total = self._check_invoice(params)
         body: dict[str, Any] = {
             "invoice": {
                 "title": params["title"],
@@ -1341,7 +1465,60 @@ class FakeTelegram:
         msg = self._bot_message(chat_id, body)
         text = f"{params['title']}\n{params['description']}"
         self._accept("sendInvoice", chat_id, msg["message_id"], text, params, [], text)
+        self.invoices[(chat_id, msg["message_id"])] = self._invoice(params, total)
         return msg
+
+    def _check_invoice(self, params: dict[str, Any]) -> int:
+        """Telegram's checks on an invoice; returns its total."""
+        for key in ("title", "description", "payload", "currency"):
+            if not params.get(key):
+                raise _bad_request(f"{key} is empty")
+        if len(str(params["payload"]).encode()) > 128:
+            raise _bad_request("INVOICE_PAYLOAD_INVALID")
+        prices = self._json_param(params, "prices")
+        if not isinstance(prices, list) or not prices:
+            raise _bad_request("prices must be non-empty")
+        if params["currency"] == "XTR" and (len(prices) != 1 or params.get("provider_token")):
+            raise _bad_request("STARS_INVOICE_INVALID")
+        return sum(int(p.get("amount", 0)) for p in prices)
+
+    @staticmethod
+    def _invoice(params: dict[str, Any], total: int) -> dict[str, Any]:
+        return {
+            "payload": params["payload"],
+            "currency": params["currency"],
+            "total_amount": total,
+            "subscription_period": params.get("subscription_period"),
+        }
+
+    async def _create_invoice_link(self, params: dict[str, Any]) -> str:
+        total = self._check_invoice(params)
+        period = params.get("subscription_period")
+        if period is not None:
+            if period != 2592000 or params["currency"] != "XTR":
+                raise _bad_request("SUBSCRIPTION_PERIOD_INVALID")
+            if total > 10000:
+                raise _bad_request("STARS_INVOICE_INVALID")
+        link = f"https://t.me/$fake{self._rng.getrandbits(48):012x}"
+        self.invoices[link] = self._invoice(params, total)
+        return link
+
+    async def _get_star_transactions(self, params: dict[str, Any]) -> dict[str, Any]:
+        offset = int(params.get("offset") or 0)
+        limit = int(params.get("limit") or 100)
+        if not 1 <= limit <= 100 or offset < 0:
+            raise _bad_request("LIMIT_INVALID")
+        return {"transactions": self.star_transactions[offset : offset + limit]}
+
+    async def _edit_user_star_subscription(self, params: dict[str, Any]) -> bool:
+        charge = self._charges.get(str(params.get("telegram_payment_charge_id") or ""))
+        if charge is None or charge["user_id"] != self._int_param(params, "user_id"):
+            raise _bad_request("CHARGE_NOT_FOUND")
+        if not charge.get("subscription_period"):
+            raise _bad_request("SUBSCRIPTION_ID_INVALID")
+        charge["canceled"] = bool(params.get("is_canceled"))
+        self.subscription_edits.append(params)
+        return True
 
     def _editable(self, params: dict[str, Any]) -> tuple[int, int, dict[str, Any]]:
         if params.get("inline_message_id"):
@@ -1452,6 +1629,19 @@ class FakeTelegram:
             if charge["refunded"]:
                 raise _bad_request("CHARGE_ALREADY_REFUNDED")
             charge["refunded"] = True
+            self.star_transactions.append(
+                {
+                    "id": charge_id,
+                    "amount": charge["total_amount"],
+                    "date": int(time.time()),
+                    "receiver": {
+                        "type": "user",
+                        "transaction_type": "invoice_payment",
+                        "user": self._user(user_id, "Buyer", "en"),
+                        "invoice_payload": charge["payload"],
+                    },
+                }
+            )
         self.refunded_star_payments.append(params)
         return True
 

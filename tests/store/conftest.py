@@ -27,6 +27,7 @@ class FakeGateway:
     """An in-memory payment provider with the behaviour the state machine relies on."""
 
     name: str = "fake"
+    currency: str | None = None
     unavailable: bool = False
     requests: dict[int, CheckoutRequest] = field(default_factory=dict)
     states: dict[int, CheckoutState] = field(default_factory=dict)

@@ -1,9 +1,11 @@
-"""`POST /stripe/webhook`: Stripe's signed events, turned into order transitions.
+"""`POST /stripe/webhook`: Stripe's signed events, turned into the shop's use cases.
 
-The route reads at most 1 MiB of raw body, verifies the `Stripe-Signature` header on it
+Half of the Stripe adapter (bot/stripe_gateway.py is the other): everything that knows what a
+Stripe event or Checkout Session looks like is here, and what it means for an order is one
+call of the service layer (`Shop`). The route reads at most 1 MiB of raw body, verifies the `Stripe-Signature` header on it
 (HMAC-SHA256, 300 s tolerance either way: the SDK refuses only old timestamps, so one dated
 in the future is refused here) before parsing anything, and applies the event through one
-store function whose transaction also records the event id. It answers 2xx only after that
+service call whose transaction also records the event id. It answers 2xx only after that
 commit, so a crash before it makes Stripe send the event again, and a repeat changes
 nothing. Bad input is a 4xx with a one-line reason, never a 5xx; unknown event types and
 sessions that are not keyvend's are acknowledged and ignored. An event that names one of our
@@ -23,10 +25,7 @@ from typing import Any
 import stripe
 from aiohttp import web
 
-from handlers.alerts import AlertKind, AlertText
 from handlers.context import SHOP, Shop
-from handlers.i18n import t
-from store import orders
 from store.errors import CheckoutNotRecorded, PaymentUnavailable
 from store.orders import Event, Outcome, Result
 from store.payments import CheckoutState, Payment
@@ -158,10 +157,8 @@ async def stripe_webhook(request: web.Request) -> web.Response:
         return _reply(503, "Stripe is unreachable; retry later")
     except CheckoutNotRecorded:
         return _reply(503, "the order's checkout is not recorded yet; retry later")
-    if result is not None:
-        if result.outcome in (Outcome.FOREIGN, Outcome.UNKNOWN_ORDER):
-            _ignored(shop, event, result)
-        shop.settled(result)
+    if result is not None and result.outcome in (Outcome.FOREIGN, Outcome.UNKNOWN_ORDER):
+        _ignored(shop, event, result)
     outcome = result.outcome.value if result else "ignored"
     shop.counters.count(
         "keyvend_webhook_events_total", type=str(event.get("type"))[:64], outcome=outcome
@@ -186,28 +183,24 @@ async def _apply(shop: Shop, event: dict[str, Any]) -> Result | None:
             if payment is None:
                 return None
             if payment.state is CheckoutState.AWAITING:
-                return await orders.awaiting_payment(
-                    shop.db,
-                    payment.order_id,
-                    checkout_ref=payment.checkout_ref,
-                    event=ledger,
-                    recheck_after=shop.checkout_policy.ttl * 12,
+                return await shop.awaiting_payment(
+                    payment.order_id, checkout_ref=payment.checkout_ref, event=ledger
                 )
             if payment.state is not CheckoutState.PAID:
                 raise BadEvent(f"{kind} for a session that is {obj.get('status')}")
             for pause in _RECORDING_WAITS:
                 try:
-                    return await orders.fulfil(shop.db, payment, shop.stock_policy, event=ledger)
+                    return await shop.fulfil(payment, ledger)
                 except CheckoutNotRecorded:
                     await asyncio.sleep(pause)
-            return await orders.fulfil(shop.db, payment, shop.stock_policy, event=ledger)
+            return await shop.fulfil(payment, ledger)
         case "checkout.session.expired" | "checkout.session.async_payment_failed":
             payment = payment_from_session(obj)
             if payment is None:
                 return None
             state = CheckoutState.EXPIRED if kind.endswith("expired") else CheckoutState.FAILED
-            return await orders.close_unpaid(
-                shop.db, payment.order_id, state, checkout_ref=payment.checkout_ref, event=ledger
+            return await shop.close_unpaid(
+                payment.order_id, state, checkout_ref=payment.checkout_ref, event=ledger
             )
         case "charge.refunded":
             amount, refunded = obj.get("amount"), obj.get("amount_refunded")
@@ -215,52 +208,19 @@ async def _apply(shop: Shop, event: dict[str, Any]) -> Result | None:
                 isinstance(amount, int) and isinstance(refunded, int) and refunded >= amount
             )
             metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-            named = _order_id(metadata.get("order_id"))
-            payment_ref = _ref(obj.get("payment_intent"))
-
-            async def refund(paid: Payment | None) -> Result:
-                return await orders.record_refund(
-                    shop.db, named, payment_ref=payment_ref, full=full, event=ledger, paid=paid
-                )
-
-            return await _verified(shop, refund)
+            return await shop.refunded(
+                _order_id(metadata.get("order_id")),
+                payment_ref=_ref(obj.get("payment_intent")),
+                full=full,
+                event=ledger,
+            )
         case "charge.dispute.created":
-            payment_ref = _ref(obj.get("payment_intent"))
-
-            async def dispute(paid: Payment | None, named: int | None = None) -> Result:
-                found = await orders.record_dispute(
-                    shop.db,
-                    named,
-                    payment_ref=payment_ref,
-                    blacklist=shop.blacklist_on_dispute,
-                    event=ledger,
-                    paid=paid,
-                )
-                if found.result.outcome is Outcome.DISPUTED:
-                    shop.notifier.alert(AlertKind.DISPUTE, _dispute_alert(found, obj))
-                return found.result
-
-            result = await dispute(None)
-            if result.outcome is Outcome.UNKNOWN_ORDER and payment_ref:
-                # A dispute carries no order id: the payment's metadata names the order (a
-                # hint only: the order's own checkout must confirm the payment is its own).
-                named = await shop.stripe.order_of_payment(payment_ref)
-                result = await _verified(shop, lambda paid: dispute(paid, named))
-            return result
+            return await shop.disputed(
+                payment_ref=_ref(obj.get("payment_intent")),
+                event=ledger,
+                reason=str(obj.get("reason")),
+            )
     return None
-
-
-async def _verified(shop: Shop, record) -> Result:
-    """Record a refund or dispute; if its order's payment is not recorded yet (the payment
-    event is late or lost), ask Stripe about the order's own checkout and record it with
-    that report, so a payment of another integration never touches our order."""
-    result = await record(None)
-    if result.outcome is Outcome.UNVERIFIED:
-        paid = await orders.provider_report(shop.db, shop.gateways, result.order_id)
-        result = await record(paid)
-        if result.outcome is Outcome.UNVERIFIED:  # no checkout to ask about
-            result = Result(Outcome.FOREIGN, result.order_id)
-    return result
 
 
 def _ignored(shop: Shop, event: dict[str, Any], result: Result) -> None:
@@ -289,30 +249,6 @@ def _signed_at(header: str) -> int:
     `t`), once the SDK has verified the signature over it."""
     items = [item.split("=", 2) for item in header.split(",")]
     return int(next(item[1] for item in items if item[0] == "t"))
-
-
-def _dispute_alert(dispute: orders.DisputeResult, obj: dict[str, Any]) -> AlertText:
-    result, reason = dispute.result, str(obj.get("reason"))[:40]
-
-    def text(language: str) -> str:
-        lines = [
-            t(
-                language,
-                "Dispute on order #{order} by buyer {buyer}: reason {reason}.",
-                order=result.order_id,
-                buyer=result.buyer_id,
-                reason=reason,
-            ),
-            t(language, "Key reveals (evidence):")
-            if dispute.reveals
-            else t(language, "The keys were never shown to the buyer."),
-        ]
-        lines += [f"- {r.at:%Y-%m-%d %H:%M:%S} UTC, {r.how}" for r in dispute.reveals]
-        if dispute.blacklisted:
-            lines.append(t(language, "The buyer is now blocked from buying."))
-        return "\n".join(lines)
-
-    return text
 
 
 def _reply(status: int, reason: str) -> web.Response:

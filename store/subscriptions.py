@@ -1,0 +1,192 @@
+"""Subscriptions as their buyers and the jobs see them: listing, cancelling, lapsing.
+
+A subscription starts and renews inside the payment's own transaction (`orders.pay_period`);
+this module owns what happens between payments. Cancelling only marks it to stop at the end
+of the period paid for (the provider is told by the caller); a subscription whose period
+ended without a renewal, beyond a grace for a late payment, ends, and its buyer is told
+through the outbox.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from store import allocation
+from store.db import Database
+from store.errors import NotFound, OrderNotPayable
+from store.models import (
+    DeliveryKind,
+    Key,
+    KeyStatus,
+    Order,
+    Product,
+    ProductKind,
+    Subscription,
+    SubscriptionStatus,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionView:
+    id: int
+    sku: str
+    product_name: str
+    every: str | None
+    provider: str
+    status: SubscriptionStatus
+    current_period_end: datetime | None
+    cancel_at_period_end: bool
+    periods_paid: int
+
+
+@dataclass(frozen=True, slots=True)
+class ToCancel:
+    """What the provider needs to stop renewing a subscription."""
+
+    id: int
+    provider: str
+    payment_ref: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RenewalShortage:
+    """A product whose stock will not cover the renewals due soon."""
+
+    sku: str
+    due: int  # renewals due within the window
+    available: int  # keys available now
+
+
+async def renewals_short(
+    db: Database, *, within: timedelta, now: datetime | None = None
+) -> list[RenewalShortage]:
+    """Products whose available keys are fewer than their subscriptions renewing within
+    `within` (ones cancelled to stop at the period's end do not count)."""
+
+    async def work(session: AsyncSession) -> list[RenewalShortage]:
+        horizon = (now or datetime.now(UTC)) + within
+        due_rows = await session.execute(
+            select(Product, func.count(Subscription.id))
+            .join(Subscription, Subscription.product_id == Product.id)
+            .where(
+                Subscription.status != SubscriptionStatus.ENDED,
+                Subscription.cancel_at_period_end.is_(False),
+                Subscription.current_period_end <= horizon,
+            )
+            .group_by(Product.id)
+            .order_by(Product.sku)
+        )
+        short = []
+        for product, due in due_rows.all():
+            capped = (
+                select(Key.id)
+                .where(Key.product_id == product.id, Key.status == KeyStatus.AVAILABLE)
+                .limit(1 if product.kind == ProductKind.SHARED else due)
+                .subquery()
+            )
+            available = await session.scalar(select(func.count()).select_from(capped))
+            if product.kind == ProductKind.SHARED:
+                available = due if available else 0
+            if available < due:
+                short.append(RenewalShortage(product.sku, due, available))
+        return short
+
+    return await db.read(work)
+
+
+async def buyer_subscriptions(db: Database, buyer_id: int, language: str) -> list[SubscriptionView]:
+    """A buyer's subscriptions, newest first, with how many periods each has paid."""
+
+    async def work(session: AsyncSession) -> list[SubscriptionView]:
+        renewals = (
+            select(func.count())
+            .where(Order.subscription_id == Subscription.id, Order.paid_at.is_not(None))
+            .scalar_subquery()
+        )
+        rows = await session.execute(
+            select(Subscription, Product, renewals)
+            .join(Product, Product.id == Subscription.product_id)
+            .where(Subscription.buyer_id == buyer_id)
+            .order_by(Subscription.id.desc())
+            .limit(20)
+        )
+        return [
+            SubscriptionView(
+                id=s.id,
+                sku=p.sku,
+                product_name=p.name_in(language),
+                every=p.every,
+                provider=s.provider,
+                status=SubscriptionStatus(s.status),
+                current_period_end=s.current_period_end,
+                cancel_at_period_end=s.cancel_at_period_end,
+                periods_paid=1 + n,
+            )
+            for s, p, n in rows
+        ]
+
+    return await db.read(work)
+
+
+async def to_cancel(db: Database, subscription_id: int, buyer_id: int) -> ToCancel:
+    """One of the buyer's own running subscriptions; NotFound for anyone else's."""
+
+    async def work(session: AsyncSession) -> ToCancel:
+        s = await session.get(Subscription, subscription_id)
+        if s is None or s.buyer_id != buyer_id:
+            raise NotFound("no such subscription")
+        if s.status == SubscriptionStatus.ENDED:
+            raise OrderNotPayable("this subscription has ended already")
+        return ToCancel(s.id, s.provider, s.payment_ref)
+
+    return await db.read(work)
+
+
+async def mark_cancelled(db: Database, subscription_id: int) -> None:
+    """The provider will not renew it: it runs to the end of the period paid for."""
+
+    async def work(session: AsyncSession) -> None:
+        s = await session.get(Subscription, subscription_id)
+        if s is not None:
+            s.cancel_at_period_end = True
+
+    await db.write(work)
+
+
+async def end_lapsed(
+    db: Database, *, grace: timedelta, now: datetime | None = None, limit: int = 100
+) -> list[int]:
+    """End the subscriptions whose paid period ran out `grace` ago without a renewal, and
+    queue each buyer's notice; return their ids."""
+
+    async def work(session: AsyncSession) -> list[int]:
+        moment = now or datetime.now(UTC)
+        lapsed = (
+            await session.scalars(
+                select(Subscription)
+                .where(
+                    Subscription.status != SubscriptionStatus.ENDED,
+                    Subscription.current_period_end < moment - grace,
+                )
+                .order_by(Subscription.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        for s in lapsed:
+            s.status = SubscriptionStatus.ENDED
+            s.ended_at = moment
+            latest = await session.scalar(
+                select(Order)
+                .where((Order.subscription_id == s.id) | (Order.id == s.first_order_id))
+                .order_by(Order.id.desc())
+                .limit(1)
+            )
+            session.add(allocation.delivery(latest, DeliveryKind.SUBSCRIPTION_ENDED, moment))
+        return [s.id for s in lapsed]
+
+    return await db.write(work)
