@@ -262,10 +262,11 @@ async def download(request: web.Request) -> web.Response:
     sheet = await clients.take_download(
         shop.db, shop.vault, request.match_info["token"], ip=request.remote or "", caller=caller
     )
-    if form == "csv":
-        body, content_type = sheets.csv_bytes(sheet), sheets.CSV
-    else:
-        body, content_type = await asyncio.to_thread(sheets.xlsx, sheet), sheets.XLSX
+    # Off the event loop, CSV too: 10,000 rows would hold up every other request.
+    build, content_type = (
+        (sheets.csv_bytes, sheets.CSV) if form == "csv" else (sheets.xlsx, sheets.XLSX)
+    )
+    body = await asyncio.to_thread(build, sheet)
     return web.Response(
         body=body,
         content_type=content_type,
