@@ -48,8 +48,10 @@ from store.models import Key
 
 NAME = "bulk-order"
 QUANTITY = 10_000
-GOAL = 0.02
-FORMATS = ("xlsx", "csv")
+# The .xlsx is bounded by openpyxl writing 30,000 cells (about 0.25 s of the whole with
+# lxml); the .csv by the two transactions and decrypting the keys.
+GOALS = {"xlsx": 0.08, "csv": 0.25}
+FORMATS = tuple(GOALS)
 
 
 def _name(form: str) -> str:
@@ -60,7 +62,7 @@ async def run(ctx: Context) -> list[Row]:
     try:
         return await bulk_order(ctx)
     except Exception as exc:  # noqa: BLE001 - the table still gets its line
-        return [failed_row(_name(form), f"≥ {GOAL:.2f}", exc) for form in FORMATS]
+        return [failed_row(_name(form), f"≥ {GOALS[form]:.2f}", exc) for form in FORMATS]
 
 
 async def bulk_order(ctx: Context) -> list[Row]:
@@ -112,8 +114,8 @@ async def bulk_order(ctx: Context) -> list[Row]:
                     f"raw executemany {QUANTITY / raw:,.0f} rows/s ({ms(raw)})"
                 ),
                 ratio=ratio,
-                goal=f"≥ {GOAL:.2f}",
-                passed=ratio >= GOAL,
+                goal=f"≥ {GOALS[form]:.2f}",
+                passed=ratio >= GOALS[form],
                 notes=[
                     (
                         f"`keyvend run` subprocess over HTTP: POST /api/v1/orders for {QUANTITY:,} keys, "
