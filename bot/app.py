@@ -52,6 +52,7 @@ from bot.telegram_api import AiohttpRequest, SendPace
 from handlers import (
     admin,
     admin_buyers,
+    admin_clients,
     admin_orders,
     admin_products,
     admin_reports,
@@ -167,6 +168,8 @@ def add_handlers(application: Application) -> None:
             CommandHandler("audit", admin_buyers.show_audit),
             CommandHandler("order", admin_orders.order),
             CommandHandler("find", admin_orders.find),
+            CommandHandler("clients", admin_clients.show_clients),
+            CommandHandler("client", admin_clients.client),
             CommandHandler("language", language.language),
             CallbackQueryHandler(buyer.show_catalogue, pattern=r"^cat$"),
             # After the catalogue button, which a button without data has always reached.
