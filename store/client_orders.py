@@ -49,6 +49,7 @@ MAX_QUANTITY = 10_000
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, as Stripe allows
 _INT32 = 2**31 - 1  # orders.amount_minor
 EVENT_FULFILLED = "order.fulfilled"
+# The statuses in which the order's keys are the client's: only then may a link serve them.
 HOLDS_KEYS = (OrderStatus.FULFILLED, OrderStatus.DISPUTED)
 
 
