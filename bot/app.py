@@ -54,6 +54,7 @@ from bot.telegram_api import AiohttpRequest, SendPace
 from handlers import (
     admin,
     admin_buyers,
+    admin_clients,
     admin_orders,
     admin_products,
     admin_reports,
@@ -173,6 +174,8 @@ def add_handlers(application: Application) -> None:
             CommandHandler("audit", admin_buyers.show_audit),
             CommandHandler("order", admin_orders.order),
             CommandHandler("find", admin_orders.find),
+            CommandHandler("clients", admin_clients.show_clients),
+            CommandHandler("client", admin_clients.client),
             CommandHandler("language", language.language),
             CommandHandler("refund", admin.refund),
             PreCheckoutQueryHandler(stars.pre_checkout),

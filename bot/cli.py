@@ -24,7 +24,7 @@ from bot.settings import ConfigError, Settings, load_settings
 from handlers.i18n import LANGUAGES
 from handlers.stars_invoice import MAX_STARS, MAX_SUBSCRIPTION_STARS
 from handlers.stars_invoice import PROVIDER as STARS_PROVIDER
-from store import catalogue, clients, inventory, reports
+from store import catalogue, client_orders, clients, inventory, reports
 from store.catalogue import ProductChanges
 from store.check import KEY_SAMPLE, check
 from store.crypto import KeyVault, KeyVaultError
@@ -389,7 +389,7 @@ async def cmd_client_disable(settings: Settings, args: argparse.Namespace) -> in
 
 async def cmd_client_review(settings: Settings, args: argparse.Namespace) -> int:
     async def work(db: Database, _: KeyVault) -> int:
-        status = await clients.decide_review(
+        status = await client_orders.decide_review(
             db, args.order, approve=args.approve, email=settings.smtp_url is not None
         )
         print(f"order {args.order} is {status}")

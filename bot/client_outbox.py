@@ -33,7 +33,7 @@ from handlers import sheets
 from handlers.alerts import AlertKind
 from handlers.context import Shop
 from handlers.i18n import t
-from store import client_outbox, clients
+from store import client_downloads, client_outbox
 from store.client_outbox import Dispatch, Done, Outcome
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,9 @@ class ClientOutboxWorker:
     async def _mail(self, job: Dispatch) -> None:
         if self._smtp is None or not job.email:
             raise RuntimeError("no SMTP server or no address")
-        sheet = await clients.order_sheet(self._shop.db, self._shop.vault, job.event.order_id)
+        sheet = await client_downloads.order_sheet(
+            self._shop.db, self._shop.vault, job.event.order_id
+        )
         attachment = await asyncio.to_thread(sheets.xlsx, sheet)
         message = EmailMessage()
         message["From"] = self._smtp.sender

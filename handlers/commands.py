@@ -59,6 +59,12 @@ ADMIN_COMMANDS = (
     Command("unban", "USER", lambda lang: t(lang, "let a banned buyer buy again")),
     Command("banned", "", lambda lang: t(lang, "the banned buyers")),
     Command("audit", "", lambda lang: t(lang, "the latest admin actions")),
+    Command("clients", "", lambda lang: t(lang, "the API's business clients and their balances")),
+    Command(
+        "client",
+        "add|topup|token|disable NAME ...",
+        lambda lang: t(lang, "manage a business client (/client alone explains)"),
+    ),
 )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from store.clients import MAX_QUANTITY
+from store.client_orders import MAX_QUANTITY
 
 
 def _error(description: str) -> dict[str, Any]:

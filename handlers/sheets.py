@@ -12,7 +12,7 @@ import io
 from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
 
-from store.clients import Sheet
+from store.client_downloads import Sheet
 
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 CSV = "text/csv"
