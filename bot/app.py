@@ -55,6 +55,7 @@ from handlers import (
     admin_orders,
     admin_products,
     admin_reports,
+    admin_review,
     buyer,
     commands,
     language,
@@ -167,6 +168,7 @@ def add_handlers(application: Application) -> None:
             CommandHandler("audit", admin_buyers.show_audit),
             CommandHandler("order", admin_orders.order),
             CommandHandler("find", admin_orders.find),
+            CommandHandler("review", admin_review.show_queue),
             CommandHandler("language", language.language),
             CallbackQueryHandler(buyer.show_catalogue, pattern=r"^cat$"),
             # After the catalogue button, which a button without data has always reached.
@@ -178,6 +180,7 @@ def add_handlers(application: Application) -> None:
             CallbackQueryHandler(admin_orders.open_order, pattern=r"^ao:\d{1,9}$"),
             CallbackQueryHandler(admin_orders.resend_keys, pattern=r"^ar:\d{1,9}$"),
             CallbackQueryHandler(admin_orders.ban_buyer, pattern=r"^ab:\d{1,9}$"),
+            CallbackQueryHandler(admin_review.decide, pattern=r"^rv:[ar]:\d{1,9}$"),
             CallbackQueryHandler(buyer.show_category, pattern=r"^cg:\d{1,3}:\d{1,4}$"),
             CallbackQueryHandler(buyer.show_product, pattern=r"^p:\d{1,9}:\d{1,3}$"),
             CallbackQueryHandler(buyer.pay, pattern=r"^pay:\d{1,9}:\d{1,3}$"),
