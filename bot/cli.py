@@ -172,6 +172,9 @@ async def cmd_product_edit(settings: Settings, args: argparse.Namespace) -> int:
         prices=_provider_prices(args, remove_with_zero=True),
         category=args.category,
         allocation=Allocation(args.allocation) if args.allocation else None,
+        review_quantity=args.review_quantity,
+        review_amount=args.review_amount,
+        auto_replace=args.auto_replace,
     )
     if changes == ProductChanges(language=args.lang):
         raise Failure(
@@ -489,6 +492,24 @@ def _parser() -> argparse.ArgumentParser:
     edit.add_argument("--stars", type=int, help="price in Telegram Stars; 0: not sold for Stars")
     edit.add_argument("--category", help='"" removes the category')
     edit.add_argument("--allocation", choices=[a.value for a in Allocation])
+    edit.add_argument(
+        "--review-quantity",
+        type=int,
+        help="orders of this many keys or more wait in /review; 0: off",
+    )
+    edit.add_argument(
+        "--review-amount",
+        help="orders worth this much or more wait in /review, e.g. 100.00; 0: off",
+    )
+    replace = edit.add_mutually_exclusive_group()
+    replace.add_argument(
+        "--auto-replace",
+        dest="auto_replace",
+        action="store_true",
+        default=None,
+        help="replace a reported key without an admin, once per order",
+    )
+    replace.add_argument("--no-auto-replace", dest="auto_replace", action="store_false")
     sale = edit.add_mutually_exclusive_group()
     sale.add_argument(
         "--active", dest="active", action="store_true", default=None, help="put on sale"

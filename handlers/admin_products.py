@@ -32,7 +32,7 @@ NEW_SKU, NEW_NAME, NEW_PRICE, NEW_KIND, NEW_TEMPLATE = range(20, 25)
 
 PRODUCTS = "apl"
 # Fields an admin edits by typing a value; name and description also carry a language.
-TYPED_FIELDS = ("name", "desc", "price", "limits", "low", "tpl", "cat")
+TYPED_FIELDS = ("name", "desc", "price", "limits", "low", "tpl", "cat", "review")
 
 
 def product_data(product_id: int) -> str:
@@ -116,6 +116,10 @@ def product_card(p: ProductView, language: str) -> render.Screen:
             allocation=_allocation_name(p.allocation, language),
         ),
         t(language, "Template: {template}", template=_e(p.delivery_template) or none),
+        t(language, "Review from: {thresholds}", thresholds=_thresholds(p, language) or none),
+        t(language, "Reported keys: replaced automatically, once per order")
+        if p.auto_replace
+        else t(language, "Reported keys: an admin decides"),
         t(language, "On sale") if p.active else t(language, "⏸ Paused"),
     ]
 
@@ -147,6 +151,15 @@ def product_card(p: ProductView, language: str) -> render.Screen:
             ),
         ],
         [
+            button(t(language, "Review thresholds"), "review"),
+            button(
+                t(language, "Auto-replace: turn off")
+                if p.auto_replace
+                else t(language, "Auto-replace: turn on"),
+                "autorep",
+            ),
+        ],
+        [
             button(
                 t(language, "⏸ Pause sales") if p.active else t(language, "▶️ Resume sales"), "sale"
             )
@@ -154,6 +167,16 @@ def product_card(p: ProductView, language: str) -> render.Screen:
         [InlineKeyboardButton(t(language, "« Products"), callback_data=PRODUCTS)],
     ]
     return render.Screen("\n".join(lines), InlineKeyboardMarkup(rows))
+
+
+def _thresholds(p: ProductView, language: str) -> str:
+    """The product's review thresholds, e.g. "4 keys / $50.00" ("" for none)."""
+    parts = []
+    if p.review_quantity:
+        parts.append(t(language, "{n} keys", n=p.review_quantity))
+    if p.review_amount_minor:
+        parts.append(render.money(p.review_amount_minor, p.currency, language))
+    return " / ".join(parts)
 
 
 def _allocation_name(allocation: str, language: str) -> str:
@@ -191,6 +214,14 @@ def _prompt(field: str, p: ProductView, edit_language: str, language: str) -> st
         case "low":
             return t(
                 language, "Send the stock level at which to alert about {sku}, e.g. 5.", sku=sku
+            )
+        case "review":
+            return t(
+                language,
+                "Send the review thresholds of {sku}: a number of keys and, optionally, an "
+                "amount, e.g. 5 or 5 100.00; orders at or above either wait in /review "
+                "(0 switches one off).",
+                sku=sku,
             )
         case "tpl":
             return t(
@@ -256,8 +287,10 @@ async def edit_field(update: Update, context: KeyvendContext) -> int:
     product = await _pressed_product(update, context)
     if product is None:
         return ConversationHandler.END
-    if field in ("alloc", "sale"):
-        if field == "alloc":
+    if field in ("alloc", "sale", "autorep"):
+        if field == "autorep":
+            changes = ProductChanges(auto_replace=not product.auto_replace)
+        elif field == "alloc":
             changes = ProductChanges(
                 allocation=Allocation.RANDOM
                 if product.allocation == Allocation.OLDEST
@@ -326,6 +359,11 @@ def _changes(field: str, edit_language: str, value: str) -> ProductChanges:
             return ProductChanges(low_stock_threshold=_numbers(value, 1, 1)[0])
         case "tpl":
             return ProductChanges(delivery_template=cleared)
+        case "review":
+            quantity, _, amount = value.partition(" ")
+            return ProductChanges(
+                review_quantity=_numbers(quantity, 1, 1)[0], review_amount=amount.strip() or None
+            )
     return ProductChanges(category=cleared)
 
 

@@ -347,8 +347,8 @@ class Shop:
                 AlertKind.REVIEW,
                 lambda lang: t(
                     lang,
-                    "Order #{order} ({sku}) was paid a different amount or currency than "
-                    "ordered: held for review, no keys sent.",
+                    "Order #{order} ({sku}) is paid and held for review, no keys sent: "
+                    "approve or reject it in /review.",
                     order=order,
                     sku=sku,
                 ),

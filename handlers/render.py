@@ -386,8 +386,8 @@ def delivery(job: Job, ttl: timedelta, language: str) -> list[str]:
     return [
         t(
             language,
-            "✅ Payment received for order #{order}. The amount paid differs from the order, so "
-            "the seller will check it and get back to you.",
+            "✅ Payment received for order #{order}. The seller checks orders like this one "
+            "by hand before the keys are sent; you will hear back here.",
             order=job.order_id,
         )
     ]

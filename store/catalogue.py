@@ -46,6 +46,9 @@ class ProductView:
     every: str | None = None  # a subscription product's period
     category: str = ""
     allocation: str = Allocation.OLDEST
+    review_quantity: int | None = None  # orders of this many keys or more wait for review
+    review_amount_minor: int | None = None  # orders worth this much or more wait for review
+    auto_replace: bool = False  # a reported key is replaced without an admin, once per order
 
     def name_in(self, language: str) -> str:
         return translated(self.translations, language, "name", self.name)
@@ -112,6 +115,9 @@ class ProductChanges:
     prices: dict[str, tuple[int, str] | None] | None = None
     category: str | None = None  # "" removes the category
     allocation: Allocation | None = None
+    review_quantity: int | None = None  # 0 removes the threshold
+    review_amount: str | None = None  # in the product's currency; "0" removes the threshold
+    auto_replace: bool | None = None
 
 
 def check_sku(sku: str) -> str:
@@ -244,6 +250,17 @@ async def edit_product(
             product.category = check_category(changes.category)
         if changes.allocation is not None:
             product.allocation = Allocation(changes.allocation)
+        if changes.review_quantity is not None:
+            if changes.review_quantity < 0:
+                raise InvalidInput("review quantity must not be negative")
+            product.review_quantity = changes.review_quantity or None
+        if changes.review_amount is not None:
+            removed = changes.review_amount.strip() in ("0", "")
+            product.review_amount_minor = (
+                None if removed else to_minor(changes.review_amount, product.currency)
+            )
+        if changes.auto_replace is not None:
+            product.auto_replace = changes.auto_replace
         session.add(audit(admin_id, "product.edit", sku))
         return _view(product, stock=await _stock(session, product))
 
@@ -329,6 +346,9 @@ def _view(product: Product, *, stock: int) -> ProductView:
         every=product.every,
         category=product.category,
         allocation=product.allocation,
+        review_quantity=product.review_quantity,
+        review_amount_minor=product.review_amount_minor,
+        auto_replace=product.auto_replace,
     )
 
 

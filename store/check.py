@@ -24,6 +24,8 @@ from store.models import (
     DeliveryStatus,
     ImportBatch,
     Key,
+    KeyReport,
+    KeyReportStatus,
     KeyStatus,
     LedgerEntry,
     Order,
@@ -104,7 +106,17 @@ async def _keys_match_orders(session: AsyncSession) -> Finding:
                     Order.status.not_in((OrderStatus.PENDING, OrderStatus.REVIEW)),
                 ),
                 and_(Key.status == KeyStatus.SOLD, Order.status.not_in(_HOLDS_SOLD)),
-                and_(Key.status == KeyStatus.REVOKED, Order.status != OrderStatus.REFUNDED),
+                and_(
+                    Key.status == KeyStatus.REVOKED,
+                    Order.status != OrderStatus.REFUNDED,
+                    # A key the buyer reported and was given another for stays on the order.
+                    ~select(KeyReport.id)
+                    .where(
+                        KeyReport.key_id == Key.id,
+                        KeyReport.status == KeyReportStatus.REPLACED,
+                    )
+                    .exists(),
+                ),
             )
         )
         .order_by(Key.id)

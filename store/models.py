@@ -177,6 +177,11 @@ class Product(Base):
     created_at: Mapped[datetime]
     category: Mapped[str] = mapped_column(String(64), default="")  # "" is uncategorised
     allocation: Mapped[str] = mapped_column(String(10), default=Allocation.OLDEST)
+    # A paid order at or above either threshold waits in the admins' review queue (None: never).
+    review_quantity: Mapped[int | None] = mapped_column(Integer, default=None)
+    review_amount_minor: Mapped[int | None] = mapped_column(Integer, default=None)
+    # A reported key is replaced without an admin, once per order.
+    auto_replace: Mapped[bool] = mapped_column(Boolean, default=False)
 
     def name_in(self, language: str) -> str:
         return translated(self.translations, language, "name", self.name)
@@ -375,6 +380,41 @@ class RestockWatcher(Base):
     product_id: Mapped[int] = mapped_column(ForeignKey("products.id"), index=True)
     created_at: Mapped[datetime]
     notified_at: Mapped[datetime | None] = mapped_column(default=None)  # None: still waiting
+
+
+class KeyReportStatus(StrEnum):
+    OPEN = "open"
+    REPLACED = "replaced"  # the key was revoked and another delivered
+    REFUNDED = "refunded"  # the order's money went back
+    REJECTED = "rejected"  # the admin found nothing wrong
+
+
+class KeyReport(Base):
+    """A buyer's word that one key of their order does not work, and what became of it."""
+
+    __tablename__ = "key_reports"
+    __table_args__ = (
+        Index(None, "order_id"),
+        Index(None, "status", "id"),
+        # One open report per key: a second press while one waits changes nothing.
+        Index(
+            "uq_key_reports_open_key",
+            "key_id",
+            unique=True,
+            sqlite_where=text("status = 'open'"),
+            postgresql_where=text("status = 'open'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"))
+    key_id: Mapped[int] = mapped_column(ForeignKey("keys.id"))
+    buyer_id: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(10), default=KeyReportStatus.OPEN)
+    decided_by: Mapped[int | None] = mapped_column(BigInteger, default=None)  # None: automatic
+    decided_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime]
 
 
 class AuditEntry(Base):

@@ -524,8 +524,10 @@ async def _apply_payment(
     if (
         payment.amount_minor != order.amount_minor
         or (payment.currency or "").lower() != order.currency
+        or over_review_threshold(order, product)
     ):
-        # Keys stay reserved for the admin's decision.
+        # Keys stay reserved for the admin's decision (store/review.py): nothing but that
+        # decision moves an order out of review, so the reservation cannot lapse meanwhile.
         order.status = OrderStatus.REVIEW
         session.add(allocation.delivery(order, DeliveryKind.REVIEW, now))
         return Result(Outcome.REVIEW, **base)
@@ -547,6 +549,21 @@ async def _apply_payment(
         return Result(Outcome.BACKORDERED, **base)
     order.status = OrderStatus.REFUND_PENDING
     return Result(Outcome.REFUND_DUE, **base)
+
+
+def over_review_threshold(order: Order, product: Product) -> bool:
+    """Whether an order is at or above its product's review quantity or amount."""
+    if product.review_quantity is not None and order.quantity >= product.review_quantity:
+        return True
+    if product.review_amount_minor is None:
+        return False
+    # The threshold is in the product's currency; an order priced in another (Stars) is
+    # weighed at the product's price.
+    if order.currency == product.currency:
+        worth = order.amount_minor
+    else:
+        worth = product.price_minor * order.quantity
+    return worth >= product.review_amount_minor
 
 
 async def _allocate(session: AsyncSession, order: Order, product: Product) -> bool:

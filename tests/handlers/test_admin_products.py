@@ -99,6 +99,8 @@ async def test_a_product_card_shows_every_setting(shop: Shop) -> None:
         ("Low-stock alert", "7", "low_stock_threshold", 7),
         ("Template", "Redeem {key} on Steam", "delivery_template", "Redeem {key} on Steam"),
         ("Category", "Steam", "category", "Steam"),
+        ("Review thresholds", "5 100.00", "review", (5, 10000)),
+        ("Review thresholds", "3", "review", (3, None)),
     ],
 )
 async def test_an_admin_changes_a_product_by_tapping_and_typing(
@@ -116,6 +118,8 @@ async def test_an_admin_changes_a_product_by_tapping_and_typing(
             assert (product.price_minor, product.currency) == expected
         case "limits":
             assert (product.max_per_order, product.max_per_buyer) == expected
+        case "review":
+            assert (product.review_quantity, product.review_amount_minor) == expected
         case _:
             assert getattr(product, column) == expected
     assert (ADMIN, "product.edit", "GAME") in await edits_audited(shop)
@@ -153,6 +157,21 @@ async def test_pause_resume_and_allocation_are_one_tap_each(shop: Shop) -> None:
     assert (await product_row(shop, "GAME")).active is True
     assert "Allocation: random" in text(card) and "On sale" in text(card)
     assert [a[1] for a in await edits_audited(shop)].count("product.edit") == 3
+
+
+async def test_review_thresholds_show_on_the_card_and_auto_replace_is_one_tap(shop: Shop) -> None:
+    await stock(shop, "GAME", 1)
+    card = await open_product(shop, "GAME")
+    assert "Review from: none" in text(card)
+
+    await edit(shop, card, "Review thresholds", "4 50.00")
+    card = await open_product(shop, "GAME")
+    card = await tap(shop, ADMIN, card, card.button("Auto-replace: turn on")["callback_data"])
+
+    assert "Review from: 4 keys / $50.00" in text(card)
+    assert "Reported keys: replaced automatically, once per order" in text(card)
+    assert (await product_row(shop, "GAME")).auto_replace is True
+    assert card.button("Auto-replace: turn off")
 
 
 async def test_a_paused_product_is_not_sold(shop: Shop) -> None:
