@@ -45,6 +45,9 @@ _PAID_ENDS = (
     OrderStatus.REFUND_PENDING,
 )
 _HOLDS_SOLD = (OrderStatus.FULFILLED, OrderStatus.DISPUTED)
+# A sale whose refund is owed (an admin refunded a reported key) keeps its keys sold until
+# the refund is recorded, which revokes them.
+_MAY_HOLD_SOLD = (*_HOLDS_SOLD, OrderStatus.REFUND_PENDING)
 # Keys decrypted by a default `keyvend check`; `--full` decrypts every one.
 KEY_SAMPLE = 1000
 
@@ -105,7 +108,7 @@ async def _keys_match_orders(session: AsyncSession) -> Finding:
                     Key.status == KeyStatus.RESERVED,
                     Order.status.not_in((OrderStatus.PENDING, OrderStatus.REVIEW)),
                 ),
-                and_(Key.status == KeyStatus.SOLD, Order.status.not_in(_HOLDS_SOLD)),
+                and_(Key.status == KeyStatus.SOLD, Order.status.not_in(_MAY_HOLD_SOLD)),
                 and_(
                     Key.status == KeyStatus.REVOKED,
                     Order.status != OrderStatus.REFUNDED,
