@@ -43,34 +43,29 @@ Handler = Callable[[Update, KeyvendContext], Awaitable[object]]
 T = TypeVar("T")
 
 
-def admin_only(handler: Handler) -> Handler:
-    """Let admins through; answer anyone else as if the command did not exist."""
+def _admins_only(refuse: Handler, tried: str) -> Callable[[Handler], Handler]:
+    """A guard that lets admins through and gives anyone else `refuse`'s answer."""
 
-    @functools.wraps(handler)
-    async def guarded(update: Update, context: KeyvendContext) -> object:
-        user = update.effective_user
-        if not context.shop.is_admin(user.id if user else None):
-            log.warning("non-admin %s tried %s", user.id if user else None, handler.__name__)
-            await unknown(update, context)
-            return ConversationHandler.END
-        return await handler(update, context)
+    def guard(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def guarded(update: Update, context: KeyvendContext) -> object:
+            user = update.effective_user
+            if not context.shop.is_admin(user.id if user else None):
+                log.warning(
+                    "non-admin %s %s %s", user.id if user else None, tried, handler.__name__
+                )
+                await refuse(update, context)
+                return ConversationHandler.END
+            return await handler(update, context)
 
-    return guarded
+        return guarded
+
+    return guard
 
 
-def admin_button(handler: Handler) -> Handler:
-    """Let admins' button presses through; answer anyone else's as a button that expired."""
-
-    @functools.wraps(handler)
-    async def guarded(update: Update, context: KeyvendContext) -> object:
-        user = update.effective_user
-        if not context.shop.is_admin(user.id if user else None):
-            log.warning("non-admin %s pressed %s", user.id if user else None, handler.__name__)
-            await stale_button(update, context)
-            return ConversationHandler.END
-        return await handler(update, context)
-
-    return guarded
+# Commands answer a non-admin as if they did not exist; buttons, as if they had expired.
+admin_only = _admins_only(unknown, "tried")
+admin_button = _admins_only(stale_button, "pressed")
 
 
 def _language(update: Update) -> str:

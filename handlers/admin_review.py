@@ -9,6 +9,8 @@ at once (it is woken) and keeps trying while the provider cannot be reached.
 
 from __future__ import annotations
 
+import contextlib
+
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.constants import ParseMode
 from telegram.error import TelegramError
@@ -106,7 +108,5 @@ async def decide(update: Update, context: KeyvendContext) -> None:
         )
         return
     await query.answer(done, show_alert=True)
-    try:
+    with contextlib.suppress(TelegramError):  # the card is old or gone: the decision stands
         await query.edit_message_reply_markup(None)
-    except TelegramError:
-        pass  # the card is old or gone: the decision stands either way

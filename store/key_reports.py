@@ -17,6 +17,7 @@ I6 holds throughout: a replacement moves one key available -> sold and one sold 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -105,11 +106,9 @@ async def report(
             raise AlreadyDecided("this key has an open report already") from None
         product = await session.get(Product, order.product_id)
         if product.auto_replace and not await _auto_replaced(session, order.id):
-            try:
+            with contextlib.suppress(OutOfStock):  # no stock: an admin decides instead
                 async with session.begin_nested():
                     await _replace(session, entry.id, None, moment)
-            except OutOfStock:
-                pass  # an admin decides instead
         await session.refresh(entry)
         return ReportResult(entry.id, order.id, buyer_id, KeyReportStatus(entry.status))
 
