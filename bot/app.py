@@ -61,6 +61,7 @@ from handlers import (
     admin_review,
     buyer,
     commands,
+    key_reports,
     language,
     stars,
 )
@@ -192,7 +193,15 @@ def add_handlers(application: Application) -> None:
             CallbackQueryHandler(admin_orders.open_order, pattern=r"^ao:\d{1,9}$"),
             CallbackQueryHandler(admin_orders.resend_keys, pattern=r"^ar:\d{1,9}$"),
             CallbackQueryHandler(admin_orders.ban_buyer, pattern=r"^ab:\d{1,9}$"),
+            CallbackQueryHandler(admin_orders.ask_refund, pattern=r"^af:\d{1,9}$"),
+            CallbackQueryHandler(admin_orders.refund, pattern=r"^afy:\d{1,9}$"),
             CallbackQueryHandler(admin_review.decide, pattern=r"^rv:[ar]:\d{1,9}$"),
+            CallbackQueryHandler(key_reports.decide, pattern=r"^kd:[rfj]:\d{1,9}$"),
+            CallbackQueryHandler(key_reports.ask_reason, pattern=r"^kr:\d{1,9}:\d{1,12}$"),
+            CallbackQueryHandler(
+                key_reports.file_report,
+                pattern=r"^kr:\d{1,9}:\d{1,12}:(used|invalid|region|other)$",
+            ),
             CallbackQueryHandler(buyer.show_category, pattern=r"^cg:\d{1,3}:\d{1,4}$"),
             CallbackQueryHandler(buyer.show_product, pattern=r"^p:\d{1,9}:\d{1,3}$"),
             CallbackQueryHandler(buyer.pay, pattern=r"^pay:\d{1,9}:\d{1,3}(:[a-z]{1,16})?$"),
@@ -260,7 +269,7 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
     application = build_telegram(settings)
     webhook = settings.alert_webhook_url
     notifier = AdminNotifier(
-        lambda chat, text: application.bot.send_message(chat, text),
+        lambda chat, text, buttons: application.bot.send_message(chat, text, reply_markup=buttons),
         settings.admin_ids,
         metrics,
         languages=lambda: buyers.languages(db, settings.admin_ids),

@@ -153,10 +153,10 @@ class DeliveryWorker:
 
     async def _send(self, job: Job) -> Done | None:
         language = job.language
-        texts = render.delivery(job, self._shop.key_message_ttl, language)
+        screens = render.delivery(job, self._shop.key_message_ttl, language)
         message_ids: list[int] = []
         try:
-            for text in texts:
+            for screen in screens:
                 await self._pace(job.chat_id)
                 if (
                     datetime.now(UTC)
@@ -165,7 +165,8 @@ class DeliveryWorker:
                     return None  # lease nearly over: let whoever claims it next send it
                 message = await self._bot.send_message(
                     job.chat_id,
-                    text,
+                    screen.text,
+                    reply_markup=screen.keyboard,
                     parse_mode=ParseMode.HTML,
                     protect_content=job.kind in _KEY_KINDS,
                     link_preview_options=LinkPreviewOptions(is_disabled=True),

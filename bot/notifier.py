@@ -1,7 +1,8 @@
 """Admin alerts: one notifier for everything that needs a human, storms folded into summaries.
 
 `alert()` never blocks and never fails the caller: alerts are queued and a background task
-sends them to every admin, each in the admin's language, and, when `ALERT_WEBHOOK_URL` is
+sends them to every admin, each in the admin's language (with its buttons, if it has any),
+and, when `ALERT_WEBHOOK_URL` is
 set, POSTs them in English as Slack-compatible JSON (`{"text": ...}`), retried with backoff
 by a task of its own so a slow webhook never holds up the chats. Per kind of alert, the
 first few of a window go out as they are; the rest are only counted, and when the window
@@ -23,15 +24,16 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
+from telegram import InlineKeyboardMarkup
 
 from bot.metrics import Metrics
 from bot.waiting import wait_any
-from handlers.alerts import AlertKind, AlertText, summary
+from handlers.alerts import AlertButtons, AlertKind, AlertText, summary
 from handlers.i18n import DEFAULT
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[int, str], Awaitable[object]]
+Send = Callable[[int, str, InlineKeyboardMarkup | None], Awaitable[object]]
 # The language of each admin the shop knows (an admin it never saw gets English).
 Languages = Callable[[], Awaitable[Mapping[int, str]]]
 
@@ -72,19 +74,19 @@ class AdminNotifier:
         self._burst = burst
         self._webhook_attempts = webhook_attempts
         self._webhook_backoff = webhook_backoff
-        self._queue: list[AlertText] = []
+        self._queue: list[tuple[AlertText, AlertButtons | None]] = []
         self._windows: dict[AlertKind, _Window] = {}
         self._wake = asyncio.Event()
         self._webhook_queue: asyncio.Queue[str | None] = asyncio.Queue()
 
-    def alert(self, kind: AlertKind, text: AlertText) -> None:
+    def alert(self, kind: AlertKind, text: AlertText, buttons: AlertButtons | None = None) -> None:
         """Tell the admins (now, or counted into this window's summary of `kind`)."""
         log.info("admin alert (%s): %s", kind, text(DEFAULT).splitlines()[0])
         self._metrics.count("keyvend_alerts_total", kind=kind)
         window = self._roll(kind, time.monotonic())
         if window.sent < self._burst:
             window.sent += 1
-            self._queue.append(text)
+            self._queue.append((text, buttons))
         else:
             window.held += 1
         self._wake.set()
@@ -120,12 +122,13 @@ class AdminNotifier:
         except Exception:  # noqa: BLE001 - the database may be down: English beats no alert
             log.warning("could not read the admins' languages; alerting in English")
             languages = {}
-        for text in batch:
+        for text, buttons in batch:
             if self._webhook_url is not None:
                 self._webhook_queue.put_nowait(text(DEFAULT))
             for admin in self._admins:
+                language = languages.get(admin, DEFAULT)
                 try:
-                    await self._send(admin, text(languages.get(admin, DEFAULT)))
+                    await self._send(admin, text(language), buttons and buttons(language))
                 except Exception:  # an alert that cannot be sent must not stop the rest
                     log.warning("could not send an alert to admin %s", admin, exc_info=True)
 
@@ -136,7 +139,7 @@ class AdminNotifier:
             window = self._windows[kind] = _Window(now)
         elif force or now - window.start >= self._window:
             if window.held:
-                self._queue.append(summary(kind, window.held))
+                self._queue.append((summary(kind, window.held), None))
                 # Still storming: the next window holds from its first alert.
                 self._windows[kind] = window = _Window(now, sent=self._burst)
             elif not force:

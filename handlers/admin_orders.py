@@ -1,26 +1,38 @@
 """Admin order lookup: `/order ID`, `/find …`, and the order card's buttons (resend keys,
-ban the buyer).
+refund, ban the buyer).
 
 The card shows an order's whole story — buyer, items, payments, deliveries, reveals — but
 never a key: resending queues a delivery to the buyer, exactly like the buyer's own "show
-my keys", so a key only ever goes to its owner's chat. (A refund button waits for the
-refund service; until then /confirm and Stripe's dashboard settle money.)
+my keys", so a key only ever goes to its owner's chat. Refund asks once more before it
+returns the money through `Shop.refund` (the order's own provider, like `/refund`); two
+admins confirming at once refund once (the provider's idempotency, and the store records
+the refund once). A key is replaced from its buyer's report (handlers/key_reports.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.constants import ParseMode
+from telegram.error import TelegramError
 
 from handlers import render
 from handlers.admin import admin_button, admin_only
 from handlers.context import KeyvendContext
 from handlers.i18n import t, user_language
 from store import buyers, lookup, orders
-from store.errors import NotFound, OrderNotPayable
+from store.errors import NotFound, OrderNotPayable, PaymentUnavailable
 from store.models import OrderStatus
 
 _e = render.html.escape
+# Paid and not refunded: the statuses whose money an admin can send back from the card.
+_REFUNDABLE = (
+    OrderStatus.FULFILLED,
+    OrderStatus.DISPUTED,
+    OrderStatus.BACKORDERED,
+    OrderStatus.REFUND_PENDING,
+)
 
 
 def order_data(order_id: int) -> str:
@@ -69,6 +81,8 @@ def order_card(o: lookup.OrderCard, language: str) -> render.Screen:
         rows.append(
             [InlineKeyboardButton(t(language, "🔑 Resend keys"), callback_data=f"ar:{o.id}")]
         )
+    if o.status in _REFUNDABLE:
+        rows.append([InlineKeyboardButton(t(language, "↩️ Refund"), callback_data=f"af:{o.id}")])
     if o.buyer is not None and not o.buyer.blacklisted:
         rows.append([InlineKeyboardButton(t(language, "⛔ Ban buyer"), callback_data=f"ab:{o.id}")])
     return render.Screen("\n".join(lines), InlineKeyboardMarkup(rows) if rows else None)
@@ -189,3 +203,53 @@ async def ban_buyer(update: Update, context: KeyvendContext) -> None:
     await query.answer(
         t(language, "Buyer {buyer} is banned.", buyer=card.buyer.id), show_alert=True
     )
+
+
+@admin_button
+async def ask_refund(update: Update, context: KeyvendContext) -> None:
+    """Ask before refunding an order from its card (`af:<order>`)."""
+    query = update.callback_query
+    language = _language(update)
+    order_id = int(query.data.split(":")[1])
+    await query.answer()
+    confirm = InlineKeyboardButton(
+        t(language, "↩️ Yes, refund order #{order}", order=order_id), callback_data=f"afy:{order_id}"
+    )
+    await _reply(
+        update,
+        render.Screen(
+            t(
+                language,
+                "Refund order #{order}? The money goes back to the buyer and the keys are "
+                "revoked for good.",
+                order=order_id,
+            ),
+            InlineKeyboardMarkup([[confirm]]),
+        ),
+    )
+
+
+@admin_button
+async def refund(update: Update, context: KeyvendContext) -> None:
+    """Refund an order through its own provider, once confirmed (`afy:<order>`)."""
+    query = update.callback_query
+    language = _language(update)
+    order_id = int(query.data.split(":")[1])
+    try:
+        await context.shop.refund(order_id, admin_id=update.effective_user.id)
+    except (NotFound, OrderNotPayable, PaymentUnavailable) as exc:
+        await query.answer(
+            t(language, "Order #{order}: {reason}", order=order_id, reason=str(exc)),
+            show_alert=True,
+        )
+        return
+    await query.answer(
+        t(
+            language,
+            "Order #{order} is refunded; its keys are revoked and the buyer is told.",
+            order=order_id,
+        ),
+        show_alert=True,
+    )
+    with contextlib.suppress(TelegramError):  # the question is old or gone: the refund stands
+        await query.edit_message_reply_markup(None)

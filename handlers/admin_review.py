@@ -1,10 +1,12 @@
 """The review queue in the chat: `/review` lists the paid orders waiting for an admin, each
-with Approve (the keys go out) and Reject (the money goes back) buttons.
+with Approve (the keys go out) and Reject (the money goes back) buttons, and then the keys
+buyers reported not working (handlers/key_reports.py answers those).
 
 A decision is taken once, by the database (store/review.py): an admin who presses after
 another decided is told so, and nothing happens twice. A rejected order's money goes back
-through its own provider: the decision makes the refund owed, and the refund job makes it
-at once (it is woken) and keeps trying while the provider cannot be reached.
+through its own provider (`Shop.reject_review`): the decision makes the refund owed, and
+`Shop.refund` makes it at once; if the provider cannot be reached, the refund job keeps
+trying.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.constants import ParseMode
 from telegram.error import TelegramError
 
-from handlers import render
+from handlers import key_reports, render
 from handlers.admin import admin_button, admin_only
 from handlers.context import KeyvendContext
 from handlers.i18n import t, user_language
 from store import review
-from store.errors import NotFound, OutOfStock
+from store.errors import NotFound, OrderNotPayable, OutOfStock, PaymentUnavailable
 
 _e = render.html.escape
 _MAX_LISTED = 20
@@ -62,16 +64,18 @@ def review_card(item: review.ReviewItem, language: str) -> render.Screen:
 
 @admin_only
 async def show_queue(update: Update, context: KeyvendContext) -> None:
-    """List the orders waiting for review, one card each: `/review`."""
+    """List the orders waiting for review and the open key reports, one card each: `/review`."""
     language = _language(update)
     waiting = await review.waiting(context.shop.db, limit=_MAX_LISTED)
     chat = update.effective_chat
-    if not waiting:
-        await chat.send_message(t(language, "No orders wait for review."))
-        return
     for item in waiting:
         card = review_card(item, language)
         await chat.send_message(card.text, parse_mode=ParseMode.HTML, reply_markup=card.keyboard)
+    reported = await key_reports.send_waiting(update, context, limit=_MAX_LISTED)
+    if not waiting and not reported:
+        await chat.send_message(
+            t(language, "Nothing waits for review: no orders, no reported keys.")
+        )
 
 
 @admin_button
@@ -89,16 +93,16 @@ async def decide(update: Update, context: KeyvendContext) -> None:
             done = t(
                 language, "Order #{order} approved: its keys are on their way.", order=order_id
             )
+        elif await shop.reject_review(order_id, admin_id=admin_id):
+            done = t(language, "Order #{order} rejected and refunded.", order=order_id)
         else:
-            await review.reject(shop.db, order_id, admin_id=admin_id)
-            shop.wake_refunds()
             done = t(language, "Order #{order} rejected: the refund is under way.", order=order_id)
     except review.AlreadyDecided:
         await query.answer(
             t(language, "Order #{order} was decided already.", order=order_id), show_alert=True
         )
         return
-    except NotFound as exc:
+    except (NotFound, OrderNotPayable, PaymentUnavailable) as exc:
         await query.answer(str(exc), show_alert=True)
         return
     except OutOfStock:

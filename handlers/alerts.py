@@ -11,11 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from enum import StrEnum
 
+from telegram import InlineKeyboardMarkup
+
 from handlers.i18n import t
 
 # The alert in a given language; called once per admin (and once in English for logs and
 # the webhook). It must not hold key text: alerts are about orders.
 AlertText = Callable[[str], str]
+# Buttons under an alert, in a given language: an alert an admin can act on at once. The
+# webhook gets the text alone, and a storm's summary has none (the list the alert names has).
+AlertButtons = Callable[[str], InlineKeyboardMarkup]
 
 
 class AlertKind(StrEnum):
@@ -25,6 +30,7 @@ class AlertKind(StrEnum):
     DISPUTE = "dispute"
     LOW_STOCK = "low_stock"
     UNDELIVERABLE = "undeliverable"  # a message that carries value could not be sent
+    KEY_REPORT = "key_report"  # a buyer says a key does not work
 
     def label(self, language: str) -> str:
         """The kind in the seller's words, for a storm's summary."""
@@ -41,6 +47,8 @@ class AlertKind(StrEnum):
                 return t(language, "low stock")
             case AlertKind.UNDELIVERABLE:
                 return t(language, "failed deliveries")
+            case AlertKind.KEY_REPORT:
+                return t(language, "keys reported not working")
 
 
 def summary(kind: AlertKind, count: int) -> AlertText:

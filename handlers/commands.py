@@ -53,7 +53,9 @@ ADMIN_COMMANDS = (
     Command("export", "[from] [to]", lambda lang: t(lang, "the orders as a spreadsheet")),
     Command("order", "ID", lambda lang: t(lang, "an order's card")),
     Command("find", "ORDER | BUYER | @username | KEY", lambda lang: t(lang, "find orders")),
-    Command("review", "", lambda lang: t(lang, "paid orders waiting for approval")),
+    Command(
+        "review", "", lambda lang: t(lang, "orders waiting for approval, keys reported not working")
+    ),
     Command("confirm", "ORDER", lambda lang: t(lang, "ask Stripe about an order and settle it")),
     Command("refund", "ORDER", lambda lang: t(lang, "return the money and revoke the keys")),
     Command("ban", "USER [reason]", lambda lang: t(lang, "stop a buyer from buying")),

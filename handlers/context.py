@@ -20,13 +20,15 @@ from typing import Protocol
 from aiohttp import web
 from telegram.ext import Application, CallbackContext, ExtBot
 
-from handlers.alerts import AlertKind, AlertText
+from handlers import render
+from handlers.alerts import AlertButtons, AlertKind, AlertText
 from handlers.i18n import t
-from store import catalogue, inventory, orders
+from store import catalogue, inventory, key_reports, orders, review
 from store.crypto import KeyVault
 from store.db import Database
 from store.errors import PaymentUnavailable, StoreError
 from store.inventory import ParsedKeys, RestockReport
+from store.models import KeyReportStatus
 from store.orders import CheckoutPolicy, Event, Outcome, OutOfStockPolicy, Result
 from store.payments import CheckoutState, Payment, PaymentGateway
 
@@ -39,7 +41,7 @@ class Limiter(Protocol):
 
 
 class Notifier(Protocol):
-    def alert(self, kind: AlertKind, text: AlertText) -> None:
+    def alert(self, kind: AlertKind, text: AlertText, buttons: AlertButtons | None = None) -> None:
         """Tell the admins something needs attention (rate-limited into summaries)."""
 
 
@@ -165,6 +167,57 @@ class Shop:
             order_id, paid.payment_ref, paid.paid_amount_minor
         )
         return self.settled(await orders.record_refund(self.db, order_id, admin_id=admin_id))
+
+    async def reject_review(self, order_id: int, *, admin_id: int) -> bool:
+        """Reject an order held for review: its money goes back (True: returned already)."""
+        await review.reject(self.db, order_id, admin_id=admin_id)
+        return await self._refund_owed(order_id)
+
+    async def report_key(
+        self, order_id: int, key_id: int, *, buyer_id: int, reason: str
+    ) -> key_reports.ReportResult:
+        """A buyer says a key of their order does not work: replace it at once if its product
+        says so, else put it to the admins with their three answers."""
+        filed = await key_reports.report(self.db, order_id, key_id, buyer_id, reason)
+        if filed.status is KeyReportStatus.REPLACED:
+            self.wake_delivery()
+            return filed
+        item = await key_reports.get(self.db, filed.report_id)
+        self.notifier.alert(
+            AlertKind.KEY_REPORT,
+            lambda lang: render.report_alert(item, lang),
+            lambda lang: render.report_decisions(item.report_id, lang),
+        )
+        return filed
+
+    async def replace_key(self, report_id: int, *, admin_id: int) -> key_reports.ReportResult:
+        """Revoke a reported key for good and deliver a new one from stock through the
+        outbox; OutOfStock (nothing changed) without one, AlreadyDecided if answered."""
+        replaced = await key_reports.replace(self.db, report_id, admin_id=admin_id)
+        self.wake_delivery()
+        return replaced
+
+    async def refund_reported(self, report_id: int, *, admin_id: int) -> bool:
+        """Answer a report with the order's money back (True: returned already)."""
+        decided = await key_reports.refund(self.db, report_id, admin_id=admin_id)
+        return await self._refund_owed(decided.order_id)
+
+    async def reject_report(self, report_id: int, *, admin_id: int) -> key_reports.ReportResult:
+        """Answer a report with "the key works": the buyer is told through the outbox."""
+        rejected = await key_reports.reject(self.db, report_id, admin_id=admin_id)
+        self.wake_delivery()
+        return rejected
+
+    async def _refund_owed(self, order_id: int) -> bool:
+        """Make a refund an admin's decision made owed, at once through `refund`. The decision
+        (taken once, audited) is the admin's action; this is its consequence, so it writes no
+        audit row of its own. A provider out of reach leaves it to the refund job's retries."""
+        try:
+            await self.refund(order_id)
+        except PaymentUnavailable:
+            self.wake_refunds()
+            return False
+        return True
 
     async def make_owed_refunds(self) -> list[Result]:
         """Return the money of orders that were paid with nothing left to give."""

@@ -19,6 +19,7 @@ from handlers.i18n import t, tn
 from store.catalogue import STOCK_DISPLAY_CAP, TEMPLATE_FIELDS, ProductView
 from store.deliveries import Job
 from store.inventory import RestockReport, StockLevels
+from store.key_reports import ReportItem
 from store.models import DeliveryKind, OrderStatus, Period, SubscriptionStatus
 from store.money import STARS, to_major
 from store.orders import OrderView
@@ -63,6 +64,21 @@ def keys_data(order_id: int) -> str:
     return f"k:{order_id}"
 
 
+def report_data(order_id: int, key_id: int, reason: str | None = None) -> str:
+    """A buyer's report on one key: without a reason it asks for one."""
+    return f"kr:{order_id}:{key_id}" + (f":{reason}" if reason else "")
+
+
+def decision_data(choice: str, report_id: int) -> str:
+    """An admin's answer to a report: r(eplace), f (refund) or j (reject)."""
+    return f"kd:{choice}:{report_id}"
+
+
+# What a buyer can say is wrong with a key, by the code in the button's data; the report
+# records the reason in English (`reason_name(code, DEFAULT)`), the seller's record.
+REPORT_REASONS = ("used", "invalid", "region", "other")
+
+
 # ---------------------------------------------------------------- values
 
 
@@ -87,6 +103,16 @@ def status_name(status: OrderStatus, language: str) -> str:
         OrderStatus.REVIEW: t(language, "paid, under review"),
     }
     return names[status]
+
+
+def reason_name(code: str, language: str) -> str:
+    names = {
+        "used": t(language, "Already used"),
+        "invalid": t(language, "Not accepted / invalid"),
+        "region": t(language, "Wrong region or product"),
+        "other": t(language, "Something else"),
+    }
+    return names[code]
 
 
 def period_name(every: str, language: str) -> str:
@@ -309,6 +335,22 @@ def order_detail(o: OrderView, language: str) -> Screen:
     return Screen("\n".join(lines), InlineKeyboardMarkup(rows))
 
 
+def report_reasons(order_id: int, key_id: int, language: str) -> Screen:
+    """Ask the buyer what is wrong with a key, as buttons (no text to type, nothing to lose)."""
+    rows = [
+        [
+            InlineKeyboardButton(
+                reason_name(code, language), callback_data=report_data(order_id, key_id, code)
+            )
+        ]
+        for code in REPORT_REASONS
+    ]
+    return Screen(
+        t(language, "What is wrong with this key of order #{order}?", order=order_id),
+        InlineKeyboardMarkup(rows),
+    )
+
+
 def subscriptions_list(subscriptions: list[SubscriptionView], language: str) -> Screen:
     if not subscriptions:
         return Screen(t(language, "You have no subscriptions. /start shows the catalogue."))
@@ -339,61 +381,68 @@ def subscriptions_list(subscriptions: list[SubscriptionView], language: str) -> 
 # ---------------------------------------------------------------- deliveries
 
 
-def delivery(job: Job, ttl: timedelta, language: str) -> list[str]:
+def delivery(job: Job, ttl: timedelta, language: str) -> list[Screen]:
     """The message(s) for a queued delivery; long key lists are split to fit Telegram."""
     if job.kind in (DeliveryKind.KEYS, DeliveryKind.RESHOW):
         return _key_messages(job, ttl, language)
+    return [Screen(_notice(job, language))]
+
+
+def _notice(job: Job, language: str) -> str:
     if job.kind is DeliveryKind.BACKORDERED:
-        return [
-            t(
-                language,
-                "✅ Payment received for order #{order} ({product} × {quantity}).\n"
-                "It has just sold out: your keys are reserved for you and will arrive here as soon "
-                "as the seller restocks.",
-                order=job.order_id,
-                product=_e(job.product_name),
-                quantity=job.quantity,
-            )
-        ]
-    if job.kind is DeliveryKind.SUBSCRIPTION_ENDED:
-        return [
-            t(
-                language,
-                "Your subscription to {product} has ended, so no more keys will come. "
-                "Subscribe again any time from /start.",
-                product=_e(job.product_name),
-            )
-        ]
-    if job.kind is DeliveryKind.RESTOCKED:
-        return [
-            t(
-                language,
-                "🔔 {product} is back in stock. Send /start to buy it before it sells out again.",
-                product=_e(job.product_name),
-            )
-        ]
-    if job.kind is DeliveryKind.REFUNDED:
-        return [
-            t(
-                language,
-                "↩️ Order #{order} ({product} × {quantity}) was refunded. The money is on its way "
-                "back to you; it can take a few days to show.",
-                order=job.order_id,
-                product=_e(job.product_name),
-                quantity=job.quantity,
-            )
-        ]
-    return [
-        t(
+        return t(
             language,
-            "✅ Payment received for order #{order}. The seller checks orders like this one "
-            "by hand before the keys are sent; you will hear back here.",
+            "✅ Payment received for order #{order} ({product} × {quantity}).\n"
+            "It has just sold out: your keys are reserved for you and will arrive here as soon "
+            "as the seller restocks.",
             order=job.order_id,
+            product=_e(job.product_name),
+            quantity=job.quantity,
         )
-    ]
+    if job.kind is DeliveryKind.SUBSCRIPTION_ENDED:
+        return t(
+            language,
+            "Your subscription to {product} has ended, so no more keys will come. "
+            "Subscribe again any time from /start.",
+            product=_e(job.product_name),
+        )
+    if job.kind is DeliveryKind.RESTOCKED:
+        return t(
+            language,
+            "🔔 {product} is back in stock. Send /start to buy it before it sells out again.",
+            product=_e(job.product_name),
+        )
+    if job.kind is DeliveryKind.REFUNDED:
+        return t(
+            language,
+            "↩️ Order #{order} ({product} × {quantity}) was refunded. The money is on its way "
+            "back to you; it can take a few days to show.",
+            order=job.order_id,
+            product=_e(job.product_name),
+            quantity=job.quantity,
+        )
+    if job.kind is DeliveryKind.REPORT_REJECTED:
+        return t(
+            language,
+            "The seller checked the key you reported in order #{order} ({product}) and found "
+            "it working as sold. Questions: /paysupport.",
+            order=job.order_id,
+            product=_e(job.product_name),
+        )
+    return t(
+        language,
+        "✅ Payment received for order #{order}. The seller checks orders like this one "
+        "by hand before the keys are sent; you will hear back here.",
+        order=job.order_id,
+    )
 
 
-def _key_messages(job: Job, ttl: timedelta, language: str) -> list[str]:
+_BUTTONS_PER_MESSAGE = 100  # Telegram's limit for one keyboard
+_BUTTONS_PER_ROW = 4
+
+
+def _key_messages(job: Job, ttl: timedelta, language: str) -> list[Screen]:
+    """The keys, each with a "report a problem" button when it can be reported on its own."""
     if job.kind is DeliveryKind.KEYS:
         head = t(language, "✅ Payment received — order #{order}", order=job.order_id)
     else:
@@ -405,15 +454,29 @@ def _key_messages(job: Job, ttl: timedelta, language: str) -> list[str]:
         "🔒 This message disappears in {minutes} min. Your keys stay in /orders.",
         minutes=minutes,
     )
-    blocks = [_key_block(job, key) for key in job.keys]
-    messages, current = [], head
-    for block in blocks:
-        if len(current) + len(block) + len(foot) + 1 > MESSAGE_LIMIT and current != head:
-            messages.append(current + foot)
-            current = head
+    ids = job.key_ids if len(job.key_ids) == len(job.keys) else ()
+    numbered = len(ids) > 1
+    screens: list[Screen] = []
+    current, buttons = head, []
+
+    def close() -> None:
+        rows = [buttons[i : i + _BUTTONS_PER_ROW] for i in range(0, len(buttons), _BUTTONS_PER_ROW)]
+        screens.append(Screen(current + foot, InlineKeyboardMarkup(rows) if rows else None))
+
+    for n, key in enumerate(job.keys, start=1):
+        block = (f"{n}. " if numbered else "") + _key_block(job, key)
+        full = len(current) + len(block) + len(foot) + 1 > MESSAGE_LIMIT
+        if (full or len(buttons) == _BUTTONS_PER_MESSAGE) and current != head:
+            close()
+            current, buttons = head, []
         current += "\n" + block
-    messages.append(current + foot)
-    return messages
+        if ids:
+            label = t(language, "⚠️ Key {n}", n=n) if numbered else t(language, "⚠️ Report a problem")
+            buttons.append(
+                InlineKeyboardButton(label, callback_data=report_data(job.order_id, ids[n - 1]))
+            )
+    close()
+    return screens
 
 
 def _key_block(job: Job, key: str) -> str:
@@ -428,6 +491,53 @@ def _key_block(job: Job, key: str) -> str:
 
 
 # ---------------------------------------------------------------- admin screens
+
+
+def report_card(item: ReportItem, language: str) -> Screen:
+    """An open report on a key, with the admin's three answers."""
+    lines = [
+        t(
+            language,
+            "<b>Report #{report}</b>: a key of order #{order} does not work",
+            report=item.report_id,
+            order=item.order_id,
+        ),
+        f"{_e(item.sku)} · {_e(item.product_name)}",
+        t(language, "Buyer: {buyer}", buyer=item.buyer_id),
+        t(language, "Reason: {reason}", reason=_e(item.reason)),
+    ]
+    return Screen("\n".join(lines), report_decisions(item.report_id, language))
+
+
+def report_alert(item: ReportItem, language: str) -> str:
+    """The admins' alert for a new report (plain text: the notifier sends no HTML)."""
+    return t(
+        language,
+        "⚠️ Buyer {buyer} reports a key of order #{order} ({sku}) not working: {reason}. "
+        "Answer here or in /review.",
+        buyer=item.buyer_id,
+        order=item.order_id,
+        sku=item.sku,
+        reason=item.reason,
+    )
+
+
+def report_decisions(report_id: int, language: str) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup(
+        [
+            [
+                InlineKeyboardButton(
+                    t(language, "🔁 Replace"), callback_data=decision_data("r", report_id)
+                ),
+                InlineKeyboardButton(
+                    t(language, "↩️ Refund"), callback_data=decision_data("f", report_id)
+                ),
+                InlineKeyboardButton(
+                    t(language, "✖️ Reject"), callback_data=decision_data("j", report_id)
+                ),
+            ]
+        ]
+    )
 
 
 def restock_report(r: RestockReport, language: str) -> str:

@@ -110,23 +110,33 @@ async def newest_shared_key(session: AsyncSession, product_id: int) -> int | Non
 
 async def ciphertexts(session: AsyncSession, orders: list[Order]) -> dict[int, list[bytes]]:
     """The encrypted keys that belong to each order, in allocation order (one query per kind)."""
-    found: dict[int, list[bytes]] = {order.id: [] for order in orders}
+    return {
+        order_id: [ciphertext for _, ciphertext in keys]
+        for order_id, keys in (await sold_keys(session, orders)).items()
+    }
+
+
+async def sold_keys(
+    session: AsyncSession, orders: list[Order]
+) -> dict[int, list[tuple[int, bytes]]]:
+    """Each order's keys as (key id, ciphertext), in allocation order (one query per kind)."""
+    found: dict[int, list[tuple[int, bytes]]] = {order.id: [] for order in orders}
     unique = [order.id for order in orders if order.shared_key_id is None]
     if unique:
         rows = await session.execute(
-            select(Key.order_id, Key.ciphertext)
+            select(Key.order_id, Key.id, Key.ciphertext)
             .where(Key.order_id.in_(unique), Key.status == KeyStatus.SOLD)
             .order_by(Key.id)
         )
-        for order_id, ciphertext in rows:
-            found[order_id].append(ciphertext)
+        for order_id, key_id, ciphertext in rows:
+            found[order_id].append((key_id, ciphertext))
     shared = {order.shared_key_id: order.id for order in orders if order.shared_key_id is not None}
     if shared:
         rows = await session.execute(select(Key.id, Key.ciphertext).where(Key.id.in_(shared)))
         by_key = dict(rows.all())
         for order in orders:
             if order.shared_key_id is not None:
-                found[order.id].append(by_key[order.shared_key_id])
+                found[order.id].append((order.shared_key_id, by_key[order.shared_key_id]))
     return found
 
 

@@ -50,6 +50,9 @@ class Job:
     keys: tuple[str, ...]  # plaintext, only for key deliveries; never logged
     lease_expires_at: datetime
     queued_at: datetime
+    # The id of each of `keys`, for the buyer's "report a problem" buttons; empty when the
+    # keys cannot be reported one by one (a shared key is every buyer's).
+    key_ids: tuple[int, ...] = ()
 
     def __repr__(self) -> str:  # keep keys out of any accidental log line or traceback
         return (
@@ -111,7 +114,7 @@ async def claim(
 
     async def work(
         session: AsyncSession,
-    ) -> list[tuple[Delivery, Order | None, Product, str, list[bytes]]]:
+    ) -> list[tuple[Delivery, Order | None, Product, str, list[tuple[int, bytes]]]]:
         due = (
             select(Delivery.id)
             .where(
@@ -147,7 +150,7 @@ async def claim(
         )
         context = {order.id: (order, product, language) for order, product, language in rows}
         with_keys = {d.order_id for d in claimed if d.kind in _KEY_KINDS}
-        secrets = await allocation.ciphertexts(session, [context[o][0] for o in with_keys])
+        secrets = await allocation.sold_keys(session, [context[o][0] for o in with_keys])
         notices = await _notice_context(session, [d for d in claimed if d.order_id is None])
         return [
             (
@@ -171,9 +174,10 @@ async def claim(
             product_name=product.name_in(language),
             quantity=order.quantity if order else 0,
             template=product.delivery_template,
-            keys=tuple(vault.decrypt(c) for c in secrets),
+            keys=tuple(vault.decrypt(c) for _, c in secrets),
             lease_expires_at=lease_end,
             queued_at=d.created_at,
+            key_ids=tuple(k for k, _ in secrets) if order and order.shared_key_id is None else (),
         )
         for d, order, product, language, secrets in claimed
     ]

@@ -9,7 +9,7 @@ conditional UPDATE of the report from `open` whose row count is checked:
   transaction is undone and OutOfStock says so; nothing changed.
 - refund: the order becomes owed a refund (`refund_pending`): the refund job returns the
   money through the order's own provider, revokes its keys and tells the buyer.
-- reject: nothing changes but the report.
+- reject: nothing changes but the report, and the buyer is told through the outbox.
 
 A product set to `auto_replace` has a report replaced at once, once per order.
 I6 holds throughout: a replacement moves one key available -> sold and one sold -> revoked.
@@ -21,7 +21,7 @@ import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -46,6 +46,19 @@ MAX_REASON = 200
 
 class AlreadyDecided(StoreError):
     """The report was answered already (or the key already has an open report)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReportItem:
+    """An open report as an admin sees it: which order, whose, and what the buyer said."""
+
+    report_id: int
+    order_id: int
+    buyer_id: int
+    sku: str
+    product_name: str
+    reason: str
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +128,34 @@ async def report(
     return await db.write(work)
 
 
+async def get(db: Database, report_id: int) -> ReportItem:
+    """One report, open or not; NotFound if there is none."""
+    found = await db.read(_items, KeyReport.id == report_id, 1)
+    if not found:
+        raise NotFound(f"no report {report_id}")
+    return found[0]
+
+
+async def waiting(db: Database, *, limit: int = 20) -> list[ReportItem]:
+    """The open reports, oldest first."""
+    return await db.read(_items, KeyReport.status == KeyReportStatus.OPEN, limit)
+
+
+async def _items(session: AsyncSession, where: ColumnElement[bool], limit: int) -> list[ReportItem]:
+    rows = await session.execute(
+        select(KeyReport, Product.sku, Product.name)
+        .join(Order, Order.id == KeyReport.order_id)
+        .join(Product, Product.id == Order.product_id)
+        .where(where)
+        .order_by(KeyReport.id)
+        .limit(limit)
+    )
+    return [
+        ReportItem(r.id, r.order_id, r.buyer_id, sku, name, r.reason, r.created_at)
+        for r, sku, name in rows
+    ]
+
+
 async def replace(
     db: Database, report_id: int, *, admin_id: int | None, now: datetime | None = None
 ) -> ReportResult:
@@ -150,11 +191,13 @@ async def refund(
 async def reject(
     db: Database, report_id: int, *, admin_id: int | None, now: datetime | None = None
 ) -> ReportResult:
-    """Close a report with no change to the order."""
+    """Close a report with no change to the order; the buyer is told."""
 
     async def work(session: AsyncSession) -> ReportResult:
         moment = now or datetime.now(UTC)
         entry = await _claim(session, report_id, KeyReportStatus.REJECTED, admin_id, moment)
+        order = await session.get(Order, entry.order_id)
+        session.add(allocation.delivery(order, DeliveryKind.REPORT_REJECTED, moment))
         session.add(audit(admin_id, "key_report.reject", f"report {report_id}"))
         return _result(entry)
 

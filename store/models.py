@@ -92,6 +92,7 @@ class DeliveryKind(StrEnum):
     # product) and carries no value, so it waits until no key delivery is due.
     RESTOCKED = "restocked"
     SUBSCRIPTION_ENDED = "sub_ended"  # notice: a subscription ended, no more keys come
+    REPORT_REJECTED = "report_rejected"  # notice: the seller found the reported key working
 
 
 class SubscriptionStatus(StrEnum):

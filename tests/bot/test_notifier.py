@@ -24,7 +24,7 @@ def _alert(n: int):
 async def test_each_kind_gets_its_burst_then_one_summary_per_window_while_the_storm_lasts() -> None:
     sent: list[tuple[int, str]] = []
 
-    async def send(chat: int, text: str) -> None:
+    async def send(chat: int, text: str, buttons: object = None) -> None:
         sent.append((chat, text))
 
     notifier = AdminNotifier(
@@ -75,7 +75,7 @@ async def _languages() -> dict[int, str]:
 async def test_a_failing_send_does_not_stop_the_other_admins_alerts() -> None:
     sent: list[int] = []
 
-    async def send(chat: int, text: str) -> None:
+    async def send(chat: int, text: str, buttons: object = None) -> None:
         if chat == 1:
             raise ConnectionError("chat 1 is unreachable")
         sent.append(chat)

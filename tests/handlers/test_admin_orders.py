@@ -54,7 +54,7 @@ async def test_order_shows_buyer_items_payments_deliveries_and_reveals_but_no_ke
     assert "Keys held: 1" in body
     assert body.endswith(" keys")  # the first delivery's reveal
     assert "GAME-AAA-111" not in body and "GAME-AAA-111" not in str(card.params)
-    assert [b["text"] for b in card.buttons()] == ["🔑 Resend keys", "⛔ Ban buyer"]
+    assert [b["text"] for b in card.buttons()] == ["🔑 Resend keys", "↩️ Refund", "⛔ Ban buyer"]
 
 
 @pytest.mark.parametrize("query", ["{order}", "#{order}", "{buyer}", "@keen_buyer", "@KEEN_BUYER"])

@@ -70,8 +70,8 @@ async def test_approve_from_review_delivers_the_held_keys(shop: Shop) -> None:
     assert await order_status(shop, order_id) == OrderStatus.FULFILLED
     audited = select(AuditEntry.admin_id).where(AuditEntry.action == "review.approve")
     assert await scalar(shop, audited) == ADMIN
-    empty = await reply(shop.telegram, ADMIN, "/review", contains="No orders")
-    assert text(empty) == "No orders wait for review."
+    empty = await reply(shop.telegram, ADMIN, "/review", contains="Nothing waits")
+    assert text(empty) == "Nothing waits for review: no orders, no reported keys."
 
 
 async def test_reject_refunds_through_stripe_and_tells_the_buyer(shop: Shop) -> None:

@@ -42,7 +42,8 @@ def _spoilers(text: str) -> list[str]:
     ["", "Redeem {key} for order #{order} of {product}", "{product} / {order}", "{key}{key}"],
 )
 def test_a_template_never_changes_the_key(template: str) -> None:
-    [message] = render.delivery(_job(AWKWARD_KEYS, template), timedelta(minutes=15), "en")
+    [screen] = render.delivery(_job(AWKWARD_KEYS, template), timedelta(minutes=15), "en")
+    message = screen.text
     escaped = [render._e(key) for key in AWKWARD_KEYS]
     expected = [k for k in escaped for _ in range(max(1, template.count("{key}")))]
     assert _spoilers(message) == expected
@@ -50,6 +51,7 @@ def test_a_template_never_changes_the_key(template: str) -> None:
 
 def test_placeholders_in_the_product_name_stay_as_written() -> None:
     job = _job(["K-1"], "{product} #{order}: {key}", product="Pack {key} {order}")
-    [message] = render.delivery(job, timedelta(minutes=15), "en")
+    [screen] = render.delivery(job, timedelta(minutes=15), "en")
+    message = screen.text
     assert "Pack {key} {order} #42: <tg-spoiler>K-1</tg-spoiler>" in message
     assert _spoilers(message) == ["K-1"]
