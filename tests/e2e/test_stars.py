@@ -40,12 +40,14 @@ from tests.e2e.helpers import (
     order_key_statuses,
     order_status,
     pay,
+    press,
     reply,
     rows,
     scalar,
     sent_since,
     stock,
     text,
+    text_to,
     wait_for_status,
     wait_until,
 )
@@ -285,6 +287,35 @@ async def test_refund_of_a_stars_order(launch: Launch, database_url: str) -> Non
         assert [tuple(a) for a in audit if a[1] == "order.refund"] == [
             (ADMIN, "order.refund", str(order_id))
         ]
+
+
+async def test_a_reported_stars_key_refunded_by_two_admins_at_once_returns_the_stars_once(
+    launch: Launch, database_url: str
+) -> None:
+    async with launch(database_url) as shop:
+        await stars_product(shop)
+        tg = shop.telegram
+        invoice, order_id = await invoice_for(shop, BUYER)
+        charge = (await tg.pay(BUYER, invoice))["charge_id"]
+        message = await key_message(shop, BUYER)
+        await press(tg, BUYER, message, message.button("Report")["callback_data"])
+        question = await text_to(shop, BUYER, "What is wrong")
+        await press(tg, BUYER, question, question.button("Not accepted")["callback_data"])
+        alert = await text_to(shop, ADMIN, "reports a key of order")
+
+        data = alert.button("Refund")["callback_data"]
+        answers = await asyncio.gather(press(tg, ADMIN, alert, data), press(tg, ADMIN, alert, data))
+
+        assert sorted(a["text"] for a in answers) == [
+            "Report #1 was answered already.",
+            "Report #1: the order is refunded.",
+        ]
+        assert [
+            (r["user_id"], r["telegram_payment_charge_id"]) for r in tg.refunded_star_payments
+        ] == [(BUYER, charge)]
+        assert await order_status(shop, order_id) == OrderStatus.REFUNDED
+        assert await order_key_statuses(shop, order_id) == [KeyStatus.REVOKED]
+        await tg.wait_for(lambda m: m.chat_id == BUYER and "was refunded" in text(m))
 
 
 async def test_refund_of_a_card_order(launch: Launch, database_url: str) -> None:

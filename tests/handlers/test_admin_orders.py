@@ -1,19 +1,24 @@
 """Order lookup from the chat: /order, /find by order, buyer, @username and key (by digest),
-and the card's buttons — resend keys through the outbox, ban the buyer."""
+and the card's buttons — resend keys through the outbox, refund (after a confirmation, once
+however many admins confirm at once), ban the buyer."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
 from sqlalchemy import func, select
 
-from store.models import AuditEntry, Buyer, Delivery, DeliveryKind
+from store.models import AuditEntry, Buyer, Delivery, DeliveryKind, KeyStatus, OrderStatus
 from tests.e2e.conftest import ADMIN, Shop
 from tests.e2e.helpers import (
     UNKNOWN_COMMAND,
+    assert_invariants_hold,
     checkout,
     key_message,
+    order_key_statuses,
+    order_status,
     outbox_empty,
     pay,
     press,
@@ -21,6 +26,7 @@ from tests.e2e.helpers import (
     scalar,
     stock,
     text,
+    text_to,
 )
 
 BUYER = 3001
@@ -113,6 +119,29 @@ async def test_ban_buyer_from_the_order_card(shop: Shop) -> None:
     assert (banned.blacklisted, banned.ban_reason) == (True, f"order #{order_id}")
 
 
+async def test_refund_from_the_card_asks_first_then_refunds_once(shop: Shop) -> None:
+    order_id = await _sold(shop)
+    card = await reply(shop.telegram, ADMIN, f"/order {order_id}", contains="Order #")
+
+    await press(shop.telegram, ADMIN, card, card.button("Refund")["callback_data"])
+    question = await text_to(shop, ADMIN, f"Refund order #{order_id}?")
+    assert len(shop.stripe.refunds) == 0
+    data = question.button("Yes, refund")["callback_data"]
+    answers = await asyncio.gather(*(press(shop.telegram, ADMIN, question, data) for _ in range(2)))
+
+    refunded = f"Order #{order_id} is refunded; its keys are revoked and the buyer is told."
+    assert refunded in [a["text"] for a in answers]
+    assert len(shop.stripe.refunds) == 1
+    assert await order_status(shop, order_id) == OrderStatus.REFUNDED
+    assert await order_key_statuses(shop, order_id) == [KeyStatus.REVOKED]
+    audited = select(func.count()).where(AuditEntry.action == "order.refund")
+    assert await scalar(shop, audited) == 1
+    notices = select(func.count()).where(Delivery.kind == DeliveryKind.REFUNDED)
+    assert await scalar(shop, notices) == 1
+    await outbox_empty(shop)
+    await assert_invariants_hold(shop)
+
+
 async def test_an_unknown_order_is_a_one_line_answer(shop: Shop) -> None:
     assert text(await reply(shop.telegram, ADMIN, "/order 999")) == "no order #999"
     assert text(await reply(shop.telegram, ADMIN, "/order x")) == "Usage: /order ORDER_ID"
@@ -128,7 +157,9 @@ async def test_a_non_admin_gets_the_unknown_command_answer(shop: Shop, command: 
     assert not shop.telegram.deleted
 
 
-@pytest.mark.parametrize("data", ["ao:{order}", "ar:{order}", "ab:{order}"])
+@pytest.mark.parametrize(
+    "data", ["ao:{order}", "ar:{order}", "ab:{order}", "af:{order}", "afy:{order}"]
+)
 async def test_a_non_admin_pressing_order_buttons_changes_nothing(shop: Shop, data: str) -> None:
     order_id = await _sold(shop)
 
@@ -138,4 +169,6 @@ async def test_a_non_admin_pressing_order_buttons_changes_nothing(shop: Shop, da
     assert (await scalar(shop, select(Buyer).where(Buyer.id == BUYER))).blacklisted is False
     reshows = select(func.count()).where(Delivery.kind == DeliveryKind.RESHOW)
     assert await scalar(shop, reshows) == 0
+    assert await order_status(shop, order_id) == OrderStatus.FULFILLED
+    assert len(shop.stripe.refunds) == 0
     assert not [m for m in shop.telegram.messages_to(STRANGER) if "Order #" in text(m)]
