@@ -6,7 +6,8 @@ never a key: resending queues a delivery to the buyer, exactly like the buyer's 
 my keys", so a key only ever goes to its owner's chat. Refund asks once more before it
 returns the money through `Shop.refund` (the order's own provider, like `/refund`); two
 admins confirming at once refund once (the provider's idempotency, and the store records
-the refund once). A key is replaced from its buyer's report (handlers/key_reports.py).
+the refund once). A key is replaced from its buyer's report: the card has a Replace button
+per open report, answered like the report's own (handlers/key_reports.py).
 """
 
 from __future__ import annotations
@@ -80,6 +81,15 @@ def order_card(o: lookup.OrderCard, language: str) -> render.Screen:
     if o.status in (OrderStatus.FULFILLED, OrderStatus.DISPUTED):
         rows.append(
             [InlineKeyboardButton(t(language, "🔑 Resend keys"), callback_data=f"ar:{o.id}")]
+        )
+    for report_id in o.open_reports:
+        rows.append(
+            [
+                InlineKeyboardButton(
+                    t(language, "🔁 Replace the key of report #{report}", report=report_id),
+                    callback_data=render.decision_data("r", report_id),
+                )
+            ]
         )
     if o.status in _REFUNDABLE:
         rows.append([InlineKeyboardButton(t(language, "↩️ Refund"), callback_data=f"af:{o.id}")])

@@ -16,7 +16,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from store.buyers import BuyerView, view_of
 from store.db import Database
 from store.errors import NotFound
-from store.models import Buyer, Delivery, Key, Order, PaymentEvent, Product, Reveal
+from store.models import (
+    Buyer,
+    Delivery,
+    Key,
+    KeyReport,
+    KeyReportStatus,
+    Order,
+    PaymentEvent,
+    Product,
+    Reveal,
+)
 
 _FOUND_LIMIT = 20
 
@@ -38,6 +48,7 @@ class OrderCard:
     payments: tuple[tuple[str, datetime], ...]  # provider event type, when
     deliveries: tuple[tuple[str, str, int, datetime | None], ...]  # kind, status, attempts, sent
     reveals: tuple[tuple[str, datetime], ...]  # how, when
+    open_reports: tuple[int, ...] = ()  # ids of the buyer's reports of a key, not yet answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +100,11 @@ async def order_card(db: Database, order_id: int) -> OrderCard:
             .where(Reveal.order_id == order.id)
             .order_by(Reveal.id)
         )
+        open_reports = await session.scalars(
+            select(KeyReport.id)
+            .where(KeyReport.order_id == order.id, KeyReport.status == KeyReportStatus.OPEN)
+            .order_by(KeyReport.id)
+        )
         return OrderCard(
             id=order.id,
             sku=product.sku,
@@ -105,6 +121,7 @@ async def order_card(db: Database, order_id: int) -> OrderCard:
             payments=tuple(tuple(r) for r in payments),
             deliveries=tuple(tuple(r) for r in deliveries),
             reveals=tuple(tuple(r) for r in reveals),
+            open_reports=tuple(open_reports),
         )
 
     return await db.read(work)

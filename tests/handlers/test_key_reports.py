@@ -180,6 +180,24 @@ async def test_replace_revokes_the_key_and_delivers_a_distinct_new_one(shop: Sho
     await assert_invariants_hold(shop)
 
 
+async def test_the_order_card_replaces_a_reported_key(shop: Shop) -> None:
+    order_id, message = await _sold(shop)
+    await _report(shop, message)
+    await _alert(shop)
+
+    card = await reply(shop.telegram, ADMIN, f"/order {order_id}", contains="Order #")
+    since = time.monotonic()
+    answer = await press(shop.telegram, ADMIN, card, card.button("report #1")["callback_data"])
+    again = await key_message(shop, BUYER, since=since)
+    after = await reply(shop.telegram, ADMIN, f"/order {order_id}", contains="Order #")
+
+    assert answer["text"].startswith("Report #1: the key is revoked")
+    assert again.spoiler_texts() == ["GAME-BBB-222"]
+    assert not [b for b in after.buttons() if "report #" in b["text"]]
+    await outbox_empty(shop)
+    await assert_invariants_hold(shop)
+
+
 async def test_refund_from_a_report_refunds_once_through_stripe(shop: Shop) -> None:
     order_id, message = await _sold(shop)
     await _report(shop, message)

@@ -14,7 +14,9 @@ from store.models import DeliveryKind
 AWKWARD_KEYS = ["AB{order}CD", "X-{product}-Y", "{key}", "{", "}{", "{{key}}", "<b>&{order}"]
 
 
-def _job(keys: list[str], template: str, product: str = "Space Game") -> Job:
+def _job(
+    keys: list[str], template: str, product: str = "Space Game", key_ids: tuple[int, ...] = ()
+) -> Job:
     now = datetime.now(UTC)
     return Job(
         id=1,
@@ -29,6 +31,7 @@ def _job(keys: list[str], template: str, product: str = "Space Game") -> Job:
         keys=tuple(keys),
         lease_expires_at=now,
         queued_at=now,
+        key_ids=key_ids,
     )
 
 
@@ -55,3 +58,25 @@ def test_placeholders_in_the_product_name_stay_as_written() -> None:
     message = screen.text
     assert "Pack {key} {order} #42: <tg-spoiler>K-1</tg-spoiler>" in message
     assert _spoilers(message) == ["K-1"]
+
+
+def test_one_key_has_one_report_button_and_a_shared_key_none() -> None:
+    [one] = render.delivery(_job(["K-1"], "", key_ids=(5,)), timedelta(minutes=15), "en")
+    [shared] = render.delivery(_job(["K-1"], ""), timedelta(minutes=15), "en")
+
+    buttons = [b for row in one.keyboard.inline_keyboard for b in row]
+    assert [(b.text, b.callback_data) for b in buttons] == [("⚠️ Report a problem", "kr:42:5")]
+    assert shared.keyboard is None
+
+
+def test_a_long_key_list_keeps_each_message_within_telegrams_button_limit() -> None:
+    keys = [f"K-{n}" for n in range(250)]
+    job = _job(keys, "", key_ids=tuple(range(1000, 1250)))
+
+    screens = render.delivery(job, timedelta(minutes=15), "en")
+
+    data = [b.callback_data for s in screens for row in s.keyboard.inline_keyboard for b in row]
+    assert data == [f"kr:42:{k}" for k in range(1000, 1250)]
+    assert all(sum(len(row) for row in s.keyboard.inline_keyboard) <= 100 for s in screens)
+    assert [k for s in screens for k in _spoilers(s.text)] == keys
+    assert all(len(s.text) <= render.MESSAGE_LIMIT for s in screens)
