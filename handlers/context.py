@@ -1,7 +1,8 @@
 """What handlers are given to work with: the shop's services, and the PTB context carrying them.
 
 `Shop` is the service layer: one method per use case (checkout, fulfil, close unpaid,
-confirm, refund, dispute, restock, a provider's payment or renewal), each running the store
+confirm, refund, dispute, restock, a provider's payment or renewal, a buyer's key report
+and the admins' answer to it), each running the store
 transition and then its reactions (`settled`: waking the delivery worker or the refunds,
 alerts, metrics), so no handler or job has a follow-up step to remember. It is assembled once by the composition root (bot/app.py) and reaches Telegram handlers
 through `KeyvendContext.shop` and HTTP routes through `request.app[SHOP]`. The rate limiter,

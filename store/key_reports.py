@@ -7,8 +7,9 @@ conditional UPDATE of the report from `open` whose row count is checked:
 - replace: the old key is revoked (never back on sale), a new one is sold to the order and
   the order's keys are queued to the buyer again through the outbox. No key in stock: the
   transaction is undone and OutOfStock says so; nothing changed.
-- refund: the order becomes owed a refund (`refund_pending`): the refund job returns the
-  money through the order's own provider, revokes its keys and tells the buyer.
+- refund: the order becomes owed a refund (`refund_pending`); the service layer then returns
+  the money at once through the order's own provider (`Shop.refund`: keys revoked, buyer
+  told), and if the provider cannot be reached the refund job keeps trying.
 - reject: nothing changes but the report, and the buyer is told through the outbox.
 
 A product set to `auto_replace` has a report replaced at once, once per order.
