@@ -27,8 +27,8 @@ from aiohttp import web
 
 from handlers.context import SHOP, Shop
 from store.errors import CheckoutNotRecorded, PaymentUnavailable
-from store.orders import Event, Outcome, Result
-from store.payments import CheckoutState, Payment
+from store.orders import Outcome, Result
+from store.payments import CheckoutState, Event, Payment
 
 log = logging.getLogger(__name__)
 
