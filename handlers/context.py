@@ -61,7 +61,6 @@ class Shop:
     key_message_ttl: timedelta
     # The card provider: offered first, and the one a pay button naming no provider means.
     card: PaymentGateway | None = None
-    stripe_webhook_secret: str | None = None  # for bot/stripe_webhook.py
     blacklist_on_dispute: bool = False
     wake_delivery: Callable[[], None] = lambda: None
     wake_refunds: Callable[[], None] = lambda: None
