@@ -25,7 +25,7 @@ from handlers.i18n import t
 from store import deliveries, orders, reconciliation, subscriptions
 from store.errors import NotFound, OrderNotPayable, PaymentUnavailable
 from store.orders import Outcome
-from store.payments import Event
+from store.payments import Event, SubscriptionGateway
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,14 @@ async def reconcile(shop: Shop, *, now: datetime | None = None) -> list[orders.R
         else:
             log.info("reconciliation settled order %s: %s", pending.order_id, result.outcome)
         results.append(result)
-    ended = await subscriptions.end_lapsed(shop.db, grace=_RENEWAL_GRACE, now=now)
+    reported = [
+        name
+        for name, gateway in shop.gateways.items()
+        if isinstance(gateway, SubscriptionGateway) and gateway.reports_end
+    ]
+    ended = await subscriptions.end_lapsed(
+        shop.db, grace=_RENEWAL_GRACE, reported=reported, now=now
+    )
     if ended:
         log.info("%d subscriptions ended unrenewed", len(ended))
         shop.wake_delivery()

@@ -405,11 +405,7 @@ async def cancel_subscription(update: Update, context: KeyvendContext) -> None:
     language = _language(update)
     subscription_id = int(query.data.split(":")[1])
     try:
-        target = await subscriptions.to_cancel(shop.db, subscription_id, update.effective_user.id)
-        gateway = shop.gateways.get(target.provider)
-        if not isinstance(gateway, SubscriptionGateway) or target.payment_ref is None:
-            raise PaymentUnavailable(f"{target.provider} subscriptions cannot be cancelled here")
-        await gateway.cancel_subscription(target.payment_ref)
+        await shop.cancel_subscription(subscription_id, update.effective_user.id)
     except NotFound:
         await query.answer(t(language, "Subscription not found."), show_alert=True)
         return
@@ -422,7 +418,6 @@ async def cancel_subscription(update: Update, context: KeyvendContext) -> None:
             show_alert=True,
         )
         return
-    await subscriptions.mark_cancelled(shop.db, subscription_id)
     await query.answer(
         t(language, "Cancelled: no more payments. Your current period runs to its end.")
     )

@@ -22,13 +22,19 @@ from telegram.ext import Application, CallbackContext, ExtBot
 
 from handlers.alerts import AlertKind, AlertText
 from handlers.i18n import t
-from store import catalogue, inventory, orders, reconciliation
+from store import catalogue, inventory, orders, reconciliation, subscriptions
 from store.crypto import KeyVault
 from store.db import Database
-from store.errors import PaymentUnavailable, StoreError
+from store.errors import (
+    NotFound,
+    OrderNotPayable,
+    PaymentUnavailable,
+    StoreError,
+    SubscriptionNotStarted,
+)
 from store.inventory import ParsedKeys, RestockReport
 from store.orders import CheckoutPolicy, Outcome, OutOfStockPolicy, Result
-from store.payments import CheckoutState, Event, Payment, PaymentGateway
+from store.payments import CheckoutState, Event, Payment, PaymentGateway, SubscriptionGateway
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +293,53 @@ class Shop:
                 await self._return_extra_charge(provider, payment)
         return result
 
+    async def renew(self, provider: str, payment: Payment, event: Event) -> Result:
+        """Apply a period a provider billed by itself (an invoice naming the subscription, not
+        the checkout). The first period's invoice may come before the checkout's own event:
+        then the checkout, asked at the provider, starts the subscription and decides whether
+        the invoice belongs to it."""
+        try:
+            return await self.apply_payment(provider, payment, event)
+        except SubscriptionNotStarted:
+            pass
+        try:
+            await self.confirm(payment.order_id)
+        except (NotFound, OrderNotPayable):
+            pass  # settled meanwhile, or not ours to settle: the second try says which
+        try:
+            return await self.apply_payment(provider, payment, event)
+        except SubscriptionNotStarted:
+            return Result(Outcome.FOREIGN, payment.order_id)
+
+    async def subscription_past_due(
+        self, order_id: int, subscription_ref: str, *, payment_ref: str, event: Event
+    ) -> Result:
+        """The provider could not collect a period: past due, and the buyer is told."""
+        return self.settled(
+            await subscriptions.fall_behind(
+                self.db, order_id, subscription_ref, payment_ref=payment_ref, event=event
+            )
+        )
+
+    async def subscription_ended(
+        self, order_id: int, subscription_ref: str, *, event: Event
+    ) -> Result:
+        """The provider ended a subscription: no more keys, and the buyer is told."""
+        return self.settled(
+            await subscriptions.end(self.db, order_id, subscription_ref, event=event)
+        )
+
+    async def cancel_subscription(self, subscription_id: int, buyer_id: int) -> None:
+        """Stop one of the buyer's subscriptions at the end of the period paid: the provider
+        first, then the shop's own record; NotFound, OrderNotPayable (ended) or
+        PaymentUnavailable say why not."""
+        target = await subscriptions.to_cancel(self.db, subscription_id, buyer_id)
+        gateway = self.gateways.get(target.provider)
+        if not isinstance(gateway, SubscriptionGateway) or target.payment_ref is None:
+            raise PaymentUnavailable(f"{target.provider} subscriptions cannot be cancelled here")
+        await gateway.cancel_subscription(target.payment_ref)
+        await subscriptions.mark_cancelled(self.db, subscription_id)
+
     async def _return_extra_charge(self, provider: str, payment: Payment) -> None:
         gateway = self.gateways.get(provider)
         try:
@@ -316,7 +369,14 @@ class Shop:
     def settled(self, result: Result) -> Result:
         """Set in motion what a transition's result calls for: a send, a refund, an alert."""
         o = result.outcome
-        if o in (Outcome.FULFILLED, Outcome.BACKORDERED, Outcome.REVIEW, Outcome.REFUNDED):
+        if o in (
+            Outcome.FULFILLED,
+            Outcome.BACKORDERED,
+            Outcome.REVIEW,
+            Outcome.REFUNDED,
+            Outcome.PAST_DUE,
+            Outcome.ENDED,
+        ):
             self.wake_delivery()
         order, sku = result.order_id, result.sku
         if o is Outcome.REFUND_DUE:

@@ -364,6 +364,18 @@ def delivery(job: Job, ttl: timedelta, language: str) -> list[str]:
                 product=_e(job.product_name),
             )
         ]
+    if job.kind is DeliveryKind.SUBSCRIPTION_PAST_DUE:
+        return [
+            t(
+                language,
+                "⚠️ The payment for your subscription to {product} did not go through, so this "
+                "period's key is on hold. Update your card on the payment page in the e-mail "
+                "about this payment (or pay the invoice there): it is charged again in the next "
+                "days, and your key comes here once it is paid. If it is never paid, the "
+                "subscription ends. /subscriptions shows its state.",
+                product=_e(job.product_name),
+            )
+        ]
     if job.kind is DeliveryKind.RESTOCKED:
         return [
             t(

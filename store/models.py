@@ -92,6 +92,7 @@ class DeliveryKind(StrEnum):
     # product) and carries no value, so it waits until no key delivery is due.
     RESTOCKED = "restocked"
     SUBSCRIPTION_ENDED = "sub_ended"  # notice: a subscription ended, no more keys come
+    SUBSCRIPTION_PAST_DUE = "sub_past_due"  # notice: a period's payment failed: fix the card
 
 
 class SubscriptionStatus(StrEnum):

@@ -50,6 +50,7 @@ from store.errors import (
     OverLimit,
     PaymentUnavailable,
     ProductInactive,
+    SubscriptionNotStarted,
     TooManyUnpaid,
 )
 from store.models import (
@@ -96,6 +97,8 @@ class Outcome(StrEnum):
     UNKNOWN_ORDER = "unknown_order"
     FOREIGN = "foreign"  # names our order, but not its checkout or payment: ignored
     UNVERIFIED = "unverified"  # the order's payment is not recorded yet: ask the provider
+    PAST_DUE = "past_due"  # a subscription's period was not paid: the buyer is told
+    ENDED = "ended"  # a subscription ended: the buyer is told, no more keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -564,18 +567,32 @@ async def pay_period(
 
 
 async def _pay_period(
-    session: AsyncSession, payment: Payment, policy: OutOfStockPolicy, event: Event, now: datetime
+    session: AsyncSession,
+    payment: Payment,
+    policy: OutOfStockPolicy,
+    event: Event | None,
+    now: datetime,
 ) -> Result:
     first = await lock_order(session, payment.order_id)
     if first is not None and first.provider_ref is None and first.status == OrderStatus.PENDING:
         raise CheckoutNotRecorded(f"order {first.id} has no checkout recorded yet")
-    if not await record_event(session, event, payment.order_id, now):
+    if event is not None and not await record_event(session, event, payment.order_id, now):
         return Result(Outcome.DUPLICATE, payment.order_id)
     with session.no_autoflush:
         if first is None:
             return Result(Outcome.UNKNOWN_ORDER, payment.order_id)
+        started = await session.scalar(
+            select(Subscription).where(Subscription.first_order_id == first.id)
+        )
         if not own_checkout(first, payment.checkout_ref):
-            return Result(Outcome.FOREIGN, first.id)
+            # A provider that bills the subscription itself (Stripe's invoices) names it, not
+            # the checkout: it must be the one this order's checkout started.
+            if payment.subscription_ref is None:
+                return Result(Outcome.FOREIGN, first.id)
+            if started is None and first.status == OrderStatus.PENDING:
+                raise SubscriptionNotStarted(f"order {first.id}'s subscription is not started")
+            if started is None or started.payment_ref != payment.subscription_ref:
+                return Result(Outcome.FOREIGN, first.id)
         product = await _product_for_payment(session, first.product_id)
         if first.paid_at is None:
             result = await _apply_payment(session, payment, policy, None, now)
@@ -583,9 +600,26 @@ async def _pay_period(
                 await _start_subscription(session, first, payment, now)
             return result
         if product.every is None or first.payment_ref == payment.payment_ref:
+            if started is not None and payment.period_end is not None:
+                # The first period's own invoice, after its checkout: it says when it ends.
+                started.current_period_end = max(
+                    payment.period_end, started.current_period_end or payment.period_end
+                )
             return Result(Outcome.UNCHANGED, first.id, first.buyer_id, product.sku)
         subscription = await _start_subscription(session, first, payment, now)
-        subscription.current_period_end = payment.period_end
+        renewed = await session.scalar(
+            select(Order.id).where(
+                Order.subscription_id == subscription.id,
+                Order.payment_ref == payment.payment_ref,
+            )
+        )
+        if renewed is not None:
+            # The same period's payment again, under another event id: one key per payment.
+            return Result(Outcome.DUPLICATE, renewed, first.buyer_id, product.sku)
+        if payment.period_end is not None:
+            subscription.current_period_end = max(
+                payment.period_end, subscription.current_period_end or payment.period_end
+            )
         if subscription.status != SubscriptionStatus.ENDED:
             subscription.status = SubscriptionStatus.ACTIVE
         renewal = Order(
@@ -639,7 +673,7 @@ async def _start_subscription(
             product_id=first.product_id,
             provider=first.provider,
             first_order_id=first.id,
-            payment_ref=first.payment_ref or payment.payment_ref,
+            payment_ref=payment.subscription_ref or first.payment_ref or payment.payment_ref,
             status=SubscriptionStatus.ACTIVE,
             current_period_end=payment.period_end,
             cancel_at_period_end=False,
@@ -960,7 +994,8 @@ async def confirm(
     else:
         payment = await gateway.checkout_status(order_id, pending.checkout_ref)
     if payment.state == CheckoutState.PAID:
-        return await fulfil(db, payment, policy, now=now)
+        # As a payment event would: a subscription's first period starts it.
+        return await db.write(_pay_period, payment, policy, None, now or datetime.now(UTC))
     if payment.state in (CheckoutState.EXPIRED, CheckoutState.FAILED):
         return await close_unpaid(
             db, order_id, payment.state, checkout_ref=payment.checkout_ref, now=now
