@@ -18,6 +18,7 @@ from store.models import AuditEntry, Product
 from tests.e2e.conftest import ADMIN, Shop
 from tests.e2e.helpers import UNKNOWN_COMMAND, press, reply, rows, scalar, sent_since, stock, text
 from tests.fakes.telegram import SentMessage
+from tests.support.databases import on_both_databases
 
 BUYER = 3001
 STRANGER = 3002
@@ -105,6 +106,7 @@ async def test_a_product_card_shows_every_setting(shop: Shop) -> None:
         ("Review thresholds", "3", "review", (3, None)),
     ],
 )
+@on_both_databases
 async def test_an_admin_changes_a_product_by_tapping_and_typing(
     shop: Shop, button: str, value: str, column: str, expected: object
 ) -> None:
@@ -145,6 +147,7 @@ async def test_a_bad_value_gets_its_reason_and_changes_nothing_until_cancelled(
     assert not [a for a in await edits_audited(shop) if a[1] == "product.edit"]
 
 
+@on_both_databases
 async def test_pause_resume_and_allocation_are_one_tap_each(shop: Shop) -> None:
     await stock(shop, "GAME", 1)
     card = await open_product(shop, "GAME")
@@ -231,6 +234,7 @@ async def test_newproduct_asks_three_things_then_creates_with_the_cli_defaults(
     assert (ADMIN, "product.add", "COURSE") in await edits_audited(shop)
 
 
+@on_both_databases
 async def test_newproduct_optional_settings_cover_every_option_of_product_add(
     shop: Shop,
 ) -> None:
