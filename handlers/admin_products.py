@@ -1,5 +1,6 @@
 """Admin product management in the chat: /products, a product's card with edit buttons, and
-/newproduct, a conversation that creates one.
+/newproduct, a conversation that asks for SKU, name and price and then shows a draft whose
+buttons set every other option of `keyvend product add` before creating it.
 
 Everything here goes through the same store/catalogue.py functions as `keyvend product
 add|edit`, so the chat and the command line cannot disagree on what is valid, and every
@@ -575,8 +576,8 @@ def _draft_options(field: str, value: str, draft: dict) -> dict:
     changes = _changes(field, DEFAULT, value, preview)
     options = {name: getattr(changes, name) for name in _DRAFT_OPTIONS}
     options = {name: value for name, value in options.items() if value is not None}
-    if "max_per_order" in options:
-        options["max_per_buyer"] = changes.max_per_buyer or None
+    if options.get("max_per_buyer") == 0:
+        options["max_per_buyer"] = None  # as in an edit, 0 removes the per-buyer limit
     return options
 
 
