@@ -140,17 +140,17 @@ def add_handlers(application: Application) -> None:
             fallbacks=[CommandHandler("cancel", admin_products.cancel)],
             conversation_timeout=600,
         )
+        draft_button = CallbackQueryHandler(admin_products.draft_button, pattern=r"^nd:\w{1,8}$")
         new_product = ConversationHandler(
             entry_points=[CommandHandler("newproduct", admin_products.new_product)],
             states={
                 admin_products.NEW_SKU: [MessageHandler(typed, admin_products.new_sku)],
                 admin_products.NEW_NAME: [MessageHandler(typed, admin_products.new_name)],
                 admin_products.NEW_PRICE: [MessageHandler(typed, admin_products.new_price)],
-                admin_products.NEW_KIND: [
-                    CallbackQueryHandler(admin_products.new_kind, pattern=r"^nk:\w{1,8}$")
-                ],
-                admin_products.NEW_TEMPLATE: [
-                    MessageHandler(typed | filters.Regex(r"^/skip"), admin_products.new_template)
+                admin_products.NEW_OPTIONS: [draft_button],
+                admin_products.NEW_OPTION_VALUE: [
+                    MessageHandler(typed, admin_products.draft_value),
+                    draft_button,
                 ],
             },
             fallbacks=[CommandHandler("cancel", admin_products.cancel)],

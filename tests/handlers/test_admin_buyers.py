@@ -12,6 +12,7 @@ from sqlalchemy import select
 from store.models import AuditEntry, Buyer
 from tests.e2e.conftest import ADMIN, Shop
 from tests.e2e.helpers import UNKNOWN_COMMAND, checkout, press, reply, rows, scalar, stock, text
+from tests.support.databases import on_both_databases
 
 BUYER = 3001
 STRANGER = 3002
@@ -22,6 +23,7 @@ async def _buyer(shop: Shop, buyer_id: int) -> Buyer | None:
     return await scalar(shop, select(Buyer).where(Buyer.id == buyer_id))
 
 
+@on_both_databases
 async def test_a_banned_buyer_cannot_start_a_checkout_until_unbanned(shop: Shop) -> None:
     await stock(shop, "GAME", 3)
     shop.telegram.message(BUYER, "/start", username="Scammer_1")
@@ -49,6 +51,7 @@ async def test_a_banned_buyer_cannot_start_a_checkout_until_unbanned(shop: Shop)
     assert (ADMIN, "buyer.unban", f"{BUYER}") in audited
 
 
+@on_both_databases
 async def test_a_buyer_not_seen_yet_can_be_banned_by_id_but_not_by_unknown_username(
     shop: Shop,
 ) -> None:
