@@ -34,9 +34,9 @@ class PaidBroadcasts:
         self._messages = 0
         self._beyond_free = 0
 
-    def sent(self, *, paid: bool) -> None:
-        """One message went out (`paid`: with allow_paid_broadcast)."""
-        now = time.monotonic()
+    def sent(self, *, paid: bool, at: float | None = None) -> None:
+        """One message went out (`paid`: with allow_paid_broadcast) at `at` (time.monotonic())."""
+        now = time.monotonic() if at is None else at
         while self._recent and self._recent[0] <= now - 1.0:
             self._recent.popleft()
         free_used_up = len(self._recent) >= FREE_RATE
