@@ -56,6 +56,10 @@ class BadLink(Exception):
 class LinkExpired(Exception):
     """A link this shop made, too old to use."""
 
+    def __init__(self, language: str) -> None:
+        super().__init__("pay link expired")
+        self.language = language  # the card's, to say so in
+
 
 @dataclass(frozen=True, slots=True)
 class PayLink:
@@ -73,7 +77,8 @@ class PayLinks:
 
     base: str
     secret: bytes
-    _opening: dict[tuple[int, int, int], asyncio.Lock] = field(default_factory=dict)
+    # Purchases being opened in this process: their lock, and how many requests want it.
+    _opening: dict[tuple[int, int, int], tuple[asyncio.Lock, int]] = field(default_factory=dict)
 
     @classmethod
     def from_bot_token(cls, base: str, bot_token: str) -> PayLinks:
@@ -125,13 +130,17 @@ class PayLinks:
         """One open of the same purchase at a time in this process, so a double tap finds
         the checkout the first tap opened instead of racing it to a second one."""
         key = (link.buyer_id, link.product_id, link.quantity)
-        lock = self._opening.setdefault(key, asyncio.Lock())
+        lock, users = self._opening.get(key, (asyncio.Lock(), 0))
+        self._opening[key] = (lock, users + 1)
         try:
             async with lock:
                 yield
         finally:
-            if not lock.locked() and self._opening.get(key) is lock:
+            lock, users = self._opening[key]
+            if users == 1:
                 del self._opening[key]
+            else:
+                self._opening[key] = (lock, users - 1)
 
     def _sign(self, body: str) -> str:
         digest = hmac.new(self.secret, b"pay:" + body.encode(), hashlib.sha256).digest()
@@ -157,7 +166,7 @@ async def open_pay_link(request: web.Request) -> web.StreamResponse:
     except BadLink:
         return _page(400, DEFAULT, t(DEFAULT, "This payment link is not valid."))
     except LinkExpired as expired:
-        language = _known(str(expired))
+        language = _known(expired.language)
         return _page(
             410,
             language,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from handlers.paylinks import LINK_TTL, BadLink, LinkExpired, PayLink, PayLinks
@@ -65,3 +67,20 @@ def test_a_link_past_its_time_has_expired() -> None:
     assert links.read(token, now=NOW + LINK_TTL.total_seconds()).buyer_id == 42
     with pytest.raises(LinkExpired):
         links.read(token, now=NOW + LINK_TTL.total_seconds() + 1)
+
+
+async def test_opens_of_one_purchase_take_turns_and_leave_nothing_behind() -> None:
+    links = _links()
+    link = PayLink(42, 7, 1, 0, "en")
+    steps: list[tuple[str, int]] = []
+
+    async def open_link(n: int) -> None:
+        async with links.opening(link):
+            steps.append(("in", n))
+            await asyncio.sleep(0)
+            steps.append(("out", n))
+
+    await asyncio.gather(*(open_link(n) for n in range(3)))
+
+    assert steps == [("in", 0), ("out", 0), ("in", 1), ("out", 1), ("in", 2), ("out", 2)]
+    assert links._opening == {}  # no lock kept per purchase once its opens are answered
