@@ -47,6 +47,10 @@ ROUTE = "/pay/{token}"
 # price and stock long gone, so the buyer opens the product again.
 LINK_TTL = timedelta(hours=24)
 _SIGNATURE_BYTES = 16  # 128 bits: forging one is out of reach, and the link stays short
+# Checkouts a process opens at once for pay links. A sale's buyers arrive over HTTP all at
+# once, and unbounded they would queue for database connections until the pool gives up
+# (500s); under the pool's size, the rest wait their turn here instead.
+_OPENING_AT_ONCE = 8
 
 
 class BadLink(Exception):
@@ -79,6 +83,7 @@ class PayLinks:
     secret: bytes
     # Purchases being opened in this process: their lock, and how many requests want it.
     _opening: dict[tuple[int, int, int], tuple[asyncio.Lock, int]] = field(default_factory=dict)
+    _gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(_OPENING_AT_ONCE))
 
     @classmethod
     def from_bot_token(cls, base: str, bot_token: str) -> PayLinks:
@@ -128,12 +133,13 @@ class PayLinks:
     @asynccontextmanager
     async def opening(self, link: PayLink) -> AsyncIterator[None]:
         """One open of the same purchase at a time in this process, so a double tap finds
-        the checkout the first tap opened instead of racing it to a second one."""
+        the checkout the first tap opened instead of racing it to a second one; and a few
+        opens in all at a time."""
         key = (link.buyer_id, link.product_id, link.quantity)
         lock, users = self._opening.get(key, (asyncio.Lock(), 0))
         self._opening[key] = (lock, users + 1)
         try:
-            async with lock:
+            async with lock, self._gate:
                 yield
         finally:
             lock, users = self._opening[key]
