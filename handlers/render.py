@@ -17,6 +17,7 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 from handlers.i18n import t, tn
 from store.broadcasts import BroadcastUsage
+from store.buyer_views import OrderView
 from store.catalogue import STOCK_DISPLAY_CAP, TEMPLATE_FIELDS, ProductView
 from store.deliveries import Job
 from store.errors import (
@@ -34,7 +35,6 @@ from store.errors import (
 from store.inventory import RestockReport, StockLevels
 from store.models import DeliveryKind, OrderStatus, Period, SubscriptionStatus
 from store.money import STARS, to_major
-from store.orders import OrderView
 from store.reports import Stats
 from store.subscriptions import SubscriptionView
 
