@@ -40,6 +40,7 @@ from telegram.ext import (
 
 from bot import jobs
 from bot import web as web_routes
+from bot.broadcasts import PAID_RATE, PaidBroadcasts
 from bot.client_outbox import ClientOutboxWorker, Smtp
 from bot.delivery import DeliveryWorker
 from bot.keyfile import ConfigError, encryption_key, open_vault
@@ -67,6 +68,7 @@ from handlers import (
 from handlers.api import ApiConfig
 from handlers.context import KeyvendContext, Shop
 from handlers.i18n import language_of, t
+from handlers.paylinks import PayLinks
 from store import buyers
 from store.crypto import KeyVault
 from store.db import Database
@@ -88,8 +90,13 @@ def telegram_secret(settings: Settings) -> str:
     return digest.hexdigest()
 
 
-def build_telegram(settings: Settings) -> Application:
+def build_telegram(settings: Settings, broadcasts: PaidBroadcasts | None = None) -> Application:
     base = settings.telegram_api_url.rstrip("/")
+    pace = SendPace(
+        settings.telegram_rate,
+        paid_rate=PAID_RATE if settings.paid_broadcast else None,
+        on_sent=(lambda paid: broadcasts.sent(paid=paid)) if broadcasts is not None else None,
+    )
     builder = (
         ApplicationBuilder()
         .token(settings.bot_token.get_secret_value())
@@ -98,7 +105,7 @@ def build_telegram(settings: Settings) -> Application:
         .context_types(ContextTypes(context=KeyvendContext))
         .request(AiohttpRequest(connections=64))
         .get_updates_request(AiohttpRequest(connections=1))
-        .rate_limiter(SendPace(settings.telegram_rate))
+        .rate_limiter(pace)
         .concurrent_updates(64)
     )
     if settings.telegram_mode is TelegramMode.WEBHOOK:
@@ -239,6 +246,7 @@ class Parts:
     web: web.Application
     client_outbox: ClientOutboxWorker
     stripe: StripeGateway | None = None
+    broadcasts: PaidBroadcasts | None = None
 
 
 def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
@@ -257,7 +265,8 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
         redis_url=settings.redis_url,
         metrics=metrics,
     )
-    application = build_telegram(settings)
+    broadcasts = PaidBroadcasts(db) if settings.paid_broadcast else None
+    application = build_telegram(settings, broadcasts)
     webhook = settings.alert_webhook_url
     notifier = AdminNotifier(
         lambda chat, text: application.bot.send_message(chat, text),
@@ -297,6 +306,12 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
         else {},
         paysupport_text=settings.paysupport_text,
         terms_text=settings.terms_text,
+        pay_links=PayLinks.from_bot_token(
+            settings.public_url, settings.bot_token.get_secret_value()
+        )
+        if settings.public_url
+        else None,
+        paid_broadcast=settings.paid_broadcast,
     )
     application.bot_data["shop"] = shop
     add_handlers(application)
@@ -347,6 +362,7 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
         server,
         client_worker,
         stripe,
+        broadcasts,
     )
 
 
@@ -460,6 +476,8 @@ async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Future[Parts]
                 name="key-expiry",
             ),
         ]
+        if parts.broadcasts is not None:
+            tasks.append(asyncio.create_task(parts.broadcasts.run(stop), name="paid-broadcasts"))
         log.info(
             "keyvend is running as @%s: HTTP on %s:%s, Telegram %s, card payments %s",
             application.bot.username,

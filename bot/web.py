@@ -20,7 +20,7 @@ from telegram.ext import Application
 from bot.metrics import Metrics
 from bot.ratelimit import RateLimiter
 from bot.stripe_webhook import MAX_BODY, SIGNING_SECRET, stripe_webhook
-from handlers import api
+from handlers import api, paylinks
 from handlers.context import SHOP, Shop
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,7 @@ def build(
     app.router.add_post("/stripe/webhook", stripe_webhook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get(paylinks.ROUTE, paylinks.open_pay_link)
     if telegram is not None and telegram_secret is not None:
         app[TELEGRAM] = telegram
         app[TELEGRAM_SECRET] = telegram_secret

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 from telegram.ext import Application, CallbackContext, ExtBot
@@ -35,6 +35,9 @@ from store.errors import (
 from store.inventory import ParsedKeys, RestockReport
 from store.orders import CheckoutPolicy, Outcome, OutOfStockPolicy, Result
 from store.payments import CheckoutState, Event, Payment, PaymentGateway, SubscriptionGateway
+
+if TYPE_CHECKING:
+    from handlers.paylinks import PayLinks
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,10 @@ class Shop:
     # Renewal shortfalls the admins were last told about, by SKU (so they hear of each once).
     renewal_warnings: dict[str, int] = field(default_factory=dict)
     terms_text: str | None = None
+    # Set (with PUBLIC_URL): the card's pay button is a link that opens the checkout itself.
+    pay_links: PayLinks | None = None
+    # The seller allows Telegram's paid broadcast for key deliveries and flash-sale answers.
+    paid_broadcast: bool = False
 
     def __post_init__(self) -> None:
         if self.card is not None:
