@@ -26,11 +26,13 @@ from pathlib import Path
 
 import uvloop
 
-from bench import bulkorder, delivery, keyimport, memory, paytokey, webhook
+from bench import bulkorder, delivery, flashsale, keyimport, memory, paytokey, webhook
 from bench.harness import REPO, Context, Machine, Row, failed_row
 from store.crypto import KeyVault
 
-BENCHMARKS = {m.NAME: m for m in (webhook, delivery, paytokey, keyimport, bulkorder, memory)}
+BENCHMARKS = {
+    m.NAME: m for m in (webhook, delivery, paytokey, flashsale, keyimport, bulkorder, memory)
+}
 DOC = REPO / "docs" / "benchmarks.md"
 WORK = REPO / ".cache" / "bench"
 CACHE = WORK / "cache"

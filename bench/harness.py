@@ -360,6 +360,7 @@ def app_env(
         STRIPE_API_BASE=stripe.url if stripe else "",
         HTTP_HOST="127.0.0.1",
         HTTP_PORT=str(port),
+        PUBLIC_URL=f"http://127.0.0.1:{port}",  # where the pay links on product cards point
         LOG_LEVEL="INFO",
     )
     return env

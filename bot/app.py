@@ -40,6 +40,7 @@ from telegram.ext import (
 
 from bot import jobs
 from bot import web as web_routes
+from bot.broadcasts import PAID_RATE, PaidBroadcasts
 from bot.client_outbox import ClientOutboxWorker, Smtp
 from bot.delivery import DeliveryWorker
 from bot.keyfile import ConfigError, encryption_key, open_vault
@@ -68,6 +69,7 @@ from handlers import (
 from handlers.api import ApiConfig
 from handlers.context import KeyvendContext, Shop
 from handlers.i18n import language_of, t
+from handlers.paylinks import PayLinks
 from store import buyers
 from store.crypto import KeyVault
 from store.db import Database
@@ -89,8 +91,13 @@ def telegram_secret(settings: Settings) -> str:
     return digest.hexdigest()
 
 
-def build_telegram(settings: Settings) -> Application:
+def build_telegram(settings: Settings, broadcasts: PaidBroadcasts | None = None) -> Application:
     base = settings.telegram_api_url.rstrip("/")
+    pace = SendPace(
+        settings.telegram_rate,
+        paid_rate=PAID_RATE if settings.paid_broadcast else None,
+        on_sent=(lambda paid: broadcasts.sent(paid=paid)) if broadcasts is not None else None,
+    )
     builder = (
         ApplicationBuilder()
         .token(settings.bot_token.get_secret_value())
@@ -99,7 +106,7 @@ def build_telegram(settings: Settings) -> Application:
         .context_types(ContextTypes(context=KeyvendContext))
         .request(AiohttpRequest(connections=64))
         .get_updates_request(AiohttpRequest(connections=1))
-        .rate_limiter(SendPace(settings.telegram_rate))
+        .rate_limiter(pace)
         .concurrent_updates(64)
     )
     if settings.telegram_mode is TelegramMode.WEBHOOK:
@@ -141,17 +148,17 @@ def add_handlers(application: Application) -> None:
             fallbacks=[CommandHandler("cancel", admin_products.cancel)],
             conversation_timeout=600,
         )
+        draft_button = CallbackQueryHandler(admin_products.draft_button, pattern=r"^nd:\w{1,8}$")
         new_product = ConversationHandler(
             entry_points=[CommandHandler("newproduct", admin_products.new_product)],
             states={
                 admin_products.NEW_SKU: [MessageHandler(typed, admin_products.new_sku)],
                 admin_products.NEW_NAME: [MessageHandler(typed, admin_products.new_name)],
                 admin_products.NEW_PRICE: [MessageHandler(typed, admin_products.new_price)],
-                admin_products.NEW_KIND: [
-                    CallbackQueryHandler(admin_products.new_kind, pattern=r"^nk:\w{1,8}$")
-                ],
-                admin_products.NEW_TEMPLATE: [
-                    MessageHandler(typed | filters.Regex(r"^/skip"), admin_products.new_template)
+                admin_products.NEW_OPTIONS: [draft_button],
+                admin_products.NEW_OPTION_VALUE: [
+                    MessageHandler(typed, admin_products.draft_value),
+                    draft_button,
                 ],
             },
             fallbacks=[CommandHandler("cancel", admin_products.cancel)],
@@ -248,6 +255,7 @@ class Parts:
     web: web.Application
     client_outbox: ClientOutboxWorker
     stripe: StripeGateway | None = None
+    broadcasts: PaidBroadcasts | None = None
 
 
 def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
@@ -266,7 +274,8 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
         redis_url=settings.redis_url,
         metrics=metrics,
     )
-    application = build_telegram(settings)
+    broadcasts = PaidBroadcasts(db) if settings.paid_broadcast else None
+    application = build_telegram(settings, broadcasts)
     webhook = settings.alert_webhook_url
     notifier = AdminNotifier(
         lambda chat, text, buttons: application.bot.send_message(chat, text, reply_markup=buttons),
@@ -300,13 +309,18 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
         counters=metrics,
         key_message_ttl=settings.key_message_ttl,
         card=stripe,
-        stripe_webhook_secret=settings.stripe_webhook_secret.get_secret_value() if stripe else None,
         blacklist_on_dispute=settings.blacklist_on_dispute,
         gateways={StarsGateway.name: StarsGateway(application.bot)}
         if settings.stars_enabled
         else {},
         paysupport_text=settings.paysupport_text,
         terms_text=settings.terms_text,
+        pay_links=PayLinks.from_bot_token(
+            settings.public_url, settings.bot_token.get_secret_value()
+        )
+        if settings.public_url
+        else None,
+        paid_broadcast=settings.paid_broadcast,
     )
     application.bot_data["shop"] = shop
     add_handlers(application)
@@ -339,6 +353,7 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
         limiter,
         telegram=application,
         telegram_secret=secret,
+        stripe_webhook_secret=settings.stripe_webhook_secret.get_secret_value() if stripe else None,
         metrics_token=(
             settings.metrics_token.get_secret_value() if settings.metrics_token else None
         ),
@@ -356,6 +371,7 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
         server,
         client_worker,
         stripe,
+        broadcasts,
     )
 
 
@@ -469,6 +485,8 @@ async def _run(parts: Parts, stop: asyncio.Event, started: asyncio.Future[Parts]
                 name="key-expiry",
             ),
         ]
+        if parts.broadcasts is not None:
+            tasks.append(asyncio.create_task(parts.broadcasts.run(stop), name="paid-broadcasts"))
         log.info(
             "keyvend is running as @%s: HTTP on %s:%s, Telegram %s, card payments %s",
             application.bot.username,

@@ -22,8 +22,8 @@ from bot.keyfile import encryption_key, open_vault
 from bot.migrate import migrate
 from bot.settings import ConfigError, Settings, load_settings
 from handlers.i18n import LANGUAGES
-from handlers.stars_invoice import MAX_STARS, MAX_SUBSCRIPTION_STARS
 from handlers.stars_invoice import PROVIDER as STARS_PROVIDER
+from handlers.stars_invoice import stars_price
 from store import catalogue, client_orders, clients, inventory, reports
 from store.catalogue import ProductChanges
 from store.check import KEY_SAMPLE, check
@@ -169,7 +169,7 @@ async def cmd_product_edit(settings: Settings, args: argparse.Namespace) -> int:
         delivery_template=args.template,
         active=args.active,
         language=args.lang,
-        prices=_provider_prices(args, remove_with_zero=True),
+        prices=_provider_prices(args),
         category=args.category,
         allocation=Allocation(args.allocation) if args.allocation else None,
         review_quantity=args.review_quantity,
@@ -407,18 +407,11 @@ def _price(product: catalogue.ProductView) -> str:
     return price if stars is None else f"{price} or {stars} Stars"
 
 
-def _provider_prices(
-    args: argparse.Namespace, *, remove_with_zero: bool = False
-) -> dict[str, tuple[int, str] | None] | None:
+def _provider_prices(args: argparse.Namespace) -> dict[str, tuple[int, str] | None] | None:
     """The prices a provider with its own currency charges, from `--stars N` (0: none)."""
     if args.stars is None:
         return None
-    if args.stars == 0 and remove_with_zero:
-        return {STARS_PROVIDER: None}
-    top = MAX_SUBSCRIPTION_STARS if getattr(args, "every", None) else MAX_STARS
-    if not 1 <= args.stars <= top:
-        raise Failure(f"--stars must be a whole number of Stars from 1 to {top}")
-    return {STARS_PROVIDER: (args.stars, STARS)}
+    return stars_price(args.stars, every=getattr(args, "every", None))
 
 
 # ---------------------------------------------------------------- argument parsing

@@ -169,6 +169,8 @@ class DeliveryWorker:
                     reply_markup=screen.keyboard,
                     parse_mode=ParseMode.HTML,
                     protect_content=job.kind in _KEY_KINDS,
+                    allow_paid_broadcast=(job.kind in _KEY_KINDS and self._shop.paid_broadcast)
+                    or None,
                     link_preview_options=LinkPreviewOptions(is_disabled=True),
                 )
                 message_ids.append(message.message_id)

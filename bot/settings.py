@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     telegram_mode: TelegramMode = TelegramMode.POLLING
     telegram_webhook_secret: SecretStr | None = None
     telegram_rate: float = Field(30.0, ge=2, description="messages/second this instance may send")
+    # Key deliveries and a sale's product cards go out as Telegram's paid broadcast: up to
+    # 1,000 messages/s, Stars charged for each one past the free rate (the cost is in /stats).
+    paid_broadcast: bool = False
 
     # Storage
     database_url: str = "sqlite+aiosqlite:///keyvend.db"

@@ -42,6 +42,7 @@ class StarsGateway:
     name = stars.PROVIDER
     currency = STARS
     periods = frozenset({stars.SUBSCRIPTION_EVERY})
+    reports_end = False  # a Stars subscription not renewed just stops paying
 
     def __init__(self, bot: Bot) -> None:
         self._bot = bot

@@ -16,8 +16,9 @@ from typing import Any
 
 import stripe
 
-from bot.stripe_webhook import payment_from_session
+from bot.stripe_webhook import INVOICE_PREFIX, payment_from_session
 from store.errors import PaymentUnavailable
+from store.models import Period
 from store.payments import CheckoutRequest, CheckoutStarted, Payment
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,8 @@ _MIN_EXPIRY = 30 * 60 + 30  # seconds
 class StripeGateway:
     name = "stripe"
     currency = None  # the product's own price
+    periods = frozenset(Period)  # Stripe bills every week, month or year
+    reports_end = True  # customer.subscription.deleted, after its own retries
 
     def __init__(
         self,
@@ -53,18 +56,14 @@ class StripeGateway:
 
     async def start_checkout(self, request: CheckoutRequest) -> CheckoutStarted:
         order = str(request.order_id)
+        price: dict[str, Any] = {
+            "currency": request.currency,
+            "unit_amount": request.unit_amount_minor,
+            "product_data": {"name": request.product_name[:250]},
+        }
         params: dict[str, Any] = {
             "mode": "payment",
-            "line_items": [
-                {
-                    "quantity": request.quantity,
-                    "price_data": {
-                        "currency": request.currency,
-                        "unit_amount": request.unit_amount_minor,
-                        "product_data": {"name": request.product_name[:250]},
-                    },
-                }
-            ],
+            "line_items": [{"quantity": request.quantity, "price_data": price}],
             "client_reference_id": order,
             "metadata": {"order_id": order},
             "payment_intent_data": {"metadata": {"order_id": order}},
@@ -74,6 +73,13 @@ class StripeGateway:
             "success_url": self._success_url(request.order_id),
             "cancel_url": self._success_url(request.order_id),
         }
+        if request.every is not None:
+            # Each invoice of the subscription names the order it began with, through the
+            # subscription's metadata that Stripe copies onto every invoice.
+            price["recurring"] = {"interval": request.every}
+            params["mode"] = "subscription"
+            del params["payment_intent_data"]
+            params["subscription_data"] = {"metadata": {"order_id": order}}
         session = await self._call(
             "open a checkout",
             self._client.v1.checkout.sessions.create_async,
@@ -102,7 +108,37 @@ class StripeGateway:
             raise self._unavailable("close a checkout", exc) from None
         return self._payment(order_id, session)
 
+    async def cancel_subscription(self, payment_ref: str) -> None:
+        # Stripe keeps billing nothing more and ends it at the period's end with
+        # `customer.subscription.deleted`; setting the flag again changes nothing.
+        try:
+            await self._client.v1.subscriptions.update_async(
+                payment_ref, params={"cancel_at_period_end": True}
+            )
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 404:
+                raise PaymentUnavailable("Stripe has no such subscription") from None
+            # Ended already: nothing is left to stop.
+            log.info("Stripe subscription not cancelled: %s", exc.code or exc.http_status)
+        except stripe.StripeError as exc:
+            raise self._unavailable("cancel a subscription", exc) from None
+
     async def refund(self, order_id: int, payment_ref: str, amount_minor: int) -> str:
+        if payment_ref.startswith(INVOICE_PREFIX):
+            # A subscription's period is paid by an invoice: refund the payment behind it.
+            payments = await self._call(
+                "look up an invoice's payment",
+                self._client.v1.invoice_payments.list_async,
+                params={"invoice": payment_ref},
+            )
+            intents = [
+                p["payment"]["payment_intent"]
+                for p in payments["data"]
+                if p["status"] == "paid" and p["payment"]["type"] == "payment_intent"
+            ]
+            if not intents:
+                raise PaymentUnavailable(f"invoice {payment_ref} has no payment to refund")
+            payment_ref = intents[0]
         try:
             refund = await self._client.v1.refunds.create_async(
                 params={

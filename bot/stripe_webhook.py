@@ -12,6 +12,12 @@ sessions that are not keyvend's are acknowledged and ignored. An event that name
 orders but not the checkout or payment recorded for it (another integration on the same
 Stripe account) is acknowledged, ignored, logged with its ids and counted in
 `keyvend_webhook_ignored_total`.
+
+A subscription (Checkout in `subscription` mode) is billed by Stripe itself: `invoice.paid`
+is one period (one key per invoice, however often and in whatever order it comes; the first
+invoice is the checkout's own payment), `invoice.payment_failed` makes it past due and
+`customer.subscription.deleted` ends it. Each names its order through the subscription's
+metadata; one about a subscription that order did not start is ignored.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import asyncio
 import json
 import logging
 import time
+from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import stripe
@@ -27,8 +35,8 @@ from aiohttp import web
 
 from handlers.context import SHOP, Shop
 from store.errors import CheckoutNotRecorded, PaymentUnavailable
-from store.orders import Event, Outcome, Result
-from store.payments import CheckoutState, Payment
+from store.orders import Outcome, Result
+from store.payments import CheckoutState, Event, Payment
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +45,14 @@ MAX_ID = 255  # the width of the id columns
 MAX_AMOUNT = 99_999_999  # Stripe's per-charge ceiling (store.money)
 TOLERANCE = 300
 PROVIDER = "stripe"
+# The webhook signing secret (whsec_...), set on the web app when Stripe is configured.
+SIGNING_SECRET: web.AppKey[str] = web.AppKey("stripe_signing_secret", str)
 # How long a payment for an order whose checkout is still being recorded waits for it (the
 # recording commits within milliseconds of Stripe answering) before Stripe is told to retry.
 _RECORDING_WAITS = (0.05, 0.1, 0.2, 0.4, 0.8)
+
+
+INVOICE_PREFIX = "in_"  # a payment reference that is a subscription's invoice
 
 
 class BadEvent(ValueError):
@@ -69,24 +82,74 @@ def payment_from_session(session: dict[str, Any]) -> Payment | None:
         state = CheckoutState.EXPIRED
     else:
         state = CheckoutState.OPEN
-    amount = session.get("amount_total")
-    if amount is not None and (
-        not isinstance(amount, int) or isinstance(amount, bool) or not 0 <= amount <= MAX_AMOUNT
-    ):
-        raise BadEvent("amount_total is not an amount Stripe can charge")
-    currency = session.get("currency")
-    if currency is not None and not (
-        isinstance(currency, str) and len(currency) == 3 and currency.isalpha()
-    ):
-        raise BadEvent("currency is not a three-letter code")
+    amount, currency = _amount(session.get("amount_total")), _currency(session.get("currency"))
+    if session.get("mode") == "subscription":
+        # Its money is the subscription's first invoice; the subscription is what to cancel.
+        payment_ref, subscription_ref = (
+            _ref(session.get("invoice")),
+            _ref(session.get("subscription")),
+        )
+    else:
+        payment_ref, subscription_ref = _ref(session.get("payment_intent")), None
     return Payment(
         order_id=order_id,
         state=state,
         checkout_ref=_str(session.get("id")),
-        payment_ref=_ref(session.get("payment_intent")),
+        payment_ref=payment_ref,
         amount_minor=amount,
-        currency=currency.lower() if currency else None,
+        currency=currency,
+        subscription_ref=subscription_ref,
     )
+
+
+def payment_from_invoice(invoice: dict[str, Any]) -> Payment | None:
+    """A paid (or unpaid) period of a subscription, read from its invoice: the order the
+    subscription began with comes from the subscription's metadata, which Stripe copies onto
+    each invoice. None for an invoice of no keyvend subscription."""
+    if invoice.get("object") != "invoice":
+        raise BadEvent("data.object is not an invoice")
+    # Stripe's API since 2025-03 names the subscription under `parent`; before, at the top.
+    details = _dict(_dict(invoice.get("parent")).get("subscription_details")) or _dict(
+        invoice.get("subscription_details")
+    )
+    subscription = _ref(details.get("subscription") or invoice.get("subscription"))
+    order_id = _order_id(_dict(details.get("metadata")).get("order_id"))
+    invoice_id = _str(invoice.get("id"))
+    if order_id is None or subscription is None or invoice_id is None:
+        return None
+    period_end = None
+    lines = _dict(invoice.get("lines")).get("data")
+    for line in lines if isinstance(lines, list) else []:
+        end = _dict(_dict(line).get("period")).get("end")
+        if isinstance(end, int) and not isinstance(end, bool) and 0 < end < 2**34:
+            period_end = max(period_end or 0, end)
+    return Payment(
+        order_id=order_id,
+        state=CheckoutState.PAID if invoice.get("status") == "paid" else CheckoutState.OPEN,
+        payment_ref=invoice_id,
+        amount_minor=_amount(invoice.get("amount_paid")),
+        currency=_currency(invoice.get("currency")),
+        period_end=datetime.fromtimestamp(period_end, UTC) if period_end else None,
+        subscription_ref=subscription,
+    )
+
+
+def _amount(value: object) -> int | None:
+    if value is not None and (
+        not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_AMOUNT
+    ):
+        raise BadEvent("an amount is not one Stripe can charge")
+    return value
+
+
+def _currency(value: object) -> str | None:
+    if value is not None and not (isinstance(value, str) and len(value) == 3 and value.isalpha()):
+        raise BadEvent("currency is not a three-letter code")
+    return value.lower() if value else None
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _order_id(value: object) -> int | None:
@@ -111,7 +174,8 @@ def _ref(value: object) -> str | None:
 async def stripe_webhook(request: web.Request) -> web.Response:
     """Verify, parse and apply one Stripe event."""
     shop = request.app[SHOP]
-    if shop.stripe_webhook_secret is None:
+    secret = request.app.get(SIGNING_SECRET)
+    if secret is None:
         return _reply(404, "Stripe is not configured")
     if request.content_length is not None and request.content_length > MAX_BODY:
         return _reply(413, "body over 1 MiB")
@@ -130,9 +194,7 @@ async def stripe_webhook(request: web.Request) -> web.Response:
         return _reply(400, "invalid signature")
     try:
         payload = body.decode("utf-8")
-        stripe.WebhookSignature.verify_header(
-            payload, header, shop.stripe_webhook_secret, TOLERANCE
-        )
+        stripe.WebhookSignature.verify_header(payload, header, secret, TOLERANCE)
     except (UnicodeDecodeError, stripe.SignatureVerificationError):
         shop.counters.count("keyvend_webhook_rejected_total", reason="signature")
         return _reply(400, "invalid signature")
@@ -188,12 +250,38 @@ async def _apply(shop: Shop, event: dict[str, Any]) -> Result | None:
                 )
             if payment.state is not CheckoutState.PAID:
                 raise BadEvent(f"{kind} for a session that is {obj.get('status')}")
+            # A subscription's checkout is its first period: paying it starts the subscription.
+            apply = (
+                partial(shop.apply_payment, PROVIDER) if payment.subscription_ref else shop.fulfil
+            )
             for pause in _RECORDING_WAITS:
                 try:
-                    return await shop.fulfil(payment, ledger)
+                    return await apply(payment, ledger)
                 except CheckoutNotRecorded:
                     await asyncio.sleep(pause)
-            return await shop.fulfil(payment, ledger)
+            return await apply(payment, ledger)
+        case "invoice.paid" | "invoice.payment_failed":
+            payment = payment_from_invoice(obj)
+            if payment is None:
+                return None
+            if kind == "invoice.paid":
+                if payment.state is not CheckoutState.PAID:
+                    raise BadEvent(f"invoice.paid for an invoice that is {obj.get('status')}")
+                return await shop.renew(PROVIDER, payment, ledger)
+            return await shop.subscription_past_due(
+                payment.order_id,
+                payment.subscription_ref,
+                payment_ref=payment.payment_ref,
+                event=ledger,
+            )
+        case "customer.subscription.deleted":
+            if obj.get("object") != "subscription":
+                raise BadEvent("data.object is not a subscription")
+            order_id = _order_id(_dict(obj.get("metadata")).get("order_id"))
+            subscription = _str(obj.get("id"))
+            if order_id is None or subscription is None:
+                return None
+            return await shop.subscription_ended(order_id, subscription, event=ledger)
         case "checkout.session.expired" | "checkout.session.async_payment_failed":
             payment = payment_from_session(obj)
             if payment is None:

@@ -117,18 +117,23 @@ class AiohttpRequest(BaseRequest):
 
 
 class SendPace(BaseRateLimiter[int]):
-    """Never more than about `rate` messages a second bot-wide; 429s waited out, then retried.
+    """Never more than about `rate` messages a second bot-wide (`paid_rate` for those sent
+    as paid broadcast); 429s waited out, then retried."""
 
-    A leaky bucket draining at 97% of `rate` and holding 1% of it (at least a message and a
-    bit): a burst of a full second's worth would earn 429s from Telegram's per-second window,
-    while the small slack absorbs timer latency that a one-message bucket would lose.
-    """
-
-    def __init__(self, rate: float, *, max_retries: int = 2) -> None:
-        burst = max(1.2, rate * 0.01)
-        self._bucket = AsyncLimiter(burst, burst / (rate * 0.97))
+    def __init__(
+        self,
+        rate: float,
+        *,
+        max_retries: int = 2,
+        paid_rate: float | None = None,
+        on_sent: Callable[[bool], None] | None = None,
+    ) -> None:
+        self._bucket = _bucket(rate)
+        # Sends with allow_paid_broadcast have Telegram's higher limit and a bucket of their own.
+        self._paid_bucket = _bucket(paid_rate) if paid_rate is not None else self._bucket
         self._max_retries = max_retries
         self._resume_at = 0.0  # loop time before which Telegram asked us not to send
+        self._on_sent = on_sent  # told of each message sent, and whether it was a paid one
 
     async def initialize(self) -> None:
         """Nothing to set up."""
@@ -147,16 +152,21 @@ class SendPace(BaseRateLimiter[int]):
     ) -> bool | dict[str, Any] | list[dict[str, Any]]:
         loop = asyncio.get_running_loop()
         paced = data.get("chat_id") is not None  # messages and their edits, not getUpdates
+        paid = bool(data.get("allow_paid_broadcast"))
+        bucket = self._paid_bucket if paid else self._bucket
         for attempt in range(self._max_retries + 1):
             while (pause := self._resume_at - loop.time()) > 0 or paced:
                 if pause > 0:
                     await asyncio.sleep(pause)
                     continue
-                await self._bucket.acquire()
+                await bucket.acquire()
                 if self._resume_at <= loop.time():
                     break  # a slot, and no 429 came while queueing for it
             try:
-                return await callback(*args, **kwargs)
+                answer = await callback(*args, **kwargs)
+                if paced and self._on_sent is not None:
+                    self._on_sent(paid)
+                return answer
             except RetryAfter as exc:
                 seconds = retry_after(exc)
                 self._resume_at = max(self._resume_at, loop.time() + seconds + 0.1)
@@ -164,6 +174,14 @@ class SendPace(BaseRateLimiter[int]):
                 if attempt == self._max_retries:
                     raise
         raise AssertionError("unreachable")
+
+
+def _bucket(rate: float) -> AsyncLimiter:
+    """A leaky bucket draining at 97% of `rate`, holding 1% of it (at least a message and a
+    bit): a burst of a full second's worth would earn 429s from Telegram's per-second window,
+    while the small slack absorbs timer latency that a one-message bucket would lose."""
+    burst = max(1.2, rate * 0.01)
+    return AsyncLimiter(burst, burst / (rate * 0.97))
 
 
 def retry_after(exc: RetryAfter) -> float:

@@ -1,5 +1,6 @@
 """Admin product management in the chat: /products, a product's card with edit buttons, and
-/newproduct, a conversation that creates one.
+/newproduct, a conversation that asks for SKU, name and price and then shows a draft whose
+buttons set every other option of `keyvend product add` before creating it.
 
 Everything here goes through the same store/catalogue.py functions as `keyvend product
 add|edit`, so the chat and the command line cannot disagree on what is valid, and every
@@ -18,21 +19,37 @@ from handlers import render
 from handlers.admin import admin_button, admin_only
 from handlers.context import KeyvendContext
 from handlers.i18n import DEFAULT, LANGUAGES, NAMES, t, user_language
+from handlers.stars_invoice import PROVIDER as STARS_PROVIDER
+from handlers.stars_invoice import stars_price
 from store import catalogue
 from store.catalogue import ProductChanges, ProductView
 from store.errors import InvalidInput, NotFound
-from store.models import Allocation, ProductKind
-from store.money import check_currency, to_minor
+from store.models import Allocation, Period, ProductKind
+from store.money import STARS, check_currency, to_minor
 
 _e = render.html.escape
 
-# Conversation states: editing one field of a product, and the steps of /newproduct.
+# Conversation states: editing one field of a product, and the steps of /newproduct: three
+# questions, then a draft whose optional settings are buttons, and a value typed for one.
 AWAITING_VALUE = 10
-NEW_SKU, NEW_NAME, NEW_PRICE, NEW_KIND, NEW_TEMPLATE = range(20, 25)
+NEW_SKU, NEW_NAME, NEW_PRICE, NEW_OPTIONS, NEW_OPTION_VALUE = range(20, 25)
 
 PRODUCTS = "apl"
 # Fields an admin edits by typing a value; name and description also carry a language.
-TYPED_FIELDS = ("name", "desc", "price", "limits", "low", "tpl", "cat", "review")
+TYPED_FIELDS = ("name", "desc", "price", "stars", "limits", "low", "tpl", "cat", "review")
+# The draft's settings set by typing (in the default language), and those one tap switches.
+DRAFT_TYPED = ("desc", "stars", "limits", "low", "tpl", "cat")
+DRAFT_SWITCHED = ("kind", "every", "alloc")
+# A typed value's ProductChanges fields that are also add_product options of the same name.
+_DRAFT_OPTIONS = (
+    "description",
+    "category",
+    "max_per_order",
+    "max_per_buyer",
+    "low_stock_threshold",
+    "delivery_template",
+    "prices",
+)
 
 
 def product_data(product_id: int) -> str:
@@ -41,6 +58,10 @@ def product_data(product_id: int) -> str:
 
 def edit_data(product_id: int, field: str, language: str = "") -> str:
     return f"ae:{product_id}:{field}:{language}"
+
+
+def draft_data(field: str) -> str:
+    return f"nd:{field}"
 
 
 def _language(update: Update) -> str:
@@ -85,38 +106,12 @@ def product_list(products: list[ProductView], language: str) -> render.Screen:
 
 
 def product_card(p: ProductView, language: str) -> render.Screen:
-    none = t(language, "none")
-    lines = [f"<b>{_e(p.sku)}</b> — {_e(p.name)}"]
-    for code in LANGUAGES:
-        if code != DEFAULT and p.translations.get(code, {}).get("name"):
-            lines.append(f"{NAMES[code]}: {_e(p.name_in(code))}")
-    lines += [
+    lines = _settings(p, language) + [
         t(
             language,
-            "Price: {price} · kind: {kind}",
-            price=render.money(p.price_minor, p.currency, language),
-            kind=p.kind,
+            "Review from: {thresholds}",
+            thresholds=_thresholds(p, language) or t(language, "none"),
         ),
-        t(
-            language,
-            "In stock: {stock} · low-stock alert at {low}",
-            stock=p.stock,
-            low=p.low_stock_threshold,
-        ),
-        t(
-            language,
-            "Limits: {per_order} per order, {per_buyer} per buyer",
-            per_order=p.max_per_order,
-            per_buyer=p.max_per_buyer or none,
-        ),
-        t(language, "Category: {category}", category=_e(p.category) or none),
-        t(
-            language,
-            "Allocation: {allocation}",
-            allocation=_allocation_name(p.allocation, language),
-        ),
-        t(language, "Template: {template}", template=_e(p.delivery_template) or none),
-        t(language, "Review from: {thresholds}", thresholds=_thresholds(p, language) or none),
         t(language, "Reported keys: replaced automatically, once per order")
         if p.auto_replace
         else t(language, "Reported keys: an admin decides"),
@@ -132,23 +127,21 @@ def product_card(p: ProductView, language: str) -> render.Screen:
             button(t(language, "Description ({language})", language=NAMES[c]), "desc", c)
             for c in LANGUAGES
         ],
-        [button(t(language, "Price"), "price"), button(t(language, "Limits"), "limits")],
-        [button(t(language, "Low-stock alert"), "low"), button(t(language, "Template"), "tpl")],
+        [button(t(language, "Price"), "price"), button(t(language, "Stars price"), "stars")],
+        [button(t(language, "Limits"), "limits"), button(t(language, "Low-stock alert"), "low")],
         [
+            button(t(language, "Template"), "tpl"),
             button(t(language, "Category"), "cat"),
+        ],
+        [
             button(
                 t(
                     language,
                     "Allocation: switch to {allocation}",
-                    allocation=_allocation_name(
-                        Allocation.RANDOM
-                        if p.allocation == Allocation.OLDEST
-                        else Allocation.OLDEST,
-                        language,
-                    ),
+                    allocation=_allocation_name(_other_allocation(p.allocation), language),
                 ),
                 "alloc",
-            ),
+            )
         ],
         [
             button(t(language, "Review thresholds"), "review"),
@@ -169,6 +162,62 @@ def product_card(p: ProductView, language: str) -> render.Screen:
     return render.Screen("\n".join(lines), InlineKeyboardMarkup(rows))
 
 
+def _settings(p: ProductView, language: str) -> list[str]:
+    """The lines of a product's card, or of a draft, that /newproduct can set."""
+    none = t(language, "none")
+    stars = p.price_for(STARS_PROVIDER, STARS)
+    lines = [f"<b>{_e(p.sku)}</b> — {_e(p.name)}"]
+    for code in LANGUAGES:
+        if code != DEFAULT and p.translations.get(code, {}).get("name"):
+            lines.append(f"{NAMES[code]}: {_e(p.name_in(code))}")
+    if p.description:
+        lines.append(_e(p.description))
+    return lines + [
+        t(
+            language,
+            "Price: {price} · kind: {kind}",
+            price=render.money(p.price_minor, p.currency, language),
+            kind=p.kind,
+        ),
+        t(
+            language,
+            "Stars price: {stars} · paid: {period}",
+            stars=render.money(stars, STARS, language) if stars else none,
+            period=_period_name(p.every, language),
+        ),
+        t(
+            language,
+            "In stock: {stock} · low-stock alert at {low}",
+            stock=p.stock,
+            low=p.low_stock_threshold,
+        ),
+        t(
+            language,
+            "Limits: {per_order} per order, {per_buyer} per buyer",
+            per_order=p.max_per_order,
+            per_buyer=p.max_per_buyer or none,
+        ),
+        t(language, "Category: {category}", category=_e(p.category) or none),
+        t(
+            language,
+            "Allocation: {allocation}",
+            allocation=_allocation_name(p.allocation, language),
+        ),
+        t(language, "Template: {template}", template=_e(p.delivery_template) or none),
+    ]
+
+
+def _period_name(every: str | None, language: str) -> str:
+    match every:
+        case Period.WEEK:
+            return t(language, "every week")
+        case Period.MONTH:
+            return t(language, "every month")
+        case Period.YEAR:
+            return t(language, "every year")
+    return t(language, "once")
+
+
 def _thresholds(p: ProductView, language: str) -> str:
     """The product's review thresholds, e.g. "4 keys / $50.00" ("" for none)."""
     parts = []
@@ -185,8 +234,8 @@ def _allocation_name(allocation: str, language: str) -> str:
     return t(language, "oldest first")
 
 
-def _prompt(field: str, p: ProductView, edit_language: str, language: str) -> str:
-    sku = _e(p.sku)
+def _prompt(field: str, sku: str, edit_language: str, language: str) -> str:
+    sku = _e(sku)
     match field:
         case "name":
             return t(
@@ -204,6 +253,12 @@ def _prompt(field: str, p: ProductView, edit_language: str, language: str) -> st
             )
         case "price":
             return t(language, "Send the new price of {sku}, e.g. 9.99 or 9.99 eur.", sku=sku)
+        case "stars":
+            return t(
+                language,
+                "Send the price of {sku} in Telegram Stars, e.g. 500 (0: not sold for Stars).",
+                sku=sku,
+            )
         case "limits":
             return t(
                 language,
@@ -291,11 +346,7 @@ async def edit_field(update: Update, context: KeyvendContext) -> int:
         if field == "autorep":
             changes = ProductChanges(auto_replace=not product.auto_replace)
         elif field == "alloc":
-            changes = ProductChanges(
-                allocation=Allocation.RANDOM
-                if product.allocation == Allocation.OLDEST
-                else Allocation.OLDEST
-            )
+            changes = ProductChanges(allocation=_other_allocation(product.allocation))
         else:
             changes = ProductChanges(active=not product.active)
         product = await catalogue.edit_product(
@@ -311,7 +362,9 @@ async def edit_field(update: Update, context: KeyvendContext) -> int:
     await query.answer()
     await _reply(
         update,
-        _prompt(field, product, edit_language, language) + "\n" + t(language, "/cancel to stop."),
+        _prompt(field, product.sku, edit_language, language)
+        + "\n"
+        + t(language, "/cancel to stop."),
     )
     return AWAITING_VALUE
 
@@ -322,7 +375,8 @@ async def receive_value(update: Update, context: KeyvendContext) -> int:
     language = _language(update)
     sku, field, edit_language = context.user_data["editing"]
     try:
-        changes = _changes(field, edit_language, update.effective_message.text.strip())
+        product = await catalogue.get_product(context.shop.db, sku=sku)
+        changes = _changes(field, edit_language, update.effective_message.text.strip(), product)
         product = await catalogue.edit_product(
             context.shop.db, sku, changes, admin_id=update.effective_user.id
         )
@@ -339,8 +393,9 @@ async def receive_value(update: Update, context: KeyvendContext) -> int:
     return ConversationHandler.END
 
 
-def _changes(field: str, edit_language: str, value: str) -> ProductChanges:
-    """The change a typed value asks for (InvalidInput with the reason if it cannot be one)."""
+def _changes(field: str, edit_language: str, value: str, p: ProductView) -> ProductChanges:
+    """The change a typed value asks for of `p` (InvalidInput with the reason if it cannot be
+    one)."""
     cleared = "" if value == "-" else value
     match field:
         case "name":
@@ -350,6 +405,8 @@ def _changes(field: str, edit_language: str, value: str) -> ProductChanges:
         case "price":
             price, _, currency = value.partition(" ")
             return ProductChanges(price=price, currency=currency.strip() or None)
+        case "stars":
+            return ProductChanges(prices=stars_price(_numbers(value, 1, 1)[0], every=p.every))
         case "limits":
             numbers = _numbers(value, 1, 2)
             return ProductChanges(
@@ -381,6 +438,7 @@ async def cancel(update: Update, context: KeyvendContext) -> int:
     """Abandon an edit or a new product."""
     context.user_data.pop("editing", None)
     context.user_data.pop("new_product", None)
+    context.user_data.pop("new_option", None)
     await _reply(update, t(_language(update), "Cancelled; nothing was changed."))
     return ConversationHandler.END
 
@@ -435,7 +493,7 @@ async def new_name(update: Update, context: KeyvendContext) -> int:
 
 @admin_only
 async def new_price(update: Update, context: KeyvendContext) -> int:
-    """Take the price and currency if they make a valid price; ask for the kind."""
+    """Take the price and currency if they make a valid price; show the draft's settings."""
     language = _language(update)
     price, _, currency = update.effective_message.text.strip().partition(" ")
     try:
@@ -445,80 +503,185 @@ async def new_price(update: Update, context: KeyvendContext) -> int:
             update, _e(str(exc)) + "\n" + t(language, "Send the price and currency, e.g. 9.99 usd.")
         )
         return NEW_PRICE
-    context.user_data["new_product"].update(price=price, currency=check_currency(currency))
-    keyboard = InlineKeyboardMarkup(
+    draft = context.user_data["new_product"]
+    draft.update(price=price, currency=check_currency(currency))
+    screen = draft_screen(catalogue.preview_product(**draft), language)
+    await _reply(update, screen.text, screen.keyboard)
+    return NEW_OPTIONS
+
+
+def draft_screen(p: ProductView, language: str) -> render.Screen:
+    """A product not created yet, with a button for each optional setting and one to create."""
+
+    def button(label: str, field: str) -> InlineKeyboardButton:
+        return InlineKeyboardButton(label, callback_data=draft_data(field))
+
+    rows = [
         [
-            [
-                InlineKeyboardButton(
-                    t(language, "Unique keys (each sold once)"), callback_data="nk:unique"
-                )
-            ],
-            [
-                InlineKeyboardButton(
-                    t(language, "One shared key for every buyer"), callback_data="nk:shared"
-                )
-            ],
-        ]
+            button(
+                t(language, "Kind: switch to shared")
+                if p.kind == ProductKind.UNIQUE
+                else t(language, "Kind: switch to unique"),
+                "kind",
+            ),
+            button(
+                t(
+                    language,
+                    "Paid: switch to {period}",
+                    period=_period_name(_next_period(p.every), language),
+                ),
+                "every",
+            ),
+        ],
+        [button(t(language, "Description"), "desc"), button(t(language, "Stars price"), "stars")],
+        [button(t(language, "Limits"), "limits"), button(t(language, "Low-stock alert"), "low")],
+        [button(t(language, "Template"), "tpl"), button(t(language, "Category"), "cat")],
+        [
+            button(
+                t(
+                    language,
+                    "Allocation: switch to {allocation}",
+                    allocation=_allocation_name(_other_allocation(p.allocation), language),
+                ),
+                "alloc",
+            )
+        ],
+        [button(t(language, "✅ Create {sku}", sku=p.sku), "create")],
+    ]
+    text = (
+        t(
+            language,
+            "Not created yet. Every setting below has a default; change any with its button, "
+            "then create it. /cancel to stop.",
+        )
+        + "\n\n"
+        + "\n".join(_settings(p, language))
     )
-    await _reply(update, t(language, "What do buyers receive?"), keyboard)
-    return NEW_KIND
+    return render.Screen(text, InlineKeyboardMarkup(rows))
+
+
+def _next_period(every: str | None) -> str | None:
+    """The period after `every` in the cycle once, every week, month, year, once again."""
+    cycle = [None, *Period]
+    return cycle[(cycle.index(every) + 1) % len(cycle)]
+
+
+def _other_allocation(allocation: str) -> Allocation:
+    return Allocation.RANDOM if allocation == Allocation.OLDEST else Allocation.OLDEST
+
+
+def _draft_options(field: str, value: str, draft: dict) -> dict:
+    """The add_product options a value typed for one of the draft's settings stands for."""
+    preview = catalogue.preview_product(**draft)
+    changes = _changes(field, DEFAULT, value, preview)
+    options = {name: getattr(changes, name) for name in _DRAFT_OPTIONS}
+    options = {name: value for name, value in options.items() if value is not None}
+    if options.get("max_per_buyer") == 0:
+        options["max_per_buyer"] = None  # as in an edit, 0 removes the per-buyer limit
+    return options
+
+
+def _checked(draft: dict) -> ProductView:
+    """The draft as it would be created; InvalidInput if a setting is not valid, including a
+    Stars price over what its period allows."""
+    preview = catalogue.preview_product(**draft)
+    stars = preview.price_for(STARS_PROVIDER, STARS)
+    if stars:
+        stars_price(stars, every=preview.every)
+    return preview
 
 
 @admin_button
-async def new_kind(update: Update, context: KeyvendContext) -> int:
-    """Take the kind (`nk:unique|shared`); ask for the delivery template."""
+async def draft_button(update: Update, context: KeyvendContext) -> int:
+    """Act on a draft's button (`nd:<setting>`): switch a setting, ask for a typed one, or
+    create the product."""
     query = update.callback_query
-    kind = query.data.split(":")[1]
-    if kind not in {k.value for k in ProductKind}:
-        await query.answer(
-            t(_language(update), "This button has expired. Send /start."), show_alert=True
+    language = _language(update)
+    field = query.data.split(":")[1]
+    draft = context.user_data["new_product"]
+    if field not in (*DRAFT_TYPED, *DRAFT_SWITCHED, "create"):
+        await query.answer(t(language, "This button has expired. Send /start."), show_alert=True)
+        return NEW_OPTIONS
+    if field == "create":
+        return await _create(update, context, draft)
+    if field in DRAFT_TYPED:
+        context.user_data["new_option"] = field
+        await query.answer()
+        await _reply(
+            update,
+            _prompt(field, draft["sku"], DEFAULT, language)
+            + "\n"
+            + t(language, "/cancel to stop."),
         )
-        return NEW_KIND
-    context.user_data["new_product"]["kind"] = kind
+        return NEW_OPTION_VALUE
+    preview = catalogue.preview_product(**draft)
+    switched = dict(draft)
+    if field == "kind":
+        switched["kind"] = (
+            ProductKind.SHARED if preview.kind == ProductKind.UNIQUE else ProductKind.UNIQUE
+        )
+    elif field == "every":
+        switched["every"] = _next_period(preview.every)
+    else:
+        switched["allocation"] = _other_allocation(preview.allocation)
+    try:
+        preview = _checked(switched)
+    except InvalidInput as exc:
+        await query.answer(str(exc), show_alert=True)
+        return NEW_OPTIONS
+    draft.update(switched)
     await query.answer()
-    await _reply(
-        update,
-        t(
-            _language(update),
-            "Send the delivery template: how to redeem, with {key} where the key goes "
-            "(it may also use {order} and {product}). /skip sends the plain key.",
-        ),
-    )
-    return NEW_TEMPLATE
+    await _replace(update, draft_screen(preview, language))
+    return NEW_OPTIONS
 
 
 @admin_only
-async def new_template(update: Update, context: KeyvendContext) -> int:
-    """Take the template (or /skip) and create the product."""
+async def draft_value(update: Update, context: KeyvendContext) -> int:
+    """Take the value typed for one of the draft's settings; show the draft again."""
     language = _language(update)
-    text = update.effective_message.text.strip()
-    template = "" if text.startswith("/skip") else text
     draft = context.user_data["new_product"]
     try:
-        product = await catalogue.add_product(
-            context.shop.db,
-            draft["sku"],
-            draft["name"],
-            draft["price"],
-            draft["currency"],
-            kind=ProductKind(draft["kind"]),
-            delivery_template=template,
-            admin_id=update.effective_user.id,
-        )
+        changed = {
+            **draft,
+            **_draft_options(
+                context.user_data["new_option"], update.effective_message.text.strip(), draft
+            ),
+        }
+        preview = _checked(changed)
     except InvalidInput as exc:
         await _reply(update, _e(str(exc)) + "\n" + t(language, "Try again, or /cancel."))
-        return NEW_TEMPLATE
-    context.user_data.pop("new_product", None)
-    card = product_card(product, language)
-    await _reply(
-        update,
-        t(
-            language,
-            "Created {sku}. Add keys with /restock {sku}; it is on sale once it has stock.",
-            sku=_e(product.sku),
+        return NEW_OPTION_VALUE
+    draft.update(changed)
+    context.user_data.pop("new_option", None)
+    screen = draft_screen(preview, language)
+    await _reply(update, screen.text, screen.keyboard)
+    return NEW_OPTIONS
+
+
+async def _create(update: Update, context: KeyvendContext, draft: dict) -> int:
+    """Create the drafted product and show its card."""
+    language = _language(update)
+    try:
+        product = await catalogue.add_product(
+            context.shop.db, **draft, admin_id=update.effective_user.id
         )
-        + "\n\n"
-        + card.text,
-        card.keyboard,
+    except InvalidInput as exc:
+        await update.callback_query.answer(str(exc), show_alert=True)
+        return NEW_OPTIONS
+    context.user_data.pop("new_product", None)
+    await update.callback_query.answer()
+    card = product_card(product, language)
+    await _replace(
+        update,
+        render.Screen(
+            t(
+                language,
+                "Created {sku}. Add keys with /restock {sku}; it is on sale once it has stock.",
+                sku=_e(product.sku),
+            )
+            + "\n\n"
+            + card.text,
+            card.keyboard,
+        ),
     )
     return ConversationHandler.END

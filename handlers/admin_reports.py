@@ -21,9 +21,10 @@ from telegram.constants import ParseMode
 
 from handlers import render
 from handlers.admin import admin_only
-from handlers.context import KeyvendContext
+from handlers.context import KeyvendContext, Shop
 from handlers.i18n import t, user_language
-from store import catalogue, inventory, reports
+from store import broadcasts, catalogue, inventory, reports
+from store.broadcasts import BroadcastUsage
 from store.errors import NotFound
 from store.inventory import StockLevels
 from store.money import to_major
@@ -140,10 +141,22 @@ async def stats(update: Update, context: KeyvendContext) -> None:
     png = await asyncio.to_thread(chart, days, levels, datetime.now(UTC).date())
     await update.effective_chat.send_photo(InputFile(png, filename="stats.png"))
     if sku is None:
-        summary = render.stats(await reports.sales(db), levels, language)
+        summary = render.stats(
+            await reports.sales(db),
+            levels,
+            language,
+            broadcast=await _paid_broadcast(context.shop),
+        )
     else:
         summary = _product_summary(sku, days, levels, language)
     await update.effective_chat.send_message(summary, parse_mode=ParseMode.HTML)
+
+
+async def _paid_broadcast(shop: Shop) -> BroadcastUsage | None:
+    """What paid broadcast cost lately: shown where the seller allows it, or it was used."""
+    since = datetime.now(UTC).date() - timedelta(days=render.BROADCAST_DAYS - 1)
+    used = await broadcasts.usage(shop.db, since=since)
+    return used if shop.paid_broadcast or used.messages else None
 
 
 def _product_summary(

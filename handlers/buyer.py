@@ -17,21 +17,14 @@ from telegram.error import BadRequest
 from telegram.ext import ApplicationHandlerStop
 
 from handlers import commands, render
-from handlers.context import KeyvendContext
+from handlers.context import KeyvendContext, Shop
 from handlers.i18n import t, user_language
-from store import buyers, catalogue, orders, subscriptions, watchers
+from store import buyer_views, buyers, catalogue, subscriptions, watchers
 from store.errors import (
-    Blacklisted,
-    HoldLimit,
-    InvalidInput,
     NotFound,
     OrderNotPayable,
-    OutOfStock,
-    OverLimit,
     PaymentUnavailable,
-    ProductInactive,
     StoreError,
-    TooManyUnpaid,
 )
 from store.models import OrderStatus
 from store.payments import SubscriptionGateway
@@ -44,8 +37,11 @@ def _language(update: Update) -> str:
     return user_language(user.language_code if user else None)
 
 
-async def _show(update: Update, screen: render.Screen, *, edit: bool = False) -> None:
-    """Send a screen, or replace the pressed message with it."""
+async def _show(
+    update: Update, screen: render.Screen, *, edit: bool = False, broadcast: bool = False
+) -> None:
+    """Send a screen, or replace the pressed message with it; `broadcast`: the answer may go
+    out as Telegram's paid broadcast (a flash sale's cards, where the seller allows it)."""
     query = update.callback_query
     if edit and query is not None and query.message is not None:
         try:
@@ -57,7 +53,10 @@ async def _show(update: Update, screen: render.Screen, *, edit: bool = False) ->
                 raise
         return
     await update.effective_chat.send_message(
-        screen.text, parse_mode=ParseMode.HTML, reply_markup=screen.keyboard
+        screen.text,
+        parse_mode=ParseMode.HTML,
+        reply_markup=screen.keyboard,
+        allow_paid_broadcast=broadcast or None,
     )
 
 
@@ -87,19 +86,16 @@ async def throttle(update: Update, context: KeyvendContext) -> None:
     # Say so once a minute at most: answering every excess update would spend the bot's own
     # sending budget, which key deliveries share, on one flooding user.
     if update.callback_query is not None:
-        await update.callback_query.answer(_try_again(retry_at, _language(update)), show_alert=True)
+        await update.callback_query.answer(
+            render.try_again(retry_at, _language(update)), show_alert=True
+        )
     elif (
         user is not None
         and update.message is not None
         and await context.shop.limiter.hit("notices", user.id) is None
     ):
-        await chat.send_message(_try_again(retry_at, _language(update)))
+        await chat.send_message(render.try_again(retry_at, _language(update)))
     raise ApplicationHandlerStop
-
-
-def _try_again(retry_at: datetime, language: str) -> str:
-    seconds = max(1, int((retry_at - datetime.now(UTC)).total_seconds() + 0.999))
-    return t(language, "Too many requests — please try again in {seconds} s.", seconds=seconds)
 
 
 async def start(update: Update, context: KeyvendContext) -> None:
@@ -183,17 +179,33 @@ async def _open_product(
     if not product.active:
         await _tell(update, t(language, "This product is no longer on sale."))
         return
-    await _show(update, _card(context, product, quantity, language))
+    shop = context.shop
+    await _show(
+        update,
+        _card(shop, product, update.effective_user.id, quantity, language),
+        broadcast=shop.paid_broadcast,
+    )
 
 
 def _card(
-    context: KeyvendContext, product: catalogue.ProductView, quantity: int, language: str
+    shop: Shop, product: catalogue.ProductView, buyer_id: int, quantity: int, language: str
 ) -> render.Screen:
+    """The product card: its card payment a pay link when the shop has a PUBLIC_URL, so
+    the buyer goes from this one message to the payment page (handlers/paylinks.py)."""
     quantity = 1 if product.every else max(1, min(quantity, product.max_quantity() or 1))
-    shop = context.shop
+    link = None
+    if shop.pay_links is not None and shop.card is not None:
+        link = shop.pay_links.url(
+            buyer_id=buyer_id, product_id=product.id, quantity=quantity, language=language
+        )
     offers = [
         render.Offer(
-            name, unit, gateway.currency or product.currency, gateway is shop.card, product.every
+            name,
+            unit,
+            gateway.currency or product.currency,
+            gateway is shop.card,
+            product.every,
+            link if gateway is shop.card else None,
         )
         for name, gateway in shop.gateways.items()
         if (unit := product.price_for(name, gateway.currency)) is not None
@@ -218,7 +230,8 @@ async def show_product(update: Update, context: KeyvendContext) -> None:
         await query.answer(t(language, "This product is no longer on sale."), show_alert=True)
         return
     await query.answer()
-    await _show(update, _card(context, product, int(quantity), language), edit=True)
+    card = _card(context.shop, product, update.effective_user.id, int(quantity), language)
+    await _show(update, card, edit=True)
 
 
 async def notify_me(update: Update, context: KeyvendContext) -> None:
@@ -251,7 +264,7 @@ async def pay(update: Update, context: KeyvendContext) -> None:
         return
     retry_at = await shop.limiter.hit("checkouts", user_id)
     if retry_at is not None:
-        await _tell(update, _try_again(retry_at, language))
+        await _tell(update, render.try_again(retry_at, language))
         return
     await query.answer(t(language, "Preparing your checkout…"))
     try:
@@ -263,7 +276,7 @@ async def pay(update: Update, context: KeyvendContext) -> None:
             quantity=int(quantity),
         )
     except StoreError as exc:
-        await update.effective_chat.send_message(_checkout_refusal(exc, language))
+        await update.effective_chat.send_message(render.checkout_refusal(exc, language))
         return
     if sale.url is None:
         return  # the provider's own invoice, with its pay button, is in the chat already
@@ -277,54 +290,13 @@ async def pay(update: Update, context: KeyvendContext) -> None:
     )
 
 
-def _checkout_refusal(exc: StoreError, language: str) -> str:
-    """The one-line reason a checkout could not start (nothing was reserved or charged)."""
-    match exc:
-        case OutOfStock(available=0):
-            return t(language, "Sorry, this product just sold out.")
-        case OutOfStock(available=n):
-            return t(language, "Sorry, only {n} left — please choose a smaller quantity.", n=n)
-        case HoldLimit(allowed=n, cap=cap):
-            return t(
-                language,
-                "Your unpaid checkouts already hold as much of this product as one buyer may "
-                "({cap}): you can add {n} more. Pay or let one expire first (see /orders).",
-                cap=cap,
-                n=n,
-            )
-        case OverLimit(allowed=0):
-            return t(
-                language, "You have already bought as many of this product as the shop allows."
-            )
-        case OverLimit(allowed=n):
-            return t(language, "You can buy at most {n} of this product now.", n=n)
-        case TooManyUnpaid(limit=n):
-            return t(
-                language,
-                "You already have {n} unpaid orders. Pay or let one expire first (see /orders).",
-                n=n,
-            )
-        case Blacklisted():
-            return t(language, "Sorry, you can't buy in this shop.")
-        case ProductInactive() | NotFound():
-            return t(language, "This product is no longer on sale.")
-        case PaymentUnavailable():
-            return t(
-                language,
-                "Card payment is unavailable right now — nothing was charged. Please try again in a minute.",
-            )
-        case InvalidInput():
-            return t(language, "That quantity can't be bought.")
-    return t(language, "Sorry, that didn't work. Please try again.")
-
-
 async def _returned_from_payment(update: Update, context: KeyvendContext, order_id: int) -> None:
     """The buyer came back from the payment page: settle the order now if the webhook is late."""
     shop = context.shop
     language = _language(update)
     user_id = update.effective_user.id
     try:
-        order = await orders.buyer_order(shop.db, order_id, user_id, language)
+        order = await buyer_views.buyer_order(shop.db, order_id, user_id, language)
     except NotFound:
         await _tell(update, t(language, "Order not found."))
         return
@@ -332,7 +304,7 @@ async def _returned_from_payment(update: Update, context: KeyvendContext, order_
         # If Stripe cannot answer now, the webhook or reconciliation settles the order.
         with contextlib.suppress(PaymentUnavailable, OrderNotPayable):
             await shop.confirm(order_id)
-        order = await orders.buyer_order(shop.db, order_id, user_id, language)
+        order = await buyer_views.buyer_order(shop.db, order_id, user_id, language)
     await _show(update, render.order_detail(order, language))
 
 
@@ -340,7 +312,8 @@ async def my_orders(update: Update, context: KeyvendContext) -> None:
     """List the buyer's latest orders (`/orders`, or the button back to them)."""
     language = _language(update)
     listing = render.orders_list(
-        await orders.buyer_orders(context.shop.db, update.effective_user.id, language), language
+        await buyer_views.buyer_orders(context.shop.db, update.effective_user.id, language),
+        language,
     )
     if update.callback_query is not None:
         await update.callback_query.answer()
@@ -354,7 +327,7 @@ async def show_order(update: Update, context: KeyvendContext) -> None:
     query = update.callback_query
     language = _language(update)
     try:
-        order = await orders.buyer_order(
+        order = await buyer_views.buyer_order(
             context.shop.db, int(query.data.split(":")[1]), update.effective_user.id, language
         )
     except NotFound:
@@ -369,7 +342,7 @@ async def show_keys(update: Update, context: KeyvendContext) -> None:
     query = update.callback_query
     language = _language(update)
     try:
-        await orders.show_keys_again(
+        await buyer_views.show_keys_again(
             context.shop.db, int(query.data.split(":")[1]), update.effective_user.id
         )
     except NotFound:
@@ -404,11 +377,7 @@ async def cancel_subscription(update: Update, context: KeyvendContext) -> None:
     language = _language(update)
     subscription_id = int(query.data.split(":")[1])
     try:
-        target = await subscriptions.to_cancel(shop.db, subscription_id, update.effective_user.id)
-        gateway = shop.gateways.get(target.provider)
-        if not isinstance(gateway, SubscriptionGateway) or target.payment_ref is None:
-            raise PaymentUnavailable(f"{target.provider} subscriptions cannot be cancelled here")
-        await gateway.cancel_subscription(target.payment_ref)
+        await shop.cancel_subscription(subscription_id, update.effective_user.id)
     except NotFound:
         await query.answer(t(language, "Subscription not found."), show_alert=True)
         return
@@ -421,7 +390,6 @@ async def cancel_subscription(update: Update, context: KeyvendContext) -> None:
             show_alert=True,
         )
         return
-    await subscriptions.mark_cancelled(shop.db, subscription_id)
     await query.answer(
         t(language, "Cancelled: no more payments. Your current period runs to its end.")
     )

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 from telegram.ext import Application, CallbackContext, ExtBot
@@ -24,14 +24,23 @@ from telegram.ext import Application, CallbackContext, ExtBot
 from handlers import render
 from handlers.alerts import AlertButtons, AlertKind, AlertText
 from handlers.i18n import t
-from store import catalogue, inventory, key_reports, orders, review
+from store import catalogue, inventory, key_reports, orders, reconciliation, review, subscriptions
 from store.crypto import KeyVault
 from store.db import Database
-from store.errors import PaymentUnavailable, StoreError
+from store.errors import (
+    NotFound,
+    OrderNotPayable,
+    PaymentUnavailable,
+    StoreError,
+    SubscriptionNotStarted,
+)
 from store.inventory import ParsedKeys, RestockReport
 from store.models import KeyReportStatus
-from store.orders import CheckoutPolicy, Event, Outcome, OutOfStockPolicy, Result
-from store.payments import CheckoutState, Payment, PaymentGateway
+from store.orders import CheckoutPolicy, Outcome, OutOfStockPolicy, Result
+from store.payments import CheckoutState, Event, Payment, PaymentGateway, SubscriptionGateway
+
+if TYPE_CHECKING:
+    from handlers.paylinks import PayLinks
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +73,6 @@ class Shop:
     key_message_ttl: timedelta
     # The card provider: offered first, and the one a pay button naming no provider means.
     card: PaymentGateway | None = None
-    stripe_webhook_secret: str | None = None  # for bot/stripe_webhook.py
     blacklist_on_dispute: bool = False
     wake_delivery: Callable[[], None] = lambda: None
     wake_refunds: Callable[[], None] = lambda: None
@@ -74,6 +82,10 @@ class Shop:
     # Renewal shortfalls the admins were last told about, by SKU (so they hear of each once).
     renewal_warnings: dict[str, int] = field(default_factory=dict)
     terms_text: str | None = None
+    # Set (with PUBLIC_URL): the card's pay button is a link that opens the checkout itself.
+    pay_links: PayLinks | None = None
+    # The seller allows Telegram's paid broadcast for key deliveries and flash-sale answers.
+    paid_broadcast: bool = False
 
     def __post_init__(self) -> None:
         if self.card is not None:
@@ -163,7 +175,7 @@ class Shop:
     async def refund(self, order_id: int, *, admin_id: int | None = None) -> Result:
         """Return an order's money through its own provider, then revoke its keys and tell
         the buyer; NotFound, OrderNotPayable or PaymentUnavailable say why not."""
-        paid = await orders.paid_order(self.db, order_id)
+        paid = await reconciliation.paid_order(self.db, order_id)
         await self._gateway(paid.provider).refund(
             order_id, paid.payment_ref, paid.paid_amount_minor
         )
@@ -223,7 +235,7 @@ class Shop:
     async def make_owed_refunds(self) -> list[Result]:
         """Return the money of orders that were paid with nothing left to give."""
         results = []
-        for owed in await orders.refunds_due(self.db):
+        for owed in await reconciliation.refunds_due(self.db):
             gateway = self.gateways.get(owed.provider)
             if gateway is None or owed.payment_ref is None:
                 log.error(
@@ -317,7 +329,7 @@ class Shop:
         with that report, so a payment of another integration never touches our order."""
         result = await record(None)
         if result.outcome is Outcome.UNVERIFIED:
-            paid = await orders.provider_report(self.db, self.gateways, result.order_id)
+            paid = await reconciliation.provider_report(self.db, self.gateways, result.order_id)
             result = await record(paid)
             if result.outcome is Outcome.UNVERIFIED:  # no checkout to ask about
                 result = Result(Outcome.FOREIGN, result.order_id)
@@ -337,10 +349,57 @@ class Shop:
             await orders.pay_period(self.db, payment, self.stock_policy, event=event)
         )
         if result.outcome is Outcome.UNCHANGED and payment.payment_ref is not None:
-            state = await orders.order_state(self.db, payment.order_id)
+            state = await reconciliation.order_state(self.db, payment.order_id)
             if state is not None and state.payment_ref != payment.payment_ref:
                 await self._return_extra_charge(provider, payment)
         return result
+
+    async def renew(self, provider: str, payment: Payment, event: Event) -> Result:
+        """Apply a period a provider billed by itself (an invoice naming the subscription, not
+        the checkout). The first period's invoice may come before the checkout's own event:
+        then the checkout, asked at the provider, starts the subscription and decides whether
+        the invoice belongs to it."""
+        try:
+            return await self.apply_payment(provider, payment, event)
+        except SubscriptionNotStarted:
+            pass
+        try:
+            await self.confirm(payment.order_id)
+        except (NotFound, OrderNotPayable):
+            pass  # settled meanwhile, or not ours to settle: the second try says which
+        try:
+            return await self.apply_payment(provider, payment, event)
+        except SubscriptionNotStarted:
+            return Result(Outcome.FOREIGN, payment.order_id)
+
+    async def subscription_past_due(
+        self, order_id: int, subscription_ref: str, *, payment_ref: str, event: Event
+    ) -> Result:
+        """The provider could not collect a period: past due, and the buyer is told."""
+        return self.settled(
+            await subscriptions.fall_behind(
+                self.db, order_id, subscription_ref, payment_ref=payment_ref, event=event
+            )
+        )
+
+    async def subscription_ended(
+        self, order_id: int, subscription_ref: str, *, event: Event
+    ) -> Result:
+        """The provider ended a subscription: no more keys, and the buyer is told."""
+        return self.settled(
+            await subscriptions.end(self.db, order_id, subscription_ref, event=event)
+        )
+
+    async def cancel_subscription(self, subscription_id: int, buyer_id: int) -> None:
+        """Stop one of the buyer's subscriptions at the end of the period paid: the provider
+        first, then the shop's own record; NotFound, OrderNotPayable (ended) or
+        PaymentUnavailable say why not."""
+        target = await subscriptions.to_cancel(self.db, subscription_id, buyer_id)
+        gateway = self.gateways.get(target.provider)
+        if not isinstance(gateway, SubscriptionGateway) or target.payment_ref is None:
+            raise PaymentUnavailable(f"{target.provider} subscriptions cannot be cancelled here")
+        await gateway.cancel_subscription(target.payment_ref)
+        await subscriptions.mark_cancelled(self.db, subscription_id)
 
     async def _return_extra_charge(self, provider: str, payment: Payment) -> None:
         gateway = self.gateways.get(provider)
@@ -371,7 +430,14 @@ class Shop:
     def settled(self, result: Result) -> Result:
         """Set in motion what a transition's result calls for: a send, a refund, an alert."""
         o = result.outcome
-        if o in (Outcome.FULFILLED, Outcome.BACKORDERED, Outcome.REVIEW, Outcome.REFUNDED):
+        if o in (
+            Outcome.FULFILLED,
+            Outcome.BACKORDERED,
+            Outcome.REVIEW,
+            Outcome.REFUNDED,
+            Outcome.PAST_DUE,
+            Outcome.ENDED,
+        ):
             self.wake_delivery()
         order, sku = result.order_id, result.sku
         if o is Outcome.REFUND_DUE:

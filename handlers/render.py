@@ -10,19 +10,32 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from babel.numbers import format_currency
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 from handlers.i18n import t, tn
+from store.broadcasts import BroadcastUsage
+from store.buyer_views import OrderView
 from store.catalogue import STOCK_DISPLAY_CAP, TEMPLATE_FIELDS, ProductView
 from store.deliveries import Job
+from store.errors import (
+    Blacklisted,
+    HoldLimit,
+    InvalidInput,
+    NotFound,
+    OutOfStock,
+    OverLimit,
+    PaymentUnavailable,
+    ProductInactive,
+    StoreError,
+    TooManyUnpaid,
+)
 from store.inventory import RestockReport, StockLevels
 from store.key_reports import ReportItem
 from store.models import DeliveryKind, OrderStatus, Period, SubscriptionStatus
 from store.money import STARS, to_major
-from store.orders import OrderView
 from store.reports import Stats
 from store.subscriptions import SubscriptionView
 
@@ -217,6 +230,7 @@ class Offer:
     currency: str
     default: bool = False  # the card provider, whose button data names no provider
     every: str | None = None  # a subscription's period
+    url: str | None = None  # a pay link that opens the checkout itself (no button press)
 
 
 def product_card(p: ProductView, quantity: int, language: str, *, offers: list[Offer]) -> Screen:
@@ -271,6 +285,8 @@ def _pay_button(
         label = t(language, "⭐ Pay {n} Stars", n=total)
     else:
         label = t(language, "💳 Pay {total} by card", total=money(total, offer.currency, language))
+    if offer.url is not None:
+        return InlineKeyboardButton(label, url=offer.url)
     provider = None if offer.default else offer.provider
     return InlineKeyboardButton(label, callback_data=pay_data(product_id, quantity, provider))
 
@@ -300,6 +316,52 @@ def checkout_started(
     )
     button = InlineKeyboardButton(t(language, "💳 Pay {amount}", amount=amount), url=url)
     return Screen(text, InlineKeyboardMarkup([[button]]))
+
+
+def try_again(retry_at: datetime, language: str) -> str:
+    seconds = max(1, int((retry_at - datetime.now(UTC)).total_seconds() + 0.999))
+    return t(language, "Too many requests — please try again in {seconds} s.", seconds=seconds)
+
+
+def checkout_refusal(exc: StoreError, language: str) -> str:
+    """The one-line reason a checkout could not start (nothing was reserved or charged)."""
+    match exc:
+        case OutOfStock(available=0):
+            return t(language, "Sorry, this product just sold out.")
+        case OutOfStock(available=n):
+            return t(language, "Sorry, only {n} left — please choose a smaller quantity.", n=n)
+        case HoldLimit(allowed=n, cap=cap):
+            return t(
+                language,
+                "Your unpaid checkouts already hold as much of this product as one buyer may "
+                "({cap}): you can add {n} more. Pay or let one expire first (see /orders).",
+                cap=cap,
+                n=n,
+            )
+        case OverLimit(allowed=0):
+            return t(
+                language, "You have already bought as many of this product as the shop allows."
+            )
+        case OverLimit(allowed=n):
+            return t(language, "You can buy at most {n} of this product now.", n=n)
+        case TooManyUnpaid(limit=n):
+            return t(
+                language,
+                "You already have {n} unpaid orders. Pay or let one expire first (see /orders).",
+                n=n,
+            )
+        case Blacklisted():
+            return t(language, "Sorry, you can't buy in this shop.")
+        case ProductInactive() | NotFound():
+            return t(language, "This product is no longer on sale.")
+        case PaymentUnavailable():
+            return t(
+                language,
+                "Card payment is unavailable right now — nothing was charged. Please try again in a minute.",
+            )
+        case InvalidInput():
+            return t(language, "That quantity can't be bought.")
+    return t(language, "Sorry, that didn't work. Please try again.")
 
 
 def orders_list(orders: list[OrderView], language: str) -> Screen:
@@ -404,6 +466,16 @@ def _notice(job: Job, language: str) -> str:
             language,
             "Your subscription to {product} has ended, so no more keys will come. "
             "Subscribe again any time from /start.",
+            product=_e(job.product_name),
+        )
+    if job.kind is DeliveryKind.SUBSCRIPTION_PAST_DUE:
+        return t(
+            language,
+            "⚠️ The payment for your subscription to {product} did not go through, so this "
+            "period's key is on hold. Update your card on the payment page in the e-mail "
+            "about this payment (or pay the invoice there): it is charged again in the next "
+            "days, and your key comes here once it is paid. If it is never paid, the "
+            "subscription ends. /subscriptions shows its state.",
             product=_e(job.product_name),
         )
     if job.kind is DeliveryKind.RESTOCKED:
@@ -576,7 +648,13 @@ def restock_report(r: RestockReport, language: str) -> str:
     return "\n".join(lines)
 
 
-def stats(s: Stats, levels: list[StockLevels], language: str) -> str:
+def stats(
+    s: Stats,
+    levels: list[StockLevels],
+    language: str,
+    *,
+    broadcast: BroadcastUsage | None = None,
+) -> str:
     lines = [t(language, "<b>Sales</b>")]
     for period in s.periods:
         revenue = ", ".join(money(m, c, language) for c, m in sorted(period.revenue.items())) or "—"
@@ -608,7 +686,24 @@ def stats(s: Stats, levels: list[StockLevels], language: str) -> str:
                 n=s.attention,
             )
         )
+    if broadcast is not None:
+        lines.append("")
+        lines.append(
+            t(
+                language,
+                "Paid broadcast, last {days} days: {n} messages, {beyond} of them past the free "
+                "rate: about {stars} ⭐",
+                days=BROADCAST_DAYS,
+                n=broadcast.messages,
+                beyond=broadcast.beyond_free,
+                stars=f"{broadcast.beyond_free * STARS_PER_PAID_MESSAGE:.1f}",
+            )
+        )
     return "\n".join(lines)
+
+
+BROADCAST_DAYS = 30  # the span /stats reports paid-broadcast costs over
+STARS_PER_PAID_MESSAGE = 0.1  # Telegram's price of a message past the free rate
 
 
 def _period_label(days: int, language: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from store.errors import InvalidInput
 from store.money import STARS
 from store.payments import CheckoutState, Payment
 
@@ -19,6 +20,17 @@ SUBSCRIPTION_PERIOD = 2_592_000  # seconds: 30 days, the only period Telegram of
 SUBSCRIPTION_EVERY = "month"  # the product period (store.models.Period) that matches it
 PROVIDER = "stars"
 MAX_PAYLOAD = 128  # bytes, Telegram's limit on an invoice payload
+
+
+def stars_price(stars: int, *, every: str | None) -> dict[str, tuple[int, str] | None]:
+    """A product's Stars price as `ProductChanges.prices` takes it: `stars` a unit, or not sold
+    for Stars at all for 0; InvalidInput past what Telegram lets one invoice ask."""
+    if stars == 0:
+        return {PROVIDER: None}
+    top = MAX_SUBSCRIPTION_STARS if every else MAX_STARS
+    if not 1 <= stars <= top:
+        raise InvalidInput(f"a Stars price must be a whole number of Stars from 1 to {top}")
+    return {PROVIDER: (stars, STARS)}
 
 
 def order_of_payload(payload: object) -> int | None:

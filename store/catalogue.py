@@ -28,7 +28,7 @@ _LANGUAGE = re.compile(r"^[a-z]{2,8}$")
 
 @dataclass(frozen=True, slots=True)
 class ProductView:
-    id: int
+    id: int | None  # None only in a preview of a product not created yet (preview_product)
     sku: str
     name: str
     description: str
@@ -152,6 +152,38 @@ async def add_product(
     price: str,
     currency: str,
     *,
+    admin_id: int | None = None,
+    **options: Any,
+) -> ProductView:
+    """Put a new product in the catalogue. The options, with their defaults, are those of
+    `_new_product`; `prices` are providers' own, {name: (amount, currency)}."""
+    product = _new_product(sku, name, price, currency, **options)
+
+    async def work(session: AsyncSession) -> ProductView:
+        session.add(product)
+        try:
+            await session.flush()
+        except IntegrityError:
+            raise InvalidInput(f"a product with SKU {sku} already exists") from None
+        session.add(audit(admin_id, "product.add", sku))
+        return _view(product, stock=0)
+
+    return await db.write(work)
+
+
+def preview_product(sku: str, name: str, price: str, currency: str, **options: Any) -> ProductView:
+    """The product `add_product` would create with these (its id None), without saving it;
+    InvalidInput with the reason if one of them is not valid. /newproduct shows a draft with
+    it and checks each setting as the admin gives it."""
+    return _view(_new_product(sku, name, price, currency, **options), stock=0)
+
+
+def _new_product(
+    sku: str,
+    name: str,
+    price: str,
+    currency: str,
+    *,
     description: str = "",
     kind: ProductKind = ProductKind.UNIQUE,
     max_per_order: int = 10,
@@ -162,14 +194,12 @@ async def add_product(
     every: str | None = None,
     category: str = "",
     allocation: Allocation = Allocation.OLDEST,
-    admin_id: int | None = None,
-) -> ProductView:
-    """Put a new product in the catalogue; `prices` are providers' own, {name: (amount, cur)}."""
+) -> Product:
     check_sku(sku)
     if not name.strip():
         raise InvalidInput("product name must not be empty")
     _check_limits(max_per_order, max_per_buyer, low_stock_threshold)
-    product = Product(
+    return Product(
         sku=sku,
         name=name.strip(),
         description=description,
@@ -188,17 +218,6 @@ async def add_product(
         category=check_category(category),
         allocation=Allocation(allocation),
     )
-
-    async def work(session: AsyncSession) -> ProductView:
-        session.add(product)
-        try:
-            await session.flush()
-        except IntegrityError:
-            raise InvalidInput(f"a product with SKU {sku} already exists") from None
-        session.add(audit(admin_id, "product.add", sku))
-        return _view(product, stock=0)
-
-    return await db.write(work)
 
 
 async def edit_product(

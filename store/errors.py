@@ -62,6 +62,11 @@ class CheckoutNotRecorded(StoreError):
     """A payment names an order whose checkout is still being recorded: ask again shortly."""
 
 
+class SubscriptionNotStarted(CheckoutNotRecorded):
+    """A subscription's invoice came before the checkout that started it was applied: the
+    checkout's own report decides whose it is."""
+
+
 class OrderNotPayable(StoreError):
     """The order is past the point where it can be paid or confirmed."""
 

@@ -9,7 +9,7 @@ id is recorded once (no event applied twice), and an order has one key delivery.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -17,6 +17,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -92,6 +93,7 @@ class DeliveryKind(StrEnum):
     # product) and carries no value, so it waits until no key delivery is due.
     RESTOCKED = "restocked"
     SUBSCRIPTION_ENDED = "sub_ended"  # notice: a subscription ended, no more keys come
+    SUBSCRIPTION_PAST_DUE = "sub_past_due"  # notice: a period's payment failed: fix the card
     REPORT_REJECTED = "report_rejected"  # notice: the seller found the reported key working
 
 
@@ -533,3 +535,14 @@ class ClientDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(String(200), default=None)
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class PaidBroadcastDay(Base):
+    """Messages sent with Telegram's paid broadcast on one UTC day, and how many of them went
+    past the free rate (those Telegram charges Stars for): the cost /stats shows."""
+
+    __tablename__ = "paid_broadcasts"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    messages: Mapped[int] = mapped_column(Integer, default=0)
+    beyond_free: Mapped[int] = mapped_column(Integer, default=0)

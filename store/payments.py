@@ -44,6 +44,15 @@ class CheckoutState(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Event:
+    """A provider event, for the idempotency ledger."""
+
+    provider: str
+    id: str
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
 class Payment:
     """What a provider reports about an order's money: the input of `fulfil`."""
 
@@ -53,8 +62,10 @@ class Payment:
     payment_ref: str | None = None  # the handle refunds use
     amount_minor: int | None = None
     currency: str | None = None
-    # For a subscription's payment: when the period it pays for ends.
+    # For a subscription's payment: when the period it pays for ends, and the provider's
+    # handle on the subscription when it is not the payment's own (Stripe's `sub_...`).
     period_end: datetime | None = None
+    subscription_ref: str | None = None
 
 
 @runtime_checkable
@@ -62,6 +73,9 @@ class SubscriptionGateway(Protocol):
     """A provider that sells subscriptions, and whose subscriptions keyvend can cancel."""
 
     periods: frozenset[str]  # the product periods (store.models.Period) it can renew
+    # Whether it reports a subscription's end itself; if not, one whose period ran out
+    # unrenewed is ended by keyvend (`subscriptions.end_lapsed`).
+    reports_end: bool
 
     async def cancel_subscription(self, payment_ref: str) -> None:
         """Stop renewing at the end of the period paid for; safe to repeat."""

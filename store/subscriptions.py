@@ -4,11 +4,15 @@ A subscription starts and renews inside the payment's own transaction (`orders.p
 this module owns what happens between payments. Cancelling only marks it to stop at the end
 of the period paid for (the provider is told by the caller); a subscription whose period
 ended without a renewal, beyond a grace for a late payment, ends, and its buyer is told
-through the outbox.
+through the outbox. A provider that bills the subscription itself reports a failed period
+(`fall_behind`: past due, the buyer is told how to fix it) and the end (`end`), each
+recorded in the payment ledger like a payment, so a repeated report changes nothing; a
+report about a subscription that is not the one the named order started is ignored.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -28,6 +32,9 @@ from store.models import (
     Subscription,
     SubscriptionStatus,
 )
+from store.order_rows import record_event
+from store.orders import Outcome, Result
+from store.payments import Event
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,10 +165,17 @@ async def mark_cancelled(db: Database, subscription_id: int) -> None:
 
 
 async def end_lapsed(
-    db: Database, *, grace: timedelta, now: datetime | None = None, limit: int = 100
+    db: Database,
+    *,
+    grace: timedelta,
+    reported: Iterable[str] = (),
+    now: datetime | None = None,
+    limit: int = 100,
 ) -> list[int]:
     """End the subscriptions whose paid period ran out `grace` ago without a renewal, and
-    queue each buyer's notice; return their ids."""
+    queue each buyer's notice; return their ids. Those of the `reported` providers are
+    left alone: such a provider retries a failed payment for weeks and says when it ends."""
+    reported = list(reported)
 
     async def work(session: AsyncSession) -> list[int]:
         moment = now or datetime.now(UTC)
@@ -169,6 +183,7 @@ async def end_lapsed(
             await session.scalars(
                 select(Subscription)
                 .where(
+                    Subscription.provider.not_in(reported),
                     Subscription.status != SubscriptionStatus.ENDED,
                     Subscription.current_period_end < moment - grace,
                 )
@@ -180,13 +195,98 @@ async def end_lapsed(
         for s in lapsed:
             s.status = SubscriptionStatus.ENDED
             s.ended_at = moment
-            latest = await session.scalar(
-                select(Order)
-                .where((Order.subscription_id == s.id) | (Order.id == s.first_order_id))
-                .order_by(Order.id.desc())
-                .limit(1)
-            )
-            session.add(allocation.delivery(latest, DeliveryKind.SUBSCRIPTION_ENDED, moment))
+            await _tell_buyer(session, s, DeliveryKind.SUBSCRIPTION_ENDED, moment)
         return [s.id for s in lapsed]
 
     return await db.write(work)
+
+
+async def fall_behind(
+    db: Database,
+    order_id: int,
+    subscription_ref: str,
+    *,
+    payment_ref: str,
+    event: Event,
+    now: datetime | None = None,
+) -> Result:
+    """The provider could not collect a period (`payment_ref`) of the subscription begun by
+    `order_id`: it is past due and its buyer is told once how to fix it. A failure of a
+    period that is paid already (the reports crossed) changes nothing."""
+
+    async def work(session: AsyncSession) -> Result:
+        moment = now or datetime.now(UTC)
+        found = await _reported(session, order_id, subscription_ref, event, moment)
+        if isinstance(found, Result):
+            return found
+        paid = await session.scalar(
+            select(func.count()).where(
+                (Order.subscription_id == found.id) | (Order.id == found.first_order_id),
+                Order.payment_ref == payment_ref,
+            )
+        )
+        if paid or found.status != SubscriptionStatus.ACTIVE:
+            return Result(Outcome.UNCHANGED, order_id, found.buyer_id)
+        found.status = SubscriptionStatus.PAST_DUE
+        await _tell_buyer(session, found, DeliveryKind.SUBSCRIPTION_PAST_DUE, moment)
+        return Result(Outcome.PAST_DUE, order_id, found.buyer_id)
+
+    return await db.write(work)
+
+
+async def end(
+    db: Database,
+    order_id: int,
+    subscription_ref: str,
+    *,
+    event: Event,
+    now: datetime | None = None,
+) -> Result:
+    """The provider ended the subscription begun by `order_id`: no more keys, and its buyer
+    is told once."""
+
+    async def work(session: AsyncSession) -> Result:
+        moment = now or datetime.now(UTC)
+        found = await _reported(session, order_id, subscription_ref, event, moment)
+        if isinstance(found, Result):
+            return found
+        if found.status == SubscriptionStatus.ENDED:
+            return Result(Outcome.UNCHANGED, order_id, found.buyer_id)
+        found.status = SubscriptionStatus.ENDED
+        found.ended_at = moment
+        await _tell_buyer(session, found, DeliveryKind.SUBSCRIPTION_ENDED, moment)
+        return Result(Outcome.ENDED, order_id, found.buyer_id)
+
+    return await db.write(work)
+
+
+async def _reported(
+    session: AsyncSession, order_id: int, subscription_ref: str, event: Event, now: datetime
+) -> Subscription | Result:
+    """The subscription a provider's report is about, locked; or the Result that ignores
+    the report (a repeat, or not this shop's subscription)."""
+    if not await record_event(session, event, order_id, now):
+        return Result(Outcome.DUPLICATE, order_id)
+    found = await session.scalar(
+        select(Subscription).where(Subscription.first_order_id == order_id).with_for_update()
+    )
+    if found is None:
+        return Result(Outcome.UNKNOWN_ORDER, order_id)
+    if found.provider != event.provider or found.payment_ref != subscription_ref:
+        return Result(Outcome.FOREIGN, order_id)
+    return found
+
+
+async def _tell_buyer(
+    session: AsyncSession, subscription: Subscription, kind: DeliveryKind, now: datetime
+) -> None:
+    """Queue a notice about the subscription to its buyer, on its latest period's order."""
+    latest = await session.scalar(
+        select(Order)
+        .where(
+            (Order.subscription_id == subscription.id) | (Order.id == subscription.first_order_id)
+        )
+        .order_by(Order.id.desc())
+        .limit(1)
+    )
+    session.add(allocation.delivery(latest, kind, now))

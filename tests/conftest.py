@@ -197,10 +197,21 @@ def key_secret() -> str:
 
 
 @pytest.fixture
+def shop_database(request: pytest.FixtureRequest) -> str:
+    """The running shop's database: SQLite, or each of SQLite and PostgreSQL for a test
+    marked `on_both_databases` (tests/support/databases.py)."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return request.getfixturevalue("sqlite_url")
+    url = request.getfixturevalue("postgres_url")
+    asyncio.run(_truncate(url))
+    return url
+
+
+@pytest.fixture
 def settings(
-    sqlite_url: str, telegram: FakeTelegram, stripe_api: FakeStripe, key_secret: str
+    shop_database: str, telegram: FakeTelegram, stripe_api: FakeStripe, key_secret: str
 ) -> Settings:
-    return shop_settings(sqlite_url, telegram, stripe_api, key_secret)
+    return shop_settings(shop_database, telegram, stripe_api, key_secret)
 
 
 @pytest.fixture

@@ -21,7 +21,17 @@ from bot.metrics import Metrics
 from bot.ratelimit import RateLimiter
 from store.models import OrderStatus
 from tests.e2e.conftest import ADMIN, free_port, running, shop_settings
-from tests.e2e.helpers import checkout, open_card, press, reply, sent_since, snapshot, stock, text
+from tests.e2e.helpers import (
+    checkout,
+    open_card,
+    open_pay_link,
+    press,
+    reply,
+    sent_since,
+    snapshot,
+    stock,
+    text,
+)
 from tests.e2e.processes import RedisServer
 
 REDIS = "redis://127.0.0.1:6379/14"
@@ -194,15 +204,19 @@ async def test_a_checkout_over_the_limit_is_refused_and_opens_no_order(
         sqlite_url, telegram, stripe_api, key_secret, rate_limit_checkouts="2/minute"
     )
     async with running(settings, telegram, stripe_api) as shop:
-        product = await stock(shop, "GAME", 5)
-        await checkout(shop, BUYER, "GAME")
-        await checkout(shop, BUYER, "GAME")
+        product = await stock(shop, "GAME", 10)
+        await checkout(shop, BUYER, "GAME", 1)
+        await checkout(shop, BUYER, "GAME", 2)
         card = await open_card(shop, BUYER, "GAME")
 
-        answer = await press(telegram, BUYER, card, f"pay:{product.id}:1")
+        again = await open_pay_link(shop.http, card)  # the same purchase: its open checkout
+        refused = await open_pay_link(shop.http, await open_card(shop, BUYER, "GAME", 3))
+        answer = await press(telegram, BUYER, card, f"pay:{product.id}:3")  # the chat's button
 
+        assert again.status == 303
+        assert refused.status == 429 and refused.reason.startswith(TRY_AGAIN)
+        assert 0 < _seconds(refused.reason) <= 60
         assert answer["text"].startswith(TRY_AGAIN) and answer.get("show_alert")
-        assert 0 < _seconds(answer["text"]) <= 60
         assert (await snapshot(shop)).orders == {OrderStatus.PENDING: 2}
 
 

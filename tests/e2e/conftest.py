@@ -122,6 +122,8 @@ def shop_settings(
         "rate_limit_checkouts": "100/minute",
     }
     values.update(overrides)
+    # The product cards' pay links lead to this very app, as PUBLIC_URL does in production.
+    values.setdefault("public_url", f"http://127.0.0.1:{values['http_port']}")
     return Settings(_env_file=None, **values)
 
 

@@ -12,6 +12,7 @@ check`. Logs are captured the way `keyvend run` writes them, and searched for ev
 from __future__ import annotations
 
 import asyncio
+import html
 import inspect
 import io
 import logging
@@ -24,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
@@ -313,24 +315,34 @@ class Checkout:
     session_id: str
 
 
-def checkout_session(answer: SentMessage) -> str | None:
-    """The Stripe session id behind a checkout message's Pay button; None for any other message."""
-    if not text(answer).startswith("Order #"):
-        return None
-    return answer.button("Pay")["url"].rsplit("/", 1)[1]
+@dataclass(frozen=True)
+class PayAnswer:
+    """What opening a card's pay link answered: 303 to a Stripe Checkout page, or a page
+    with the one-line reason there is none."""
+
+    status: int
+    session_id: str | None
+    reason: str  # the page's reason; "" for a redirect
+
+
+async def open_pay_link(http: aiohttp.ClientSession, card: SentMessage) -> PayAnswer:
+    """The buyer taps "Pay by card" on the card: their browser opens the link."""
+    async with http.get(card.button("by card")["url"], allow_redirects=False) as response:
+        page = await response.text()
+    if response.status == 303:
+        return PayAnswer(303, response.headers["Location"].rsplit("/", 1)[1], "")
+    found = re.search(r"<p>(.*?)</p>", page)
+    return PayAnswer(response.status, None, html.unescape(found.group(1)) if found else page)
 
 
 async def checkout(shop: Shop, buyer: int, sku: str, quantity: int = 1) -> Checkout:
-    """Open the product card and press "Pay": an order with its keys reserved and a Stripe session."""
-    tg = shop.telegram
+    """Open the product card and its pay link: an order with its keys reserved and a Stripe
+    session."""
     card = await open_card(shop, buyer, sku, quantity)
-    since = time.monotonic()
-    tg.press(buyer, card, card.button("by card")["callback_data"])
-    seen = sent_since(tg, buyer, since)
-    started = await tg.wait_for(lambda m: seen(m) and checkout_session(m) is not None, timeout=WAIT)
-    session_id = checkout_session(started)
-    order_id = int(shop.stripe.sessions[session_id]["client_reference_id"])
-    return Checkout(buyer, order_id, session_id)
+    answer = await open_pay_link(shop.http, card)
+    assert answer.session_id is not None, f"{answer.status}: {answer.reason}"
+    order_id = int(shop.stripe.sessions[answer.session_id]["client_reference_id"])
+    return Checkout(buyer, order_id, answer.session_id)
 
 
 async def key_message(shop: Shop, buyer: int, *, since: float = 0.0) -> SentMessage:
@@ -363,25 +375,16 @@ async def cards_for(
     return by_buyer
 
 
-async def press_pay(
-    telegram: FakeTelegram, cards: dict[int, SentMessage], *, timeout: float = 60
-) -> dict[int, SentMessage]:
-    """Every buyer presses "Pay by card" on their card at once; the bot's next message to each.
+async def open_pay_links(
+    http: aiohttp.ClientSession, cards: dict[int, SentMessage]
+) -> dict[int, PayAnswer]:
+    """Every buyer taps "Pay by card" on their card at once; what each one's link answered.
 
-    That message is the checkout ("Order #...", with a URL button to Stripe) or the reason
-    there is none, such as `SOLD_OUT`.
+    The answer is a Stripe session (the link redirected to its page) or the reason there is
+    none, such as `SOLD_OUT`.
     """
-    since = time.monotonic()
-    for buyer, card in cards.items():
-        telegram.press(buyer, card, card.button("by card")["callback_data"])
-    answers = await telegram.wait_for_count(
-        lambda m: m.chat_id in cards and m.time >= since and m.method == "sendMessage",
-        len(cards),
-        timeout=timeout,
-    )
-    by_buyer = {answer.chat_id: answer for answer in answers}
-    assert len(by_buyer) == len(cards), "some buyer got two answers to one press and another none"
-    return by_buyer
+    answers = await asyncio.gather(*(open_pay_link(http, card) for card in cards.values()))
+    return dict(zip(cards, answers, strict=True))
 
 
 # ---------------------------------------------------------------- Stripe's side

@@ -1,6 +1,7 @@
 """Flash sale: 300 buyers at once for 50 keys, through the chat, Stripe and the webhook.
 
-Every buyer follows the `/start buy_FLASH` link and presses "Pay" at the same moment. Then
+Every buyer follows the `/start buy_FLASH` link and opens the card's pay link at the same
+moment: the card is the only message a buyer gets before paying. Then
 a few winners dawdle: their checkout's expiry reaches the shop before their payment does,
 sold-out buyers who try again take the released keys, and the dawdlers' money arrives
 with nothing left to give (`OUT_OF_STOCK_POLICY=refund`). Proven on SQLite and PostgreSQL:
@@ -28,7 +29,6 @@ from tests.e2e.helpers import (
     assert_own_keys_only,
     captured_logs,
     cards_for,
-    checkout_session,
     database_name,
     deliveries_settled,
     expired,
@@ -38,11 +38,11 @@ from tests.e2e.helpers import (
     metric,
     new_keys,
     open_orders,
+    open_pay_links,
     operator_view,
     order_status,
     paid,
     post_concurrently,
-    press_pay,
     rows,
     stock,
     text,
@@ -77,14 +77,13 @@ async def test_flash_sale_sells_each_key_once_and_refunds_the_late(
         async with running(settings, telegram, stripe_api) as shop:
             await stock(shop, "FLASH", keys, price="4.99")
             cards = await cards_for(telegram, buyers, "FLASH")
-            first = await press_pay(telegram, cards)
-            winners = {
-                buyer: s for buyer, answer in first.items() if (s := checkout_session(answer))
-            }
-            sold_out = {buyer for buyer, answer in first.items() if text(answer) == SOLD_OUT}
+            first = await open_pay_links(shop.http, cards)
+            winners = {buyer: a.session_id for buyer, a in first.items() if a.session_id}
+            sold_out = {buyer for buyer, answer in first.items() if answer.reason == SOLD_OUT}
             assert (len(winners), len(sold_out)) == (STOCK, BUYERS - STOCK), Counter(
-                map(text, first.values())
+                answer.reason for answer in first.values()
             )
+            assert {len(telegram.messages_to(buyer)) for buyer in buyers} == {1}
 
             lapsed = sorted(winners)[:LAPSED]
             released = await post_concurrently(
@@ -92,15 +91,13 @@ async def test_flash_sale_sells_each_key_once_and_refunds_the_late(
             )
             assert [p.outcome for p in released] == ["released"] * LAPSED
 
-            second = await press_pay(
-                telegram, {buyer: cards[buyer] for buyer in sorted(sold_out)[:RETRIES]}
+            second = await open_pay_links(
+                shop.http, {buyer: cards[buyer] for buyer in sorted(sold_out)[:RETRIES]}
             )
-            late_winners = {
-                buyer: s for buyer, answer in second.items() if (s := checkout_session(answer))
-            }
+            late_winners = {buyer: a.session_id for buyer, a in second.items() if a.session_id}
             assert len(late_winners) == LAPSED
             assert all(
-                text(answer) == SOLD_OUT for b, answer in second.items() if b not in late_winners
+                answer.reason == SOLD_OUT for b, answer in second.items() if b not in late_winners
             )
 
             # Everyone holding a checkout link opens it and pays, the dawdlers too.

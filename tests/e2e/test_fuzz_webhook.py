@@ -98,6 +98,9 @@ _TYPES = (
     "checkout.session.async_payment_failed",
     "charge.refunded",
     "charge.dispute.created",
+    "invoice.paid",
+    "invoice.payment_failed",
+    "customer.subscription.deleted",
 )
 
 

@@ -2,9 +2,10 @@
 
 This module owns ``FakeStripe``: a real HTTP server (aiohttp.web) that the real
 stripe-python SDK talks to over HTTP, covering the part of the API keyvend uses
-(Checkout Sessions, PaymentIntents, Charges, Refunds), plus helpers that play the
-customer's and Stripe's part (paying, settling, expiring) and build signed webhook
-events for the app's ``/stripe/webhook`` endpoint.
+(Checkout Sessions in payment and subscription mode, PaymentIntents, Charges, Refunds,
+Subscriptions, Invoices), plus helpers that play the customer's and Stripe's part (paying,
+settling, expiring, renewing or failing to renew a subscription, cancelling it) and build
+signed webhook events for the app's ``/stripe/webhook`` endpoint.
 
 Objects and events are copied from the project's own templates in
 ``tests/fixtures/stripe/*.json`` (see ``template``), written after Stripe's documented
@@ -53,7 +54,17 @@ from aiohttp import web
 __all__ = ["TEMPLATES", "FakeStripe", "Request", "decode_form", "template"]
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "fixtures" / "stripe"
-_TEMPLATE_NAMES = ("checkout.session", "event", "charge", "refund", "dispute", "payment_intent")
+_TEMPLATE_NAMES = (
+    "checkout.session",
+    "event",
+    "charge",
+    "refund",
+    "dispute",
+    "payment_intent",
+    "subscription",
+    "invoice",
+)
+_INTERVALS = {"day": 86400, "week": 7 * 86400, "month": 31 * 86400, "year": 365 * 86400}
 _ALNUM = string.ascii_letters + string.digits
 _CURRENCY_RE = re.compile(r"^[a-zA-Z]{3}$")
 _API_VERSION_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(\.[a-z_]+)?$")
@@ -141,6 +152,9 @@ class _SessionState:
     async_method: bool = False
     settled: str | None = None  # None | "succeeded" | "failed", for async methods
     charge_id: str | None = None
+    # Subscription mode: the recurring interval and the metadata the subscription gets.
+    interval: str | None = None
+    subscription_metadata: dict[str, str] | None = None
 
 
 _Handler = Callable[[re.Match[str], dict[str, Any]], tuple[int, dict[str, Any]]]
@@ -223,6 +237,12 @@ def _sdk_param_schema() -> dict[str, frozenset[str]]:
         "session.payment_intent_data": _known_keys(
             getattr(scp, "SessionCreateParamsPaymentIntentData", None)
         ),
+        "session.subscription_data": _known_keys(
+            getattr(scp, "SessionCreateParamsSubscriptionData", None)
+        ),
+        "session.recurring": _known_keys(
+            getattr(scp, "SessionCreateParamsLineItemPriceDataRecurring", None)
+        ),
         "refund": _known_keys(RefundCreateParams, options),
     }
     return {k: v for k, v in pairs.items() if v}
@@ -256,6 +276,8 @@ class FakeStripe:
         self.payment_intents: dict[str, dict[str, Any]] = {}
         self.charges: dict[str, dict[str, Any]] = {}
         self.refunds: dict[str, dict[str, Any]] = {}
+        self.subscriptions: dict[str, dict[str, Any]] = {}
+        self.invoices: dict[str, dict[str, Any]] = {}
         self.requests: list[Request] = []
 
         # Fault injection; plain attributes so tests can flip them at any time.
@@ -278,6 +300,7 @@ class FakeStripe:
         self.api_version: str = stripe.api_version
 
         self._state: dict[str, _SessionState] = {}
+        self._invoice_payments: dict[str, str] = {}  # invoice id -> the PaymentIntent paying it
         self._by_order: dict[str, str] = {}
         self._idempotency: dict[tuple[str, str], _Stored] = {}
         self._param_schema = _sdk_param_schema()
@@ -298,6 +321,9 @@ class FakeStripe:
             ("GET", re.compile(r"^/v1/refunds/(?P<id>[^/]+)$"), self._get_refund),
             ("GET", re.compile(r"^/v1/payment_intents/(?P<id>[^/]+)$"), self._get_payment_intent),
             ("GET", re.compile(r"^/v1/charges/(?P<id>[^/]+)$"), self._get_charge),
+            ("GET", re.compile(r"^/v1/subscriptions/(?P<id>[^/]+)$"), self._get_subscription),
+            ("POST", re.compile(r"^/v1/subscriptions/(?P<id>[^/]+)$"), self._update_subscription),
+            ("GET", re.compile(r"^/v1/invoice_payments$"), self._list_invoice_payments),
         ]
         self._runner: web.AppRunner | None = None
 
@@ -433,6 +459,16 @@ class FakeStripe:
         state.async_method = async_method
 
         template_session = json.loads(self._templates["checkout.session"])
+        if state.interval is not None:
+            # Subscription mode: the payment belongs to the subscription's first invoice.
+            subscription = self._start_subscription(session, amount, cur)
+            invoice = self._new_invoice(subscription, "subscription_create", pi_id)
+            session.update(
+                customer=subscription["customer"],
+                subscription=subscription["id"],
+                invoice=invoice["id"],
+            )
+            pi_id = None
         session.update(
             status="complete",
             payment_status="unpaid" if async_method else "paid",
@@ -444,6 +480,225 @@ class FakeStripe:
             url=None,
         )
         return session
+
+    # ------------------------------------------------------------------ subscriptions
+
+    def subscription_for_order(self, order_id: int | str) -> dict[str, Any]:
+        """The subscription the order's (subscription-mode) session started."""
+        subscription_id = self.session_for_order(order_id)["subscription"]
+        if subscription_id is None:
+            raise ValueError(f"order {order_id}'s session started no subscription")
+        return self.subscriptions[subscription_id]
+
+    def renew(self, subscription_id: str, *, paid: bool = True) -> dict[str, Any]:
+        """Stripe bills the next period: a paid invoice (the period advances), or one whose
+        payment failed (the invoice stays open and the subscription goes past due)."""
+        subscription = self.subscriptions[subscription_id]
+        if subscription["status"] == "canceled":
+            raise ValueError(f"subscription {subscription_id} is cancelled")
+        item = subscription["items"]["data"][0]
+        item["current_period_start"] = item["current_period_end"]
+        item["current_period_end"] += _INTERVALS[item["price"]["recurring"]["interval"]]
+        if paid:
+            return self._new_invoice(subscription, "subscription_cycle", self._charge(item))
+        return self._new_invoice(subscription, "subscription_cycle", None)
+
+    def payment_of_invoice(self, invoice_id: str) -> str | None:
+        """The PaymentIntent that paid an invoice; None while it is unpaid."""
+        return self._invoice_payments.get(invoice_id)
+
+    def pay_invoice(self, invoice_id: str) -> dict[str, Any]:
+        """The buyer fixes their card and Stripe's retry pays an open invoice."""
+        invoice = self.invoices[invoice_id]
+        if invoice["status"] != "open":
+            raise ValueError(f"invoice {invoice_id} is {invoice['status']}, not open")
+        subscription = self.subscriptions[self._subscription_of(invoice)]
+        self._settle_invoice(invoice, self._charge(subscription["items"]["data"][0]))
+        subscription["status"] = "active"
+        return invoice
+
+    def end_subscription(self, subscription_id: str) -> dict[str, Any]:
+        """Stripe ends the subscription (at the period's end, after failed retries, or at
+        once from the Dashboard)."""
+        subscription = self.subscriptions[subscription_id]
+        now = int(time.time())
+        subscription.update(status="canceled", ended_at=now, canceled_at=now)
+        return subscription
+
+    def invoice_event(self, type: str, invoice_id: str) -> dict[str, Any]:
+        """``invoice.paid`` or ``invoice.payment_failed`` for one of the fake's invoices."""
+        invoice = self.invoices[invoice_id]
+        wanted = {"invoice.paid": "paid", "invoice.payment_failed": "open"}[type]
+        if invoice["status"] != wanted:
+            raise ValueError(f"{type} needs an invoice that is {wanted}, not {invoice['status']}")
+        return self.event(type, invoice)
+
+    def subscription_deleted_event(self, subscription_id: str) -> dict[str, Any]:
+        subscription = self.subscriptions[subscription_id]
+        if subscription["status"] != "canceled":
+            raise ValueError("customer.subscription.deleted needs end_subscription() first")
+        return self.event("customer.subscription.deleted", subscription)
+
+    def _start_subscription(
+        self, session: dict[str, Any], amount: int, currency: str
+    ) -> dict[str, Any]:
+        state = self._state[session["id"]]
+        now = int(time.time())
+        subscription = self._fresh("subscription")
+        subscription_id = self._new_id("sub_1", 24)
+        price = state.line_items[0]["price"]
+        item = subscription["items"]["data"][0]
+        item.update(
+            id=self._new_id("si_", 14),
+            created=now,
+            current_period_start=now,
+            current_period_end=now + _INTERVALS[state.interval or "month"],
+            subscription=subscription_id,
+            quantity=state.line_items[0]["quantity"],
+        )
+        item["price"].update(
+            id=price["id"],
+            product=price["product"],
+            currency=currency,
+            unit_amount=amount,
+            unit_amount_decimal=str(amount),
+            recurring={**item["price"]["recurring"], "interval": state.interval},
+        )
+        item["plan"].update(
+            id=price["id"],
+            product=price["product"],
+            currency=currency,
+            amount=amount,
+            amount_decimal=str(amount),
+            interval=state.interval,
+        )
+        subscription.update(
+            id=subscription_id,
+            created=now,
+            start_date=now,
+            billing_cycle_anchor=now,
+            currency=currency,
+            customer=session.get("customer") or self._new_id("cus_", 14),
+            metadata=dict(state.subscription_metadata or {}),
+            status="active",
+        )
+        subscription["items"]["url"] = f"/v1/subscription_items?subscription={subscription_id}"
+        self.subscriptions[subscription_id] = subscription
+        return subscription
+
+    def _charge(self, item: dict[str, Any]) -> str:
+        """A succeeded card payment of one period's price; its PaymentIntent id."""
+        now = int(time.time())
+        amount, currency = (
+            item["price"]["unit_amount"] * item["quantity"],
+            item["price"]["currency"],
+        )
+        pi_id, charge_id = self._new_id("pi_3", 24), self._new_id("ch_3", 24)
+        pi = self._fresh("payment_intent")
+        pi.update(
+            id=pi_id,
+            amount=amount,
+            amount_received=amount,
+            currency=currency,
+            created=now,
+            client_secret=f"{pi_id}_secret_{self._new_id('', 25)}",
+            latest_charge=charge_id,
+            metadata={},
+            status="succeeded",
+        )
+        charge = self._fresh("charge")
+        charge.update(
+            id=charge_id,
+            amount=amount,
+            amount_captured=amount,
+            created=now,
+            currency=currency,
+            metadata={},
+            payment_intent=pi_id,
+            refunds={
+                "object": "list",
+                "data": [],
+                "has_more": False,
+                "url": f"/v1/charges/{charge_id}/refunds",
+            },
+        )
+        self.payment_intents[pi_id] = pi
+        self.charges[charge_id] = charge
+        return pi_id
+
+    def _new_invoice(
+        self, subscription: dict[str, Any], reason: str, payment_intent: str | None
+    ) -> dict[str, Any]:
+        """The subscription's invoice for its current period: paid by `payment_intent`, or
+        open after a failed attempt (the subscription goes past due)."""
+        now = int(time.time())
+        item = subscription["items"]["data"][0]
+        amount = item["price"]["unit_amount"] * item["quantity"]
+        invoice = self._fresh("invoice")
+        invoice_id = self._new_id("in_1", 24)
+        invoice.update(
+            id=invoice_id,
+            billing_reason=reason,
+            created=now,
+            effective_at=now,
+            period_start=now,
+            period_end=now,
+            currency=item["price"]["currency"],
+            customer=subscription["customer"],
+            amount_due=amount,
+            amount_paid=0,
+            amount_remaining=amount,
+            subtotal=amount,
+            subtotal_excluding_tax=amount,
+            total=amount,
+            total_excluding_tax=amount,
+            attempt_count=1,
+            status="open",
+            number=f"KV-{len(self.invoices) + 1:04d}",
+        )
+        invoice["status_transitions"].update(finalized_at=now, paid_at=None)
+        invoice["parent"]["subscription_details"].update(
+            subscription=subscription["id"], metadata=dict(subscription["metadata"])
+        )
+        line = invoice["lines"]["data"][0]
+        line.update(
+            id=self._new_id("il_1", 24),
+            invoice=invoice_id,
+            amount=amount,
+            subtotal=amount,
+            currency=item["price"]["currency"],
+            quantity=item["quantity"],
+            period={"start": item["current_period_start"], "end": item["current_period_end"]},
+        )
+        line["parent"]["subscription_item_details"].update(
+            subscription=subscription["id"], subscription_item=item["id"]
+        )
+        invoice["lines"]["url"] = f"/v1/invoices/{invoice_id}/lines"
+        self.invoices[invoice_id] = invoice
+        subscription["latest_invoice"] = invoice_id
+        if payment_intent is None:
+            invoice["next_payment_attempt"] = now + 3 * 86400
+            subscription["status"] = "past_due"
+        else:
+            self._settle_invoice(invoice, payment_intent)
+            subscription["status"] = "active"
+        return invoice
+
+    def _settle_invoice(self, invoice: dict[str, Any], payment_intent: str) -> None:
+        now = int(time.time())
+        invoice.update(
+            status="paid",
+            amount_paid=invoice["amount_due"],
+            amount_remaining=0,
+            next_payment_attempt=None,
+        )
+        invoice["status_transitions"]["paid_at"] = now
+        self._invoice_payments[invoice["id"]] = payment_intent
+
+    @staticmethod
+    def _subscription_of(invoice: dict[str, Any]) -> str:
+        subscription: str = invoice["parent"]["subscription_details"]["subscription"]
+        return subscription
 
     def settle_async(self, session_id: str, *, succeeded: bool = True) -> dict[str, Any]:
         """Finish a ``pay(async_method=True)`` payment: funds arrive, or the debit fails."""
@@ -781,10 +1036,8 @@ class FakeStripe:
                 param="mode",
                 code="parameter_invalid_string",
             )
-        if mode != "payment":
-            raise _ApiError(
-                400, f"FakeStripe only implements mode=payment, not mode={mode}.", param="mode"
-            )
+        if mode == "setup":
+            raise _ApiError(400, "FakeStripe does not implement mode=setup.", param="mode")
         ui_mode = params.get("ui_mode", "hosted")
         success_url = params.get("success_url")
         if ui_mode == "hosted" and not success_url:
@@ -865,6 +1118,24 @@ class FakeStripe:
             self._reject_unknown(
                 product_data, "session.product_data", f"{prefix}[price_data][product_data]"
             )
+            recurring = price_data.get("recurring")
+            if (mode == "subscription") != isinstance(recurring, dict):
+                raise _ApiError(
+                    400,
+                    "In subscription mode every line item needs a recurring price, and only "
+                    f"there ({prefix}[price_data][recurring]).",
+                    param=f"{prefix}[price_data][recurring]",
+                )
+            if recurring is not None:
+                self._reject_unknown(
+                    recurring, "session.recurring", f"{prefix}[price_data][recurring]"
+                )
+                if recurring.get("interval") not in _INTERVALS:
+                    raise _ApiError(
+                        400,
+                        "Invalid recurring interval: must be one of day, week, month or year.",
+                        param=f"{prefix}[price_data][recurring][interval]",
+                    )
             quantity = _integer(item.get("quantity"), f"{prefix}[quantity]", minimum=1)
             amount = unit_amount * quantity
             total += amount
@@ -886,7 +1157,12 @@ class FakeStripe:
                         "currency": item_currency,
                         "unit_amount": unit_amount,
                         "unit_amount_decimal": str(unit_amount),
-                        "type": "one_time",
+                        "type": "recurring" if recurring else "one_time",
+                        "recurring": (
+                            {"interval": recurring["interval"], "interval_count": 1}
+                            if recurring
+                            else None
+                        ),
                         "product": self._new_id("prod_", 14),
                         "livemode": False,
                         "metadata": {},
@@ -924,6 +1200,19 @@ class FakeStripe:
         pi_data = params.get("payment_intent_data") or {}
         if not isinstance(pi_data, dict):
             raise _ApiError(400, "Invalid hash: payment_intent_data.", param="payment_intent_data")
+        if pi_data and mode != "payment":
+            raise _ApiError(
+                400,
+                "You can not pass `payment_intent_data` in `subscription` mode.",
+                param="payment_intent_data",
+            )
+        sub_data = params.get("subscription_data") or {}
+        if not isinstance(sub_data, dict) or (sub_data and mode != "subscription"):
+            raise _ApiError(
+                400, "subscription_data is a hash for subscription mode.", param="subscription_data"
+            )
+        self._reject_unknown(sub_data, "session.subscription_data", "subscription_data")
+        sub_metadata = _metadata(sub_data.get("metadata"), "subscription_data[metadata]")
         self._reject_unknown(pi_data, "session.payment_intent_data", "payment_intent_data")
         pi_metadata = _metadata(pi_data.get("metadata"), "payment_intent_data[metadata]")
 
@@ -948,10 +1237,18 @@ class FakeStripe:
             locale=params.get("locale"),
             submit_type=params.get("submit_type"),
             ui_mode=ui_mode,
+            mode=mode,
             url=f"{self.url}/pay/{session_id}",
         )
         self.sessions[session_id] = session
-        self._state[session_id] = _SessionState(line_items=line_items, pi_metadata=pi_metadata)
+        self._state[session_id] = _SessionState(
+            line_items=line_items,
+            pi_metadata=pi_metadata,
+            interval=(
+                line_items[0]["price"]["recurring"]["interval"] if mode == "subscription" else None
+            ),
+            subscription_metadata=sub_metadata,
+        )
         if client_reference_id is not None:
             self._by_order[client_reference_id] = session_id
         return 200, self._expand_session(session, params)
@@ -1098,6 +1395,82 @@ class FakeStripe:
     ) -> tuple[int, dict[str, Any]]:
         charge = self._lookup(self.charges, match["id"], "charge")
         return 200, self._expand(charge, params, {"payment_intent": self.payment_intents})
+
+    def _get_subscription(
+        self, match: re.Match[str], _params: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        return 200, self._lookup(self.subscriptions, match["id"], "subscription")
+
+    def _update_subscription(
+        self, match: re.Match[str], params: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        subscription = self._lookup(self.subscriptions, match["id"], "subscription")
+        unknown = sorted(params.keys() - {"cancel_at_period_end", "metadata"})
+        if unknown:
+            raise _ApiError(
+                400,
+                f"FakeStripe does not implement subscription parameter {unknown[0]}.",
+                param=unknown[0],
+            )
+        if subscription["status"] == "canceled":
+            raise _ApiError(
+                400,
+                "A canceled subscription can only update its cancellation_details and metadata.",
+                stored=True,
+            )
+        if "cancel_at_period_end" in params:
+            flag = params["cancel_at_period_end"]
+            if flag not in ("true", "false"):
+                raise _ApiError(
+                    400, "Invalid boolean: cancel_at_period_end.", param="cancel_at_period_end"
+                )
+            item = subscription["items"]["data"][0]
+            subscription.update(
+                cancel_at_period_end=flag == "true",
+                cancel_at=item["current_period_end"] if flag == "true" else None,
+                canceled_at=int(time.time()) if flag == "true" else None,
+            )
+        if "metadata" in params:
+            subscription["metadata"].update(_metadata(params["metadata"], "metadata"))
+        return 200, subscription
+
+    def _list_invoice_payments(
+        self, _match: re.Match[str], params: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        invoice_id = params.get("invoice")
+        if not invoice_id:
+            raise _ApiError(400, "FakeStripe lists invoice payments by invoice only.")
+        invoice = self._lookup(self.invoices, invoice_id, "invoice")
+        data = []
+        if invoice_id in self._invoice_payments:
+            data.append(
+                {
+                    "id": "inpay_" + invoice_id.removeprefix("in_"),
+                    "object": "invoice_payment",
+                    "amount_paid": invoice["amount_paid"],
+                    "amount_requested": invoice["amount_due"],
+                    "created": invoice["status_transitions"]["paid_at"],
+                    "currency": invoice["currency"],
+                    "invoice": invoice_id,
+                    "is_default": True,
+                    "livemode": False,
+                    "payment": {
+                        "type": "payment_intent",
+                        "payment_intent": self._invoice_payments[invoice_id],
+                    },
+                    "status": "paid",
+                    "status_transitions": {
+                        "canceled_at": None,
+                        "paid_at": invoice["status_transitions"]["paid_at"],
+                    },
+                }
+            )
+        return 200, {
+            "object": "list",
+            "data": data,
+            "has_more": False,
+            "url": "/v1/invoice_payments",
+        }
 
     # ------------------------------------------------------------------ helpers
 

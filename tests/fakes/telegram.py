@@ -449,6 +449,10 @@ class FakeTelegram:
 
         # --- fault injection; plain attributes, change them at any time ---
         self.rate_cap: float | None = None
+        # Sends with allow_paid_broadcast have Telegram's paid limit, in a window of their
+        # own (applied with rate_cap, like it); ``paid_broadcasts`` counts those accepted.
+        self.paid_rate_cap = 1000.0
+        self.paid_broadcasts = 0
         self.per_chat_cap: float | None = None
         self.retry_after_seconds = 1
         self.fail_rate = 0.0
@@ -484,6 +488,7 @@ class FakeTelegram:
         self._charges: dict[str, dict[str, Any]] = {}
         self._commands: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._global_window: deque[float] = deque()
+        self._paid_window: deque[float] = deque()
         self._chat_windows: defaultdict[int, deque[float]] = defaultdict(deque)
         self._waiters: list[_Waiter] = []
 
@@ -1154,17 +1159,24 @@ class FakeTelegram:
             raise _error_for_status(502)
         hang = self.timeout_rate > 0 and self._rng.random() < self.timeout_rate
         if self.rate_cap is not None or self.per_chat_cap is not None:
-            self._take_rate_slot(params.get("chat_id"))
+            self._take_rate_slot(
+                params.get("chat_id"), paid=bool(params.get("allow_paid_broadcast"))
+            )
         if hang:
             self.timed_out += 1
         return hang
 
-    def _take_rate_slot(self, chat_id: Any) -> None:
+    def _take_rate_slot(self, chat_id: Any, *, paid: bool = False) -> None:
         now = time.monotonic()
         wait = 0.0
         chat_window: deque[float] | None = None
+        window, cap = (
+            (self._paid_window, self.paid_rate_cap)
+            if paid
+            else (self._global_window, self.rate_cap)
+        )
         if self.rate_cap is not None:
-            wait = _window_wait(self._global_window, self.rate_cap, now)
+            wait = _window_wait(window, cap, now)
         if self.per_chat_cap is not None and isinstance(chat_id, int):
             chat_window = self._chat_windows[chat_id]
             wait = max(wait, _window_wait(chat_window, self.per_chat_cap, now))
@@ -1173,7 +1185,7 @@ class FakeTelegram:
             retry_after = max(1, int(self.retry_after_seconds), math.ceil(min(wait, 3600.0)))
             raise _error_for_status(429, retry_after)
         if self.rate_cap is not None:
-            self._global_window.append(now)
+            window.append(now)
         if chat_window is not None:
             chat_window.append(now)
 
@@ -1194,6 +1206,8 @@ class FakeTelegram:
         )
         self.sent.append(sent)
         self._by_chat[chat_id].append(sent)
+        if params.get("allow_paid_broadcast"):
+            self.paid_broadcasts += 1
         if method.startswith("send"):
             key = text if text is not None else f"<{method} {sent.file_name or ''}>"
             self._text_counts[chat_id][key] += 1

@@ -596,3 +596,83 @@ async def test_decode_form_rebuilds_nested_params() -> None:
         "expand": ["a", "b"],
         "plain": "",
     }
+
+
+# ---------------------------------------------------------------- subscriptions
+
+
+def subscription_params(order_id: int = ORDER_ID) -> dict[str, Any]:
+    params = checkout_params(order_id, mode="subscription")
+    del params["payment_intent_data"]
+    params["line_items"][0]["quantity"] = 1
+    params["line_items"][0]["price_data"]["recurring"] = {"interval": "month"}
+    params["subscription_data"] = {"metadata": {"order_id": str(order_id)}}
+    return params
+
+
+async def test_a_subscription_checkout_starts_a_subscription_billed_by_invoices(
+    fake: FakeStripe, client: stripe.StripeClient
+) -> None:
+    session = await create(client, base=subscription_params())
+    fake.pay(session.id)
+
+    paid = await client.v1.checkout.sessions.retrieve_async(session.id)
+    subscription = fake.subscription_for_order(ORDER_ID)
+    first = fake.invoices[paid.invoice]
+    assert (paid.mode, paid.payment_status, paid.payment_intent) == ("subscription", "paid", None)
+    assert paid.subscription == subscription["id"] and subscription["status"] == "active"
+    assert subscription["metadata"] == {"order_id": str(ORDER_ID)}
+    assert first["billing_reason"] == "subscription_create" and first["status"] == "paid"
+    assert first["parent"]["subscription_details"] == {
+        "metadata": {"order_id": str(ORDER_ID)},
+        "subscription": subscription["id"],
+    }
+
+    unpaid = fake.renew(subscription["id"], paid=False)
+    assert (unpaid["status"], subscription["status"]) == ("open", "past_due")
+    assert (
+        fake.invoice_event("invoice.payment_failed", unpaid["id"])["data"]["object"]["id"]
+        == (unpaid["id"])
+    )
+    fake.pay_invoice(unpaid["id"])
+    renewed = fake.renew(subscription["id"])
+    item = subscription["items"]["data"][0]
+    assert subscription["status"] == "active"
+    assert renewed["lines"]["data"][0]["period"]["end"] == item["current_period_end"]
+    assert len({first["id"], unpaid["id"], renewed["id"]}) == 3
+
+    payments = await client.v1.invoice_payments.list_async(params={"invoice": renewed["id"]})
+    assert [p.payment.payment_intent for p in payments.data] == [
+        fake.payment_of_invoice(renewed["id"])
+    ]
+
+
+async def test_a_subscription_is_cancelled_at_the_period_end_then_deleted(
+    fake: FakeStripe, client: stripe.StripeClient
+) -> None:
+    session = await create(client, base=subscription_params())
+    fake.pay(session.id)
+    subscription_id = fake.subscription_for_order(ORDER_ID)["id"]
+
+    updated = await client.v1.subscriptions.update_async(
+        subscription_id, params={"cancel_at_period_end": True}
+    )
+    assert updated.cancel_at_period_end is True and updated.status == "active"
+
+    fake.end_subscription(subscription_id)
+    deleted = fake.subscription_deleted_event(subscription_id)["data"]["object"]
+    assert (deleted["id"], deleted["status"]) == (subscription_id, "canceled")
+    with pytest.raises(stripe.InvalidRequestError):
+        await client.v1.subscriptions.update_async(
+            subscription_id, params={"cancel_at_period_end": False}
+        )
+
+
+async def test_subscription_mode_needs_a_recurring_price(client: stripe.StripeClient) -> None:
+    params = subscription_params()
+    del params["line_items"][0]["price_data"]["recurring"]
+
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        await create(client, base=params)
+
+    assert refused.value.param == "line_items[0][price_data][recurring]"

@@ -49,7 +49,16 @@ def differences(ours: Any, theirs: Any, path: str = "") -> list[str]:
 
 
 def test_every_object_the_fake_serves_has_a_template() -> None:
-    assert NAMES == ["charge", "checkout.session", "dispute", "event", "payment_intent", "refund"]
+    assert NAMES == [
+        "charge",
+        "checkout.session",
+        "dispute",
+        "event",
+        "invoice",
+        "payment_intent",
+        "refund",
+        "subscription",
+    ]
 
 
 @pytest.mark.parametrize("name", NAMES)

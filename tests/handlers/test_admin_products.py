@@ -18,6 +18,7 @@ from store.models import AuditEntry, Product
 from tests.e2e.conftest import ADMIN, Shop
 from tests.e2e.helpers import UNKNOWN_COMMAND, press, reply, rows, scalar, sent_since, stock, text
 from tests.fakes.telegram import SentMessage
+from tests.support.databases import on_both_databases
 
 BUYER = 3001
 STRANGER = 3002
@@ -95,6 +96,8 @@ async def test_a_product_card_shows_every_setting(shop: Shop) -> None:
         ("Description (English)", "Works on PC", "description", "Works on PC"),
         ("Price", "12.50 eur", "price", (1250, "eur")),
         ("Price", "15", "price", (1500, "usd")),
+        ("Stars price", "500", "prices", {"stars": {"amount": 500, "currency": "xtr"}}),
+        ("Stars price", "0", "prices", {}),
         ("Limits", "4 2", "limits", (4, 2)),
         ("Low-stock alert", "7", "low_stock_threshold", 7),
         ("Template", "Redeem {key} on Steam", "delivery_template", "Redeem {key} on Steam"),
@@ -103,6 +106,7 @@ async def test_a_product_card_shows_every_setting(shop: Shop) -> None:
         ("Review thresholds", "3", "review", (3, None)),
     ],
 )
+@on_both_databases
 async def test_an_admin_changes_a_product_by_tapping_and_typing(
     shop: Shop, button: str, value: str, column: str, expected: object
 ) -> None:
@@ -143,6 +147,7 @@ async def test_a_bad_value_gets_its_reason_and_changes_nothing_until_cancelled(
     assert not [a for a in await edits_audited(shop) if a[1] == "product.edit"]
 
 
+@on_both_databases
 async def test_pause_resume_and_allocation_are_one_tap_each(shop: Shop) -> None:
     await stock(shop, "GAME", 1)
     card = await open_product(shop, "GAME")
@@ -184,7 +189,26 @@ async def test_a_paused_product_is_not_sold(shop: Shop) -> None:
     assert text(answer) == "This product is no longer on sale."
 
 
-async def test_newproduct_walks_through_sku_name_price_kind_and_template(shop: Shop) -> None:
+async def start_draft(shop: Shop, sku: str, name: str, price: str) -> SentMessage:
+    """/newproduct through its three questions; the draft with its optional settings."""
+    for message in ("/newproduct", sku, name):
+        await reply(shop.telegram, ADMIN, message)
+    return await reply(shop.telegram, ADMIN, price, contains="Not created yet")
+
+
+async def set_in_draft(shop: Shop, draft: SentMessage, button: str, value: str) -> SentMessage:
+    """Press a typed setting's button on a draft and type the value; the bot's answer."""
+    since = time.monotonic()
+    await press(shop.telegram, ADMIN, draft, draft.button(button)["callback_data"])
+    await shop.telegram.wait_for(
+        lambda m: sent_since(shop.telegram, ADMIN, since)(m) and "Send the" in text(m)
+    )
+    return await reply(shop.telegram, ADMIN, value)
+
+
+async def test_newproduct_asks_three_things_then_creates_with_the_cli_defaults(
+    shop: Shop,
+) -> None:
     await stock(shop, "GAME", 0)
     tg = shop.telegram
 
@@ -194,36 +218,107 @@ async def test_newproduct_walks_through_sku_name_price_kind_and_template(shop: S
     assert "name" in text(await reply(tg, ADMIN, "COURSE"))
     assert "price and currency" in text(await reply(tg, ADMIN, "Python course"))
     assert "not a number" in text(await reply(tg, ADMIN, "lots usd"))
-    kinds = await reply(tg, ADMIN, "19.00 EUR")
-    since = time.monotonic()
-    await press(tg, ADMIN, kinds, kinds.button("shared")["callback_data"])
-    await tg.wait_for(lambda m: sent_since(tg, ADMIN, since)(m) and "template" in text(m))
-    created = text(await reply(tg, ADMIN, "Password: {key}"))
+    draft = await reply(tg, ADMIN, "19.00 EUR")
+    assert "Not created yet" in text(draft)
+    assert await scalar(shop, select(func.count()).select_from(Product)) == 1
+    created = await tap(shop, ADMIN, draft, draft.button("Create COURSE")["callback_data"])
 
-    assert created.startswith("Created COURSE.")
+    assert text(created).startswith("Created COURSE.")
+    assert created.button("Stars price")  # the created product's card, to go on editing
     product = await product_row(shop, "COURSE")
-    assert (product.name, product.price_minor, product.currency, product.kind) == (
-        "Python course",
-        1900,
-        "eur",
-        "shared",
-    )
-    assert product.delivery_template == "Password: {key}"
+    settings = (product.name, product.price_minor, product.currency, product.kind, product.every)
+    assert settings == ("Python course", 1900, "eur", "unique", None)
+    limits = (product.max_per_order, product.max_per_buyer, product.low_stock_threshold)
+    assert limits == (10, None, 5)
+    assert (product.prices, product.delivery_template, product.category) == ({}, "", "")
     assert (ADMIN, "product.add", "COURSE") in await edits_audited(shop)
 
 
-async def test_newproduct_skip_leaves_the_plain_key_template(shop: Shop) -> None:
-    tg = shop.telegram
-    for message in ("/newproduct", "SOLO", "Solo key"):
-        await reply(tg, ADMIN, message)
-    kinds = await reply(tg, ADMIN, "2.50 usd")
-    since = time.monotonic()
-    await press(tg, ADMIN, kinds, kinds.button("Unique")["callback_data"])
-    await tg.wait_for(lambda m: sent_since(tg, ADMIN, since)(m) and "template" in text(m))
+@on_both_databases
+async def test_newproduct_optional_settings_cover_every_option_of_product_add(
+    shop: Shop,
+) -> None:
+    draft = await start_draft(shop, "COURSE", "Python course", "19.00 eur")
 
-    assert text(await reply(tg, ADMIN, "/skip")).startswith("Created SOLO.")
-    product = await product_row(shop, "SOLO")
-    assert (product.kind, product.delivery_template) == ("unique", "")
+    draft = await tap(shop, ADMIN, draft, draft.button("switch to shared")["callback_data"])
+    draft = await tap(shop, ADMIN, draft, draft.button("Paid: switch to")["callback_data"])
+    draft = await tap(shop, ADMIN, draft, draft.button("Paid: switch to")["callback_data"])
+    draft = await tap(shop, ADMIN, draft, draft.button("switch to random")["callback_data"])
+    for button, value in [
+        ("Description", "Twelve lessons"),
+        ("Stars price", "900"),
+        ("Limits", "3 6"),
+        ("Low-stock alert", "2"),
+        ("Template", "Password: {key}"),
+        ("Category", "Courses"),
+    ]:
+        draft = await set_in_draft(shop, draft, button, value)
+        assert "Not created yet" in text(draft), text(draft)
+    shown = text(draft)
+    created = await tap(shop, ADMIN, draft, draft.button("Create COURSE")["callback_data"])
+
+    assert "Stars price: 900 Stars · paid: every month" in shown, shown
+    assert "Limits: 3 per order, 6 per buyer" in shown
+    assert text(created).startswith("Created COURSE.")
+    product = await product_row(shop, "COURSE")
+    assert (product.kind, product.every, product.allocation) == ("shared", "month", "random")
+    assert product.description == "Twelve lessons"
+    assert product.prices == {"stars": {"amount": 900, "currency": "xtr"}}
+    limits = (product.max_per_order, product.max_per_buyer, product.low_stock_threshold)
+    assert limits == (3, 6, 2)
+    assert (product.delivery_template, product.category) == ("Password: {key}", "Courses")
+    assert [a[1] for a in await edits_audited(shop)] == ["product.add"]
+
+
+@pytest.mark.parametrize(
+    ("button", "value", "reason"),
+    [
+        ("Limits", "0", "per-order limit must be between 1 and 100"),
+        ("Limits", "many", "send one or two whole numbers"),
+        ("Stars price", "20000", "from 1 to 10000"),
+        ("Template", "Use {code}", "unknown placeholder {code}"),
+    ],
+)
+async def test_a_bad_draft_setting_gets_its_reason_and_the_draft_keeps_its_value(
+    shop: Shop, button: str, value: str, reason: str
+) -> None:
+    draft = await start_draft(shop, "SUB", "Monthly", "5.00 usd")
+    draft = await tap(shop, ADMIN, draft, draft.button("Paid: switch to")["callback_data"])
+    draft = await tap(shop, ADMIN, draft, draft.button("Paid: switch to")["callback_data"])
+
+    answer = text(await set_in_draft(shop, draft, button, value))
+    again = await reply(shop.telegram, ADMIN, "-" if button == "Template" else "4")
+    created = await tap(shop, ADMIN, again, again.button("Create SUB")["callback_data"])
+
+    assert reason in answer and "Try again" in answer, answer
+    assert text(created).startswith("Created SUB.")
+    product = await product_row(shop, "SUB")
+    assert product.every == "month"
+    assert product.max_per_order == (4 if button == "Limits" else 10)
+    assert product.prices == (
+        {"stars": {"amount": 4, "currency": "xtr"}} if button == "Stars price" else {}
+    )
+    assert product.delivery_template == ""
+
+
+async def test_a_stars_price_too_high_for_a_subscription_keeps_the_draft_one_off(
+    shop: Shop,
+) -> None:
+    draft = await start_draft(shop, "BIG", "Big bundle", "500.00 usd")
+    draft = await set_in_draft(shop, draft, "Stars price", "50000")
+
+    answer = await press(
+        shop.telegram, ADMIN, draft, draft.button("Paid: switch to")["callback_data"]
+    )
+    created = await tap(shop, ADMIN, draft, draft.button("Create BIG")["callback_data"])
+
+    assert "from 1 to 10000" in answer.get("text", "")
+    assert text(created).startswith("Created BIG.")
+    product = await product_row(shop, "BIG")
+    assert (product.every, product.prices) == (
+        None,
+        {"stars": {"amount": 50000, "currency": "xtr"}},
+    )
 
 
 async def test_newproduct_cancelled_creates_nothing(shop: Shop) -> None:
@@ -246,7 +341,9 @@ async def test_a_non_admin_gets_the_unknown_command_answer(shop: Shop, command: 
     assert await scalar(shop, select(func.count()).select_from(Product)) == 1
 
 
-@pytest.mark.parametrize("data", ["apl", "ap:{id}", "ae:{id}:sale:", "ae:{id}:alloc:", "nk:shared"])
+@pytest.mark.parametrize(
+    "data", ["apl", "ap:{id}", "ae:{id}:sale:", "ae:{id}:alloc:", "nd:kind", "nd:create"]
+)
 async def test_a_non_admin_pressing_a_forged_admin_button_changes_nothing(
     shop: Shop, data: str
 ) -> None:

@@ -62,6 +62,7 @@ async def test_stats_sends_a_chart_then_the_summary(shop: Shop) -> None:
     _assert_chart(photo.file_content)
     assert "Today: 2 orders, €5.00, $9.99" in summary
     assert "GAME: 1 / 1 / 1" in summary
+    assert "Paid broadcast" not in summary  # not allowed in this shop, and never used
 
 
 async def test_stats_for_one_product(shop: Shop) -> None:

@@ -1,6 +1,7 @@
 """The review queue from the chat: an order over its product's threshold waits, the buyer is
 told, the admins are alerted; /review shows it with Approve and Reject; a decision is taken
-once, however fast the presses come; a non-admin changes nothing."""
+once, however fast the presses come; a non-admin changes nothing. On SQLite and PostgreSQL:
+the decision is a conditional update whose locking differs between the two."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ from tests.e2e.helpers import (
     text_to,
     wait_for_status,
 )
+from tests.support.databases import on_both_databases
+
+pytestmark = on_both_databases
 
 BUYER = 3101
 STRANGER = 3102

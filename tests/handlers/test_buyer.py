@@ -7,19 +7,23 @@ reserved key, and a forged button queues nothing for anybody.
 
 from __future__ import annotations
 
+import asyncio
+import html
 import logging
 import time
 
 import pytest
 from sqlalchemy import func, select
 
+from handlers.paylinks import LINK_TTL, PayLinks
 from store.models import Delivery, DeliveryKind, KeyStatus, OrderStatus, Reveal
-from tests.e2e.conftest import Shop
+from tests.e2e.conftest import ADMIN, Shop, running, shop_settings
 from tests.e2e.helpers import (
     checkout,
     key_message,
     key_statuses,
     open_card,
+    open_pay_link,
     order_count,
     order_status,
     outbox_empty,
@@ -44,14 +48,25 @@ def _quantity_buttons(card) -> list[str]:
     return [b["callback_data"] for b in card.buttons() if b["text"] in ("−", "+")]
 
 
-async def _refusal(shop: Shop, buyer: int, data: str) -> str:
-    """Press a (possibly forged) pay button and return what the buyer is told."""
-    since = time.monotonic()
-    answer = await press(shop.telegram, buyer, 1, data)
-    if answer.get("show_alert"):
-        return answer["text"]
-    seen = sent_since(shop.telegram, buyer, since)
-    return text(await shop.telegram.wait_for(seen))
+def _link(shop: Shop, buyer: int, product_id: int, quantity: int = 1, **options) -> str:
+    """The pay link a card for this purchase carries (the app's own, as the bot makes it)."""
+    return shop.parts.shop.pay_links.url(
+        buyer_id=buyer, product_id=product_id, quantity=quantity, language="en", **options
+    )
+
+
+async def _open(shop: Shop, url: str) -> tuple[int, str]:
+    """Open a pay link as a browser would: the status, and the Location or the page."""
+    async with shop.http.get(url, allow_redirects=False) as response:
+        page = await response.text()
+    return response.status, response.headers.get("Location") or page
+
+
+async def _refusal(shop: Shop, buyer: int, product_id: int, quantity: int = 1) -> str:
+    """Open a pay link (one a card could carry) and return the reason the buyer is shown."""
+    status, page = await _open(shop, _link(shop, buyer, product_id, quantity))
+    assert 400 <= status < 500 or status == 503, (status, page)
+    return html.unescape(page.split("<p>", 1)[1].split("</p>", 1)[0])
 
 
 async def test_start_shows_the_catalogue_with_stock(shop: Shop) -> None:
@@ -73,7 +88,107 @@ async def test_buy_opens_the_card_at_the_quantity_asked(shop: Shop) -> None:
     card = await open_card(shop, BUYER, "GAME", 2)
 
     assert "Quantity: 2 — total $19.98" in text(card)
-    assert card.button("Pay $19.98 by card")["callback_data"] == f"pay:{product.id}:2"
+    link = card.button("Pay $19.98 by card")["url"]
+    assert link.startswith(f"{shop.url}/pay/")
+    assert _read(shop, link)[:3] == (BUYER, product.id, 2)
+
+
+def _read(shop: Shop, link: str) -> tuple[int, int, int, str, str | None]:
+    found = shop.parts.shop.pay_links.read(link.rsplit("/", 1)[1])
+    return found.buyer_id, found.product_id, found.quantity, found.language, found.coupon
+
+
+async def test_the_pay_link_holds_keys_only_once_opened_and_again_leads_to_that_checkout(
+    shop: Shop,
+) -> None:
+    await stock(shop, "GAME", 3)
+    card = await open_card(shop, BUYER, "GAME", 2)
+    assert await key_statuses(shop, "GAME") == {KeyStatus.AVAILABLE: 3}  # a card holds nothing
+
+    first = await open_pay_link(shop.http, card)
+    again = await open_pay_link(shop.http, card)
+
+    assert first.status == 303 and first.session_id is not None
+    assert shop.stripe.sessions[first.session_id]["url"].endswith(first.session_id)
+    assert again.session_id == first.session_id
+    assert await order_count(shop) == 1
+    assert await key_statuses(shop, "GAME") == {KeyStatus.RESERVED: 2, KeyStatus.AVAILABLE: 1}
+    # The card was the one message before payment: the link answered in the browser.
+    assert [m.method for m in shop.telegram.messages_to(BUYER)] == ["sendMessage"]
+
+
+async def test_taps_on_one_pay_link_at_once_open_one_checkout(shop: Shop) -> None:
+    await stock(shop, "GAME", 5)
+    card = await open_card(shop, BUYER, "GAME", 2)
+
+    answers = await asyncio.gather(*(open_pay_link(shop.http, card) for _ in range(6)))
+
+    assert {a.status for a in answers} == {303}
+    assert len({a.session_id for a in answers}) == 1
+    assert await order_count(shop) == 1
+    assert await key_statuses(shop, "GAME") == {KeyStatus.RESERVED: 2, KeyStatus.AVAILABLE: 3}
+
+
+async def test_forged_tampered_and_expired_pay_links_get_a_4xx_and_hold_nothing(
+    shop: Shop,
+) -> None:
+    product = await stock(shop, "GAME", 3)
+    good = _link(shop, BUYER, product.id, 1)
+    stranger = PayLinks.from_bot_token(shop.url, "999:another-bot-token")
+    bad = {
+        "another buyer": good.replace(f"/pay/{BUYER}.", f"/pay/{OTHER}."),
+        "more keys": good.replace(f".{product.id}.1.", f".{product.id}.3."),
+        "another shop's key": stranger.url(
+            buyer_id=BUYER, product_id=product.id, quantity=1, language="en"
+        ),
+        "no signature": good.rsplit(".", 1)[0],
+        "garbage": f"{shop.url}/pay/garbage",
+        "dots": f"{shop.url}/pay/....",
+        "expired": _link(
+            shop, BUYER, product.id, 1, now=time.time() - 2 * LINK_TTL.total_seconds()
+        ),
+    }
+
+    answers = {name: await _open(shop, url) for name, url in bad.items()}
+
+    assert {name: status for name, (status, _) in answers.items()} == {
+        **dict.fromkeys(bad, 400),
+        "expired": 410,
+    }
+    assert "This payment link is not valid." in answers["garbage"][1]
+    assert "This payment link has expired" in answers["expired"][1]
+    assert await order_count(shop) == 0
+    assert await key_statuses(shop, "GAME") == {KeyStatus.AVAILABLE: 3}
+    # The genuine link still works.
+    assert (await _open(shop, good))[0] == 303
+
+
+async def test_a_blacklisted_buyer_s_pay_link_is_refused(shop: Shop) -> None:
+    product = await stock(shop, "GAME", 2)
+    await reply(shop.telegram, ADMIN, f"/ban {BUYER}")
+
+    status, page = await _open(shop, _link(shop, BUYER, product.id))
+
+    assert status == 403 and "Sorry, you can&#x27;t buy in this shop." in page
+    assert await order_count(shop) == 0
+
+
+async def test_without_a_public_url_the_card_pays_through_the_chat(
+    sqlite_url, telegram, stripe_api, key_secret
+) -> None:
+    settings = shop_settings(sqlite_url, telegram, stripe_api, key_secret, public_url=None)
+    async with running(settings, telegram, stripe_api) as shop:
+        await stock(shop, "GAME", 2)
+        card = await open_card(shop, BUYER, "GAME")
+        since = time.monotonic()
+        telegram.press(BUYER, card, card.button("by card")["callback_data"])
+        answer = await telegram.wait_for(
+            lambda m: sent_since(telegram, BUYER, since)(m) and text(m).startswith("Order #")
+        )
+        assert answer.button("Pay")["url"].startswith(stripe_api.url)
+        assert await key_statuses(shop, "GAME") == {KeyStatus.RESERVED: 1, KeyStatus.AVAILABLE: 1}
+        async with shop.http.get(f"{shop.url}/pay/anything") as response:
+            assert response.status == 404  # no links made, none opened
 
 
 async def test_buy_of_an_unknown_product_is_a_one_line_answer(shop: Shop) -> None:
@@ -90,7 +205,7 @@ async def test_quantity_is_bounded_by_stock(shop: Shop) -> None:
 
     assert "Quantity: 3 — total $29.97" in text(card)
     assert _quantity_buttons(card) == [f"p:{product.id}:2", f"p:{product.id}:3"]
-    refusal = await _refusal(shop, BUYER, f"pay:{product.id}:4")
+    refusal = await _refusal(shop, BUYER, product.id, 4)
     assert refusal == "Sorry, only 3 left — please choose a smaller quantity."
     assert await order_count(shop) == 0
     assert await key_statuses(shop, "GAME") == {KeyStatus.AVAILABLE: 3}
@@ -110,8 +225,7 @@ async def test_quantity_is_bounded_by_the_per_order_limit(shop: Shop) -> None:
         lambda: _button(shop, BUYER, one.message_id, "Pay $19.98 by card"), what="the redraw"
     )
     assert (
-        await _refusal(shop, BUYER, f"pay:{product.id}:3")
-        == "You can buy at most 2 of this product now."
+        await _refusal(shop, BUYER, product.id, 3) == "You can buy at most 2 of this product now."
     )
     assert await order_count(shop) == 0
     assert await key_statuses(shop, "GAME") == {KeyStatus.AVAILABLE: 5}
@@ -125,9 +239,7 @@ async def test_a_sold_out_product_cannot_be_bought(shop: Shop) -> None:
 
     assert "Sold out" in text(card)
     assert not [b for b in card.buttons() if "Pay" in b["text"]]
-    assert (
-        await _refusal(shop, BUYER, f"pay:{product.id}:1") == "Sorry, this product just sold out."
-    )
+    assert await _refusal(shop, BUYER, product.id, 1) == "Sorry, this product just sold out."
     assert await order_count(shop) == 1
     assert await key_statuses(shop, "GAME") == {KeyStatus.RESERVED: 1}
 
@@ -138,7 +250,7 @@ async def test_the_per_buyer_limit_refuses_and_reserves_nothing(shop: Shop) -> N
     assert edited.returncode == 0, edited.stderr
     await checkout(shop, BUYER, "GAME")
 
-    refusal = await _refusal(shop, BUYER, f"pay:{product.id}:1")
+    refusal = await _refusal(shop, BUYER, product.id, 2)
 
     assert refusal == "You have already bought as many of this product as the shop allows."
     assert await order_count(shop) == 1
@@ -147,14 +259,15 @@ async def test_the_per_buyer_limit_refuses_and_reserves_nothing(shop: Shop) -> N
 
 async def test_a_fourth_unpaid_order_is_refused(shop: Shop) -> None:
     product = await stock(shop, "GAME", 10)
-    for _ in range(3):
-        await checkout(shop, BUYER, "GAME")
+    # Three different purchases (the same one again would lead back to its checkout).
+    for quantity in (1, 2, 3):
+        await checkout(shop, BUYER, "GAME", quantity)
 
-    refusal = await _refusal(shop, BUYER, f"pay:{product.id}:1")
+    refusal = await _refusal(shop, BUYER, product.id, 4)
 
     assert refusal.startswith("You already have 3 unpaid orders.")
     assert (await snapshot(shop)).orders == {OrderStatus.PENDING: 3}
-    assert await key_statuses(shop, "GAME") == {KeyStatus.RESERVED: 3, KeyStatus.AVAILABLE: 7}
+    assert await key_statuses(shop, "GAME") == {KeyStatus.RESERVED: 6, KeyStatus.AVAILABLE: 4}
 
 
 @pytest.mark.parametrize("outage", ["5xx", "down"])
@@ -169,7 +282,7 @@ async def test_stripe_unreachable_at_checkout_cancels_the_order_and_frees_the_ke
         shop.stripe.down = True
 
     try:
-        refusal = await _refusal(shop, BUYER, f"pay:{product.id}:2")
+        refusal = await _refusal(shop, BUYER, product.id, 2)
     finally:
         shop.stripe.fail_next(0)
         shop.stripe.down = False
