@@ -25,6 +25,24 @@ log = logging.getLogger(__name__)
 _MIN_EXPIRY = 30 * 60 + 30  # seconds
 
 
+def _line_item(request: CheckoutRequest) -> dict[str, Any]:
+    """The order as one line: N at the unit price, or, with a coupon's discount on the
+    whole order (which need not divide by N), one line "N × product" at the total."""
+    if request.discount_minor:
+        quantity, unit = 1, request.amount_minor
+        name = f"{request.quantity} × {request.product_name}"
+    else:
+        quantity, unit, name = request.quantity, request.unit_amount_minor, request.product_name
+    return {
+        "quantity": quantity,
+        "price_data": {
+            "currency": request.currency,
+            "unit_amount": unit,
+            "product_data": {"name": name[:250]},
+        },
+    }
+
+
 class StripeGateway:
     name = "stripe"
     currency = None  # the product's own price
@@ -55,16 +73,7 @@ class StripeGateway:
         order = str(request.order_id)
         params: dict[str, Any] = {
             "mode": "payment",
-            "line_items": [
-                {
-                    "quantity": request.quantity,
-                    "price_data": {
-                        "currency": request.currency,
-                        "unit_amount": request.unit_amount_minor,
-                        "product_data": {"name": request.product_name[:250]},
-                    },
-                }
-            ],
+            "line_items": [_line_item(request)],
             "client_reference_id": order,
             "metadata": {"order_id": order},
             "payment_intent_data": {"metadata": {"order_id": order}},

@@ -14,12 +14,13 @@ from datetime import UTC, datetime
 from telegram import Update
 from telegram.constants import ParseMode
 from telegram.error import BadRequest
-from telegram.ext import ApplicationHandlerStop
+from telegram.ext import ApplicationHandlerStop, ConversationHandler
 
 from handlers import commands, render
 from handlers.context import KeyvendContext
 from handlers.i18n import t, user_language
 from store import buyers, catalogue, orders, subscriptions, watchers
+from store.coupons import CouponRefused, CouponView, Refusal, discount
 from store.errors import (
     Blacklisted,
     HoldLimit,
@@ -37,6 +38,8 @@ from store.models import OrderStatus
 from store.payments import SubscriptionGateway
 
 log = logging.getLogger(__name__)
+
+AWAITING_CODE = 0  # the buyer pressed "Enter a code": their next text is the code
 
 
 def _language(update: Update) -> str:
@@ -143,14 +146,24 @@ async def show_category(update: Update, context: KeyvendContext) -> None:
 
 
 async def buy(update: Update, context: KeyvendContext) -> None:
-    """Open a product by SKU: `/buy SKU [QTY]`."""
+    """Open a product by SKU: `/buy SKU [QTY] [CODE]`."""
     language = _language(update)
     args = context.args or []
-    quantity = _number(args[1]) if len(args) == 2 else 1
-    if not args or len(args) > 2 or quantity is None:
-        await _tell(update, t(language, "Usage: /buy SKU [quantity], for example /buy GAME-KEY 2"))
+    sku, rest = (args[0], args[1:]) if args else ("", [])
+    quantity: int | None = 1
+    if rest and _number(rest[0]) is not None:
+        quantity, rest = _number(rest[0]), rest[1:]
+    if not sku or len(rest) > 1:
+        await _tell(
+            update,
+            t(
+                language,
+                "Usage: /buy SKU [quantity] [code], for example /buy GAME-KEY 2 or "
+                "/buy GAME-KEY 2 SAVE10",
+            ),
+        )
         return
-    await _open_product(update, context, sku=args[0], quantity=quantity)
+    await _open_product(update, context, sku=sku, quantity=quantity, code=rest[0] if rest else None)
 
 
 _MAX_NUMBER = 999_999_999  # the widest id or quantity the database columns hold (9 digits)
@@ -165,7 +178,7 @@ def _number(text: str) -> int | None:
 
 
 async def _open_product(
-    update: Update, context: KeyvendContext, *, sku: str, quantity: int
+    update: Update, context: KeyvendContext, *, sku: str, quantity: int, code: str | None = None
 ) -> None:
     language = _language(update)
     try:
@@ -183,17 +196,34 @@ async def _open_product(
     if not product.active:
         await _tell(update, t(language, "This product is no longer on sale."))
         return
-    await _show(update, _card(context, product, quantity, language))
+    coupon = None
+    if code is not None:
+        try:
+            coupon = await context.shop.coupon_for(code, product.id)
+        except CouponRefused as exc:
+            await _tell(update, _coupon_refusal(exc, language))
+            return
+    await _show(update, _card(context, product, quantity, language, coupon))
 
 
 def _card(
-    context: KeyvendContext, product: catalogue.ProductView, quantity: int, language: str
+    context: KeyvendContext,
+    product: catalogue.ProductView,
+    quantity: int,
+    language: str,
+    coupon: CouponView | None = None,
 ) -> render.Screen:
     quantity = 1 if product.every else max(1, min(quantity, product.max_quantity() or 1))
     shop = context.shop
+    card_total = product.price_minor * quantity
     offers = [
         render.Offer(
-            name, unit, gateway.currency or product.currency, gateway is shop.card, product.every
+            name,
+            unit,
+            gateway.currency or product.currency,
+            gateway is shop.card,
+            product.every,
+            discount(coupon, total=unit * quantity, card_total=card_total) if coupon else 0,
         )
         for name, gateway in shop.gateways.items()
         if (unit := product.price_for(name, gateway.currency)) is not None
@@ -202,14 +232,30 @@ def _card(
             or (isinstance(gateway, SubscriptionGateway) and product.every in gateway.periods)
         )
     ]
-    return render.product_card(product, quantity, language, offers=offers)
+    return render.product_card(product, quantity, language, offers=offers, coupon=coupon)
+
+
+def _coupon_refusal(exc: CouponRefused, language: str) -> str:
+    """The one-line reason a code cannot be used (nothing changes)."""
+    match exc.reason:
+        case Refusal.DISABLED:
+            return t(language, "That code is no longer valid.")
+        case Refusal.EXPIRED:
+            return t(language, "That code has expired.")
+        case Refusal.USED_UP:
+            return t(language, "That code has been used up.")
+        case Refusal.WRONG_PRODUCT:
+            return t(language, "That code is not valid for this product.")
+        case Refusal.SUBSCRIPTION:
+            return t(language, "Codes cannot be used for subscriptions.")
+    return t(language, "There is no such code. Check it and try again.")
 
 
 async def show_product(update: Update, context: KeyvendContext) -> None:
     """Show a product card at the chosen quantity (`p:<product>:<qty>`)."""
     query = update.callback_query
     language = _language(update)
-    _, product_id, quantity = query.data.split(":")
+    _, product_id, quantity, *code = query.data.split(":")
     try:
         product = await catalogue.get_product(context.shop.db, product_id=int(product_id))
     except NotFound:
@@ -217,8 +263,49 @@ async def show_product(update: Update, context: KeyvendContext) -> None:
     if product is None or not product.active:
         await query.answer(t(language, "This product is no longer on sale."), show_alert=True)
         return
+    coupon = None
+    if code:
+        try:
+            coupon = await context.shop.coupon_for(code[0], product.id)
+        except CouponRefused as exc:
+            await query.answer(_coupon_refusal(exc, language), show_alert=True)
+            return
     await query.answer()
-    await _show(update, _card(context, product, int(quantity), language), edit=True)
+    await _show(update, _card(context, product, int(quantity), language, coupon), edit=True)
+
+
+async def ask_for_code(update: Update, context: KeyvendContext) -> int:
+    """Ask for a coupon code for the product card (`cc:<product>:<qty>`); the next text is it."""
+    query = update.callback_query
+    _, product_id, quantity = query.data.split(":")
+    context.user_data["coupon_for"] = (int(product_id), int(quantity))
+    await query.answer()
+    await update.effective_chat.send_message(
+        t(_language(update), "Send the code as your next message (or /cancel).")
+    )
+    return AWAITING_CODE
+
+
+async def receive_code(update: Update, context: KeyvendContext) -> int:
+    """Show the product card with the code typed, or the one-line reason it does not apply."""
+    product_id, quantity = context.user_data.pop("coupon_for", (0, 1))
+    try:
+        product = await catalogue.get_product(context.shop.db, product_id=product_id)
+    except NotFound:
+        await _tell(update, t(_language(update), "This product is no longer on sale."))
+        return ConversationHandler.END
+    code = update.message.text.strip()
+    await _open_product(update, context, sku=product.sku, quantity=quantity, code=code)
+    return ConversationHandler.END
+
+
+async def cancel_code(update: Update, context: KeyvendContext) -> int:
+    """Stop waiting for a code."""
+    context.user_data.pop("coupon_for", None)
+    await update.effective_chat.send_message(
+        t(_language(update), "Cancelled; nothing was changed.")
+    )
+    return ConversationHandler.END
 
 
 async def notify_me(update: Update, context: KeyvendContext) -> None:
@@ -244,8 +331,9 @@ async def pay(update: Update, context: KeyvendContext) -> None:
     shop = context.shop
     language = _language(update)
     user_id = update.effective_user.id
-    _, product_id, quantity, *provider = query.data.split(":")
-    gateway = shop.gateways.get(provider[0]) if provider else shop.card
+    _, product_id, quantity, *rest = query.data.split(":")
+    provider, code = (rest + ["", ""])[:2]
+    gateway = shop.gateways.get(provider) if provider else shop.card
     if gateway is None:
         await _tell(update, t(language, "Payments are not set up yet in this shop."))
         return
@@ -261,6 +349,7 @@ async def pay(update: Update, context: KeyvendContext) -> None:
             language=language,
             product_id=int(product_id),
             quantity=int(quantity),
+            coupon=code or None,
         )
     except StoreError as exc:
         await update.effective_chat.send_message(_checkout_refusal(exc, language))
@@ -280,6 +369,8 @@ async def pay(update: Update, context: KeyvendContext) -> None:
 def _checkout_refusal(exc: StoreError, language: str) -> str:
     """The one-line reason a checkout could not start (nothing was reserved or charged)."""
     match exc:
+        case CouponRefused():
+            return _coupon_refusal(exc, language)
         case OutOfStock(available=0):
             return t(language, "Sorry, this product just sold out.")
         case OutOfStock(available=n):
