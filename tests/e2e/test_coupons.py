@@ -280,3 +280,25 @@ async def test_a_discounted_stars_sale_is_invoiced_and_counted_at_the_discount(
     )
     assert (order.amount_minor, order.discount_minor, order.currency) == (85, 15, "xtr")
     assert await _coupons(shop) == [("STARS15", True, 1, 0)]
+
+
+async def test_the_command_line_adds_lists_and_disables_codes_as_the_chat_does(
+    shop: Shop,
+) -> None:
+    await stock(shop, "GAME", 1)
+
+    added = await shop.cli("coupon", "add", "cli5", "--percent", "5", "--uses", "2")
+    refused = await shop.cli("coupon", "add", "CLI5", "--percent", "7")
+    listed = await shop.cli("coupon", "list")
+    disabled = await shop.cli("coupon", "disable", "cli5")
+
+    assert added.returncode == 0, added.stderr
+    assert " ".join(added.stdout.split()) == "added code CLI5 -5% any product used 0/2 held 0"
+    assert (refused.returncode, refused.stderr) == (1, "keyvend: code CLI5 exists already\n")
+    assert " ".join(listed.stdout.split()) == "CLI5 -5% any product used 0/2 held 0"
+    assert disabled.stdout == "CLI5 is disabled: no new checkout can use it\n"
+    assert await _coupons(shop) == [("CLI5", False, 0, 0)]
+    assert await _audited(shop) == [
+        (None, "coupon.add", "CLI5 5%"),
+        (None, "coupon.disable", "CLI5"),
+    ]
