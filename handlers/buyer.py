@@ -151,9 +151,9 @@ async def buy(update: Update, context: KeyvendContext) -> None:
     args = context.args or []
     sku, rest = (args[0], args[1:]) if args else ("", [])
     quantity: int | None = 1
-    if rest and _number(rest[0]) is not None:
+    if rest and rest[0].isdigit():  # any digits, "²" too: a quantity, checked by _number
         quantity, rest = _number(rest[0]), rest[1:]
-    if not sku or len(rest) > 1:
+    if not sku or len(rest) > 1 or quantity is None:
         await _tell(
             update,
             t(
