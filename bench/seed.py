@@ -39,8 +39,8 @@ from store.models import (
     OrderStatus,
     PaymentEvent,
 )
-from store.orders import CHECK_GRACE
 from store.payments import CheckoutRequest
+from store.reconciliation import CHECK_GRACE
 from tests.fakes.stripe import FakeStripe
 
 PRICE = "9.99"

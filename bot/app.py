@@ -305,7 +305,6 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
         counters=metrics,
         key_message_ttl=settings.key_message_ttl,
         card=stripe,
-        stripe_webhook_secret=settings.stripe_webhook_secret.get_secret_value() if stripe else None,
         blacklist_on_dispute=settings.blacklist_on_dispute,
         gateways={StarsGateway.name: StarsGateway(application.bot)}
         if settings.stars_enabled
@@ -344,6 +343,7 @@ def assemble(settings: Settings, db: Database, vault: KeyVault) -> Parts:
         limiter,
         telegram=application,
         telegram_secret=secret,
+        stripe_webhook_secret=settings.stripe_webhook_secret.get_secret_value() if stripe else None,
         metrics_token=(
             settings.metrics_token.get_secret_value() if settings.metrics_token else None
         ),

@@ -22,9 +22,10 @@ from bot.waiting import wait_any
 from handlers.alerts import AlertKind, AlertText
 from handlers.context import Shop
 from handlers.i18n import t
-from store import deliveries, orders, subscriptions
+from store import deliveries, orders, reconciliation, subscriptions
 from store.errors import NotFound, OrderNotPayable, PaymentUnavailable
 from store.orders import Outcome
+from store.payments import Event
 
 log = logging.getLogger(__name__)
 
@@ -40,24 +41,26 @@ _RENEWAL_WARNING = timedelta(days=3)
 async def reconcile(shop: Shop, *, now: datetime | None = None) -> list[orders.Result]:
     """One pass: cancel orphans, settle overdue checkouts, make owed refunds."""
     results: list[orders.Result] = []
-    cancelled = await orders.cancel_orphans(shop.db, now=now)
+    cancelled = await reconciliation.cancel_orphans(shop.db, now=now)
     if cancelled:
         log.info("cancelled %d orders whose checkout was never recorded", len(cancelled))
-    for pending in await orders.due_for_check(shop.db, now=now):
+    for pending in await reconciliation.due_for_check(shop.db, now=now):
         moment = now or datetime.now(UTC)
         try:
             result = await shop.confirm(pending.order_id, close_if_open=True, now=now)
         except PaymentUnavailable:
-            await orders.postpone_check(shop.db, pending.order_id, moment + _RETRY_UNREACHABLE)
+            await reconciliation.postpone_check(
+                shop.db, pending.order_id, moment + _RETRY_UNREACHABLE
+            )
             continue
         except (NotFound, OrderNotPayable):
             continue  # settled by a webhook meanwhile
         if result.outcome is Outcome.AWAITING:
-            await orders.postpone_check(
+            await reconciliation.postpone_check(
                 shop.db, pending.order_id, moment + shop.checkout_policy.ttl * 12
             )
         elif result.outcome is Outcome.UNCHANGED:
-            await orders.postpone_check(shop.db, pending.order_id, moment + _RECHECK_OPEN)
+            await reconciliation.postpone_check(shop.db, pending.order_id, moment + _RECHECK_OPEN)
         else:
             log.info("reconciliation settled order %s: %s", pending.order_id, result.outcome)
         results.append(result)
@@ -101,12 +104,14 @@ async def apply_missed_payments(shop: Shop) -> list[orders.Result]:
             listed = await gateway.missed_payments()
         except PaymentUnavailable:
             continue  # asked again on the next pass
-        missing = await orders.unrecorded(shop.db, name, [event_id for event_id, _ in listed])
+        missing = await reconciliation.unrecorded(
+            shop.db, name, [event_id for event_id, _ in listed]
+        )
         for event_id, payment in listed:
             if event_id not in missing:
                 continue
             result = await shop.apply_payment(
-                name, payment, orders.Event(name, event_id, "reconciled_payment")
+                name, payment, Event(name, event_id, "reconciled_payment")
             )
             log.info("reconciliation applied a missed payment: order %s", payment.order_id)
             results.append(result)
@@ -119,7 +124,7 @@ async def seconds_to_next_check(shop: Shop, longest: float) -> float:
     A reservation shorter than Stripe's 30-minute minimum ends when the shop closes the
     Stripe session, so the pass must run when it is due, not up to an interval later.
     """
-    due = await orders.next_check(shop.db)
+    due = await reconciliation.next_check(shop.db)
     if due is None:
         return longest
     return min(longest, max(0.0, (due - datetime.now(UTC)).total_seconds()))

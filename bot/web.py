@@ -19,7 +19,7 @@ from telegram.ext import Application
 
 from bot.metrics import Metrics
 from bot.ratelimit import RateLimiter
-from bot.stripe_webhook import MAX_BODY, stripe_webhook
+from bot.stripe_webhook import MAX_BODY, SIGNING_SECRET, stripe_webhook
 from handlers import api
 from handlers.context import SHOP, Shop
 
@@ -110,6 +110,7 @@ def build(
     *,
     telegram: Application | None = None,
     telegram_secret: str | None = None,
+    stripe_webhook_secret: str | None = None,
     metrics_token: str | None = None,
     api_config: api.ApiConfig | None = None,
 ) -> web.Application:
@@ -120,6 +121,8 @@ def build(
     app[LIMITER] = limiter
     if metrics_token is not None:
         app[METRICS_TOKEN] = metrics_token
+    if stripe_webhook_secret is not None:
+        app[SIGNING_SECRET] = stripe_webhook_secret
     app.router.add_post("/stripe/webhook", stripe_webhook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

@@ -16,7 +16,7 @@ from handlers import render
 from handlers.admin import admin_button, admin_only
 from handlers.context import KeyvendContext
 from handlers.i18n import t, user_language
-from store import buyers, lookup, orders
+from store import buyer_views, buyers, lookup
 from store.errors import NotFound, OrderNotPayable
 from store.models import OrderStatus
 
@@ -154,7 +154,7 @@ async def resend_keys(update: Update, context: KeyvendContext) -> None:
     order_id = int(query.data.split(":")[1])
     try:
         card = await lookup.order_card(context.shop.db, order_id)
-        await orders.show_keys_again(
+        await buyer_views.show_keys_again(
             context.shop.db,
             order_id,
             card.buyer.id if card.buyer else 0,

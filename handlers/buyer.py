@@ -19,7 +19,7 @@ from telegram.ext import ApplicationHandlerStop, ConversationHandler
 from handlers import commands, render
 from handlers.context import KeyvendContext
 from handlers.i18n import t, user_language
-from store import buyers, catalogue, orders, subscriptions, watchers
+from store import buyer_views, buyers, catalogue, subscriptions, watchers
 from store.coupons import CouponRefused, CouponView, Refusal, discount
 from store.errors import (
     Blacklisted,
@@ -415,7 +415,7 @@ async def _returned_from_payment(update: Update, context: KeyvendContext, order_
     language = _language(update)
     user_id = update.effective_user.id
     try:
-        order = await orders.buyer_order(shop.db, order_id, user_id, language)
+        order = await buyer_views.buyer_order(shop.db, order_id, user_id, language)
     except NotFound:
         await _tell(update, t(language, "Order not found."))
         return
@@ -423,7 +423,7 @@ async def _returned_from_payment(update: Update, context: KeyvendContext, order_
         # If Stripe cannot answer now, the webhook or reconciliation settles the order.
         with contextlib.suppress(PaymentUnavailable, OrderNotPayable):
             await shop.confirm(order_id)
-        order = await orders.buyer_order(shop.db, order_id, user_id, language)
+        order = await buyer_views.buyer_order(shop.db, order_id, user_id, language)
     await _show(update, render.order_detail(order, language))
 
 
@@ -431,7 +431,8 @@ async def my_orders(update: Update, context: KeyvendContext) -> None:
     """List the buyer's latest orders (`/orders`, or the button back to them)."""
     language = _language(update)
     listing = render.orders_list(
-        await orders.buyer_orders(context.shop.db, update.effective_user.id, language), language
+        await buyer_views.buyer_orders(context.shop.db, update.effective_user.id, language),
+        language,
     )
     if update.callback_query is not None:
         await update.callback_query.answer()
@@ -445,7 +446,7 @@ async def show_order(update: Update, context: KeyvendContext) -> None:
     query = update.callback_query
     language = _language(update)
     try:
-        order = await orders.buyer_order(
+        order = await buyer_views.buyer_order(
             context.shop.db, int(query.data.split(":")[1]), update.effective_user.id, language
         )
     except NotFound:
@@ -460,7 +461,7 @@ async def show_keys(update: Update, context: KeyvendContext) -> None:
     query = update.callback_query
     language = _language(update)
     try:
-        await orders.show_keys_again(
+        await buyer_views.show_keys_again(
             context.shop.db, int(query.data.split(":")[1]), update.effective_user.id
         )
     except NotFound:

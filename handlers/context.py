@@ -22,14 +22,14 @@ from telegram.ext import Application, CallbackContext, ExtBot
 
 from handlers.alerts import AlertKind, AlertText
 from handlers.i18n import t
-from store import catalogue, coupons, inventory, orders
+from store import catalogue, coupons, inventory, orders, reconciliation
 from store.coupons import CouponView
 from store.crypto import KeyVault
 from store.db import Database
 from store.errors import PaymentUnavailable, StoreError
 from store.inventory import ParsedKeys, RestockReport
-from store.orders import CheckoutPolicy, Event, Outcome, OutOfStockPolicy, Result
-from store.payments import CheckoutState, Payment, PaymentGateway
+from store.orders import CheckoutPolicy, Outcome, OutOfStockPolicy, Result
+from store.payments import CheckoutState, Event, Payment, PaymentGateway
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,6 @@ class Shop:
     key_message_ttl: timedelta
     # The card provider: offered first, and the one a pay button naming no provider means.
     card: PaymentGateway | None = None
-    stripe_webhook_secret: str | None = None  # for bot/stripe_webhook.py
     blacklist_on_dispute: bool = False
     wake_delivery: Callable[[], None] = lambda: None
     wake_refunds: Callable[[], None] = lambda: None
@@ -183,7 +182,7 @@ class Shop:
     async def refund(self, order_id: int, *, admin_id: int | None = None) -> Result:
         """Return an order's money through its own provider, then revoke its keys and tell
         the buyer; NotFound, OrderNotPayable or PaymentUnavailable say why not."""
-        paid = await orders.paid_order(self.db, order_id)
+        paid = await reconciliation.paid_order(self.db, order_id)
         await self._gateway(paid.provider).refund(
             order_id, paid.payment_ref, paid.paid_amount_minor
         )
@@ -192,7 +191,7 @@ class Shop:
     async def make_owed_refunds(self) -> list[Result]:
         """Return the money of orders that were paid with nothing left to give."""
         results = []
-        for owed in await orders.refunds_due(self.db):
+        for owed in await reconciliation.refunds_due(self.db):
             gateway = self.gateways.get(owed.provider)
             if gateway is None or owed.payment_ref is None:
                 log.error(
@@ -286,7 +285,7 @@ class Shop:
         with that report, so a payment of another integration never touches our order."""
         result = await record(None)
         if result.outcome is Outcome.UNVERIFIED:
-            paid = await orders.provider_report(self.db, self.gateways, result.order_id)
+            paid = await reconciliation.provider_report(self.db, self.gateways, result.order_id)
             result = await record(paid)
             if result.outcome is Outcome.UNVERIFIED:  # no checkout to ask about
                 result = Result(Outcome.FOREIGN, result.order_id)
@@ -306,7 +305,7 @@ class Shop:
             await orders.pay_period(self.db, payment, self.stock_policy, event=event)
         )
         if result.outcome is Outcome.UNCHANGED and payment.payment_ref is not None:
-            state = await orders.order_state(self.db, payment.order_id)
+            state = await reconciliation.order_state(self.db, payment.order_id)
             if state is not None and state.payment_ref != payment.payment_ref:
                 await self._return_extra_charge(provider, payment)
         return result

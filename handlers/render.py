@@ -16,13 +16,13 @@ from babel.numbers import format_currency
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 from handlers.i18n import t, tn
+from store.buyer_views import OrderView
 from store.catalogue import STOCK_DISPLAY_CAP, TEMPLATE_FIELDS, ProductView
 from store.coupons import CouponView
 from store.deliveries import Job
 from store.inventory import RestockReport, StockLevels
 from store.models import DeliveryKind, OrderStatus, Period, SubscriptionStatus
 from store.money import STARS, to_major
-from store.orders import OrderView
 from store.reports import Stats
 from store.subscriptions import SubscriptionView
 

@@ -20,7 +20,8 @@ from handlers.i18n import t, user_language
 from handlers.stars_invoice import PROVIDER, order_of_payload, payment
 from store import orders
 from store.money import STARS
-from store.orders import Event, NotPayable
+from store.orders import NotPayable
+from store.payments import Event
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ from store.models import (
     KeyStatus,
     Order,
     Product,
+    ProductKind,
 )
 
 
@@ -128,6 +129,36 @@ async def ciphertexts(session: AsyncSession, orders: list[Order]) -> dict[int, l
             if order.shared_key_id is not None:
                 found[order.id].append(by_key[order.shared_key_id])
     return found
+
+
+async def fill_order(session: AsyncSession, order: Order, product: Product) -> bool:
+    """Make the order's keys its own, reserved or fresh; False (and nothing held) if short."""
+    if product.kind == ProductKind.SHARED:
+        order.shared_key_id = await newest_shared_key(session, product.id)
+        return order.shared_key_id is not None
+    held = await sell_reserved(session, order.id)
+    if held < order.quantity:
+        held += await take_keys(
+            session, product.id, order.id, order.quantity - held, status=KeyStatus.SOLD
+        )
+    if held < order.quantity:
+        # Short: put back what this transaction took. Nobody has seen these keys.
+        await unsell(session, order.id)
+        return False
+    return True
+
+
+async def stock_left(session: AsyncSession, product: Product) -> int | None:
+    """Unique keys left on sale, counted up to one past the low-stock threshold (None: shared)."""
+    if product.kind == ProductKind.SHARED:
+        return None
+    capped = (
+        select(Key.id)
+        .where(Key.product_id == product.id, Key.status == KeyStatus.AVAILABLE)
+        .limit(product.low_stock_threshold + 1)
+        .subquery()
+    )
+    return await session.scalar(select(func.count()).select_from(capped))
 
 
 def delivery(order: Order, kind: DeliveryKind, now: datetime) -> Delivery:

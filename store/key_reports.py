@@ -39,7 +39,7 @@ from store.models import (
     OrderStatus,
     Product,
 )
-from store.orders import _lock_order
+from store.order_rows import lock_order
 
 MAX_REASON = 200
 
@@ -78,7 +78,7 @@ async def report(
     async def work(session: AsyncSession) -> ReportResult:
         moment = now or datetime.now(UTC)
         # The order's row lock serialises reports on one order (the auto-replace budget).
-        order = await _lock_order(session, order_id)
+        order = await lock_order(session, order_id)
         if order is None or order.buyer_id != buyer_id:
             raise NotFound("no such order")
         if order.status != OrderStatus.FULFILLED:
@@ -165,7 +165,7 @@ async def _replace(
     session: AsyncSession, report_id: int, admin_id: int | None, now: datetime
 ) -> ReportResult:
     entry = await _claim(session, report_id, KeyReportStatus.REPLACED, admin_id, now)
-    order = await _lock_order(session, entry.order_id)
+    order = await lock_order(session, entry.order_id)
     if order.status != OrderStatus.FULFILLED:
         raise OrderNotPayable(f"order {order.id} is {order.status}")
     revoked = await session.execute(

@@ -17,6 +17,10 @@ A provider event moves an order only when it is about the order's own checkout (
 session id recorded when the checkout opened) or its own payment (the payment id recorded
 when it was paid). Another integration on the same provider account can name our order
 ids too: its events are answered FOREIGN and change nothing.
+
+What reconciliation asks before it calls a transition is in store/reconciliation.py, the buyer's
+own view of their orders in store/buyer_views.py, and the row-level steps these share (lock
+an order, record an event) in store/order_rows.py.
 """
 
 from __future__ import annotations
@@ -57,14 +61,15 @@ from store.models import (
     KeyStatus,
     Order,
     OrderStatus,
-    PaymentEvent,
     Product,
     ProductKind,
     Reveal,
     Subscription,
     SubscriptionStatus,
 )
-from store.payments import CheckoutRequest, CheckoutState, Payment, PaymentGateway
+from store.order_rows import gateway_for, lock_order, own_checkout, pending_by_id, record_event
+from store.payments import CheckoutRequest, CheckoutState, Event, Payment, PaymentGateway
+from store.reconciliation import CHECK_GRACE
 
 # Statuses in which an order counts against a buyer's per-product limit.
 _HOLDING = (
@@ -74,11 +79,6 @@ _HOLDING = (
     OrderStatus.REVIEW,
     OrderStatus.DISPUTED,
 )
-# A checkout the app started but never recorded (a crash in between) is cancelled after
-# this long: nobody was ever shown its payment link, so nobody can have paid it.
-ORPHAN_GRACE = timedelta(minutes=2)
-# Reconciliation asks the provider this long after a checkout should have closed.
-CHECK_GRACE = timedelta(minutes=1)
 
 
 class Outcome(StrEnum):
@@ -126,15 +126,6 @@ class CheckoutResult:
 
 
 @dataclass(frozen=True, slots=True)
-class Event:
-    """A provider event, for the idempotency ledger."""
-
-    provider: str
-    id: str
-    type: str
-
-
-@dataclass(frozen=True, slots=True)
 class Result:
     """What a transition did, for the edge to tell buyers and admins."""
 
@@ -163,21 +154,6 @@ class Result:
 
 
 @dataclass(frozen=True, slots=True)
-class OrderView:
-    id: int
-    sku: str
-    product_name: str
-    quantity: int
-    amount_minor: int
-    currency: str
-    status: OrderStatus
-    created_at: datetime
-    paid_at: datetime | None
-    checkout_url: str | None
-    buyer_id: int
-
-
-@dataclass(frozen=True, slots=True)
 class RevealView:
     at: datetime
     how: str
@@ -188,18 +164,6 @@ class DisputeResult:
     result: Result
     reveals: tuple[RevealView, ...] = ()
     blacklisted: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """An order reconciliation must ask its provider about."""
-
-    order_id: int
-    provider: str
-    checkout_ref: str | None
-    status: OrderStatus
-    payment_ref: str | None
-    paid_amount_minor: int | None
 
 
 # ---------------------------------------------------------------- checkout
@@ -516,17 +480,17 @@ async def _apply_payment(
     event: Event | None,
     now: datetime,
 ) -> Result:
-    order = await _lock_order(session, payment.order_id)
+    order = await lock_order(session, payment.order_id)
     if order is not None and order.provider_ref is None and order.status == OrderStatus.PENDING:
         # Its checkout is being opened right now (or the opening failed and the order is about
         # to be cancelled): nothing can tell yet whether this payment is for it. Nothing is
         # written, so the provider's retry, reconciliation or the buyer's return applies it.
         raise CheckoutNotRecorded(f"order {order.id} has no checkout recorded yet")
-    if event is not None and not await _record_event(session, event, payment.order_id, now):
+    if event is not None and not await record_event(session, event, payment.order_id, now):
         return Result(Outcome.DUPLICATE, payment.order_id)
     if order is None:
         return Result(Outcome.UNKNOWN_ORDER, payment.order_id)
-    if not _own_checkout(order, payment.checkout_ref):
+    if not own_checkout(order, payment.checkout_ref):
         # Never fulfil on the order id alone: the session must be the one we opened.
         return Result(Outcome.FOREIGN, order.id)
     product = await _product_for_payment(session, order.product_id)
@@ -550,7 +514,7 @@ async def _apply_payment(
         order.status = OrderStatus.REVIEW
         session.add(allocation.delivery(order, DeliveryKind.REVIEW, now))
         return Result(Outcome.REVIEW, **base)
-    if await _allocate(session, order, product):
+    if await allocation.fill_order(session, order, product):
         order.status = OrderStatus.FULFILLED
         order.fulfilled_at = now
         order.closed_at = now
@@ -558,7 +522,7 @@ async def _apply_payment(
         return Result(
             Outcome.FULFILLED,
             **base,
-            stock_left=await _stock_left(session, product),
+            stock_left=await allocation.stock_left(session, product),
             low_stock_threshold=product.low_stock_threshold,
             sold=order.quantity,
         )
@@ -585,23 +549,6 @@ def over_review_threshold(order: Order, product: Product) -> bool:
     return worth >= product.review_amount_minor
 
 
-async def _allocate(session: AsyncSession, order: Order, product: Product) -> bool:
-    """Make the order's keys its own, reserved or fresh; False (and nothing held) if short."""
-    if product.kind == ProductKind.SHARED:
-        order.shared_key_id = await allocation.newest_shared_key(session, product.id)
-        return order.shared_key_id is not None
-    held = await allocation.sell_reserved(session, order.id)
-    if held < order.quantity:
-        held += await allocation.take_keys(
-            session, product.id, order.id, order.quantity - held, status=KeyStatus.SOLD
-        )
-    if held < order.quantity:
-        # Short: put back what this transaction took. Nobody has seen these keys.
-        await allocation.unsell(session, order.id)
-        return False
-    return True
-
-
 async def _product_for_payment(session: AsyncSession, product_id: int) -> Product:
     """The order's product, share-locked on PostgreSQL.
 
@@ -614,18 +561,6 @@ async def _product_for_payment(session: AsyncSession, product_id: int) -> Produc
     return await session.scalar(
         select(Product).where(Product.id == product_id).with_for_update(read=True)
     )
-
-
-async def _stock_left(session: AsyncSession, product: Product) -> int | None:
-    if product.kind == ProductKind.SHARED:
-        return None
-    capped = (
-        select(Key.id)
-        .where(Key.product_id == product.id, Key.status == KeyStatus.AVAILABLE)
-        .limit(product.low_stock_threshold + 1)
-        .subquery()
-    )
-    return await session.scalar(select(func.count()).select_from(capped))
 
 
 async def pay_period(
@@ -650,15 +585,15 @@ async def pay_period(
 async def _pay_period(
     session: AsyncSession, payment: Payment, policy: OutOfStockPolicy, event: Event, now: datetime
 ) -> Result:
-    first = await _lock_order(session, payment.order_id)
+    first = await lock_order(session, payment.order_id)
     if first is not None and first.provider_ref is None and first.status == OrderStatus.PENDING:
         raise CheckoutNotRecorded(f"order {first.id} has no checkout recorded yet")
-    if not await _record_event(session, event, payment.order_id, now):
+    if not await record_event(session, event, payment.order_id, now):
         return Result(Outcome.DUPLICATE, payment.order_id)
     with session.no_autoflush:
         if first is None:
             return Result(Outcome.UNKNOWN_ORDER, payment.order_id)
-        if not _own_checkout(first, payment.checkout_ref):
+        if not own_checkout(first, payment.checkout_ref):
             return Result(Outcome.FOREIGN, first.id)
         product = await _product_for_payment(session, first.product_id)
         if first.paid_at is None:
@@ -692,14 +627,14 @@ async def _pay_period(
         session.add(renewal)
         await session.flush()
         base = {"order_id": renewal.id, "buyer_id": renewal.buyer_id, "sku": product.sku}
-        if await _allocate(session, renewal, product):
+        if await allocation.fill_order(session, renewal, product):
             renewal.status = OrderStatus.FULFILLED
             renewal.fulfilled_at = renewal.closed_at = now
             session.add(allocation.delivery(renewal, DeliveryKind.KEYS, now))
             return Result(
                 Outcome.FULFILLED,
                 **base,
-                stock_left=await _stock_left(session, product),
+                stock_left=await allocation.stock_left(session, product),
                 low_stock_threshold=product.low_stock_threshold,
                 sold=1,
             )
@@ -756,7 +691,7 @@ async def fulfil_backorders(session: AsyncSession, product_id: int, now: datetim
     ).all()
     fulfilled = []
     for order in waiting:
-        if not await _allocate(session, order, product):
+        if not await allocation.fill_order(session, order, product):
             break
         order.status = OrderStatus.FULFILLED
         order.fulfilled_at = now
@@ -779,12 +714,12 @@ async def awaiting_payment(
 
     async def work(session: AsyncSession) -> Result:
         moment = now or datetime.now(UTC)
-        if event is not None and not await _record_event(session, event, order_id, moment):
+        if event is not None and not await record_event(session, event, order_id, moment):
             return Result(Outcome.DUPLICATE, order_id)
-        order = await _lock_order(session, order_id)
+        order = await lock_order(session, order_id)
         if order is None:
             return Result(Outcome.UNKNOWN_ORDER, order_id)
-        if not _own_checkout(order, checkout_ref):
+        if not own_checkout(order, checkout_ref):
             return Result(Outcome.FOREIGN, order.id)
         if order.status == OrderStatus.PENDING:
             order.check_after = moment + recheck_after
@@ -818,12 +753,12 @@ async def _close_unpaid(
     event: Event | None,
     now: datetime,
 ) -> Result:
-    if event is not None and not await _record_event(session, event, order_id, now):
+    if event is not None and not await record_event(session, event, order_id, now):
         return Result(Outcome.DUPLICATE, order_id)
-    order = await _lock_order(session, order_id)
+    order = await lock_order(session, order_id)
     if order is None:
         return Result(Outcome.UNKNOWN_ORDER, order_id)
-    if (event is not None or checkout_ref is not None) and not _own_checkout(order, checkout_ref):
+    if (event is not None or checkout_ref is not None) and not own_checkout(order, checkout_ref):
         # Only the shop itself closes an order without naming its checkout.
         return Result(Outcome.FOREIGN, order.id)
     # A late "expired" after the payment must not undo the sale.
@@ -837,18 +772,6 @@ async def _close_unpaid(
 
 
 # ---------------------------------------------------------------- refunds and disputes
-
-
-async def refunds_due(db: Database) -> list[Pending]:
-    """Orders whose money must go back because there was nothing to give."""
-
-    async def work(session: AsyncSession) -> list[Pending]:
-        orders = await session.scalars(
-            select(Order).where(Order.status == OrderStatus.REFUND_PENDING).order_by(Order.id)
-        )
-        return [_pending(o) for o in orders]
-
-    return await db.read(work)
 
 
 async def record_refund(
@@ -877,7 +800,7 @@ async def record_refund(
             return Result(outcome, order_id)
         if outcome is Outcome.UNVERIFIED:
             return Result(outcome, order.id, order.buyer_id)
-        if event is not None and not await _record_event(session, event, order.id, moment):
+        if event is not None and not await record_event(session, event, order.id, moment):
             return Result(Outcome.DUPLICATE, order.id)
         if outcome is not None:
             return Result(outcome, order.id)
@@ -929,7 +852,7 @@ async def record_dispute(
             return DisputeResult(Result(outcome, order_id))
         if outcome is Outcome.UNVERIFIED:
             return DisputeResult(Result(outcome, order.id, order.buyer_id))
-        if event is not None and not await _record_event(session, event, order.id, moment):
+        if event is not None and not await record_event(session, event, order.id, moment):
             return DisputeResult(Result(Outcome.DUPLICATE, order.id))
         if outcome is not None:
             return DisputeResult(Result(outcome, order.id))
@@ -953,7 +876,7 @@ async def record_dispute(
             # Only a sale becomes "disputed": a refunded, backordered or reviewed order keeps its
             # state (and its keys theirs); the admins still get the alert and the evidence.
             order.status = OrderStatus.DISPUTED
-        # A re-show queued before the dispute is not sent (see show_keys_again).
+        # A re-show queued before the dispute is not sent (see buyer_views.show_keys_again).
         await session.execute(
             delete(Delivery).where(
                 Delivery.order_id == order.id,
@@ -987,7 +910,7 @@ async def _order_of_payment(
     Anything else naming our order is FOREIGN (another integration's), unknown otherwise.
     """
     if payment_ref is None and event is None:
-        order = await _lock_order(session, order_id)
+        order = await lock_order(session, order_id)
         return order, None if order is not None else Outcome.UNKNOWN_ORDER
     if payment_ref is not None:
         order = await session.scalar(
@@ -1002,7 +925,7 @@ async def _order_of_payment(
             return order, None
     if paid is not None:
         order_id = paid.order_id
-    order = await _lock_order(session, order_id)
+    order = await lock_order(session, order_id)
     if order is None:
         return None, Outcome.UNKNOWN_ORDER
     if payment_ref is None or order.payment_ref is not None or order.provider_ref is None:
@@ -1012,7 +935,7 @@ async def _order_of_payment(
     if (
         paid.state == CheckoutState.PAID
         and paid.payment_ref == payment_ref
-        and _own_checkout(order, paid.checkout_ref)
+        and own_checkout(order, paid.checkout_ref)
     ):
         return order, None
     return order, Outcome.FOREIGN
@@ -1046,14 +969,14 @@ async def confirm(
     order paid without the provider saying so. With `close_if_open`, a checkout still open
     past its time is closed at the provider first, so the answer is final.
     """
-    pending = await db.read(_pending_by_id, order_id)
+    pending = await db.read(pending_by_id, order_id)
     if pending is None:
         raise NotFound(f"no order {order_id}")
     if pending.status != OrderStatus.PENDING:
         raise OrderNotPayable(f"order {order_id} is {pending.status}")
     if pending.checkout_ref is None:
         raise OrderNotPayable(f"order {order_id} has no checkout")
-    gateway = _gateway(gateways, pending)
+    gateway = gateway_for(gateways, pending)
     if close_if_open:
         payment = await gateway.cancel_checkout(order_id, pending.checkout_ref)
     else:
@@ -1067,278 +990,3 @@ async def confirm(
     if payment.state == CheckoutState.AWAITING:
         return Result(Outcome.AWAITING, order_id)
     return Result(Outcome.UNCHANGED, order_id)
-
-
-async def unrecorded(db: Database, provider: str, event_ids: list[str]) -> set[str]:
-    """Which of a provider's event ids the ledger lacks."""
-
-    async def work(session: AsyncSession) -> set[str]:
-        known: set[str] = set()
-        for start in range(0, len(event_ids), 500):
-            chunk = event_ids[start : start + 500]
-            known.update(
-                await session.scalars(
-                    select(PaymentEvent.event_id).where(
-                        PaymentEvent.provider == provider, PaymentEvent.event_id.in_(chunk)
-                    )
-                )
-            )
-        return set(event_ids) - known
-
-    return await db.read(work)
-
-
-async def paid_order(db: Database, order_id: int) -> Pending:
-    """A paid order whose money can go back; NotFound or OrderNotPayable (with why) if not."""
-    pending = await db.read(_pending_by_id, order_id)
-    if pending is None:
-        raise NotFound(f"no order {order_id}")
-    if pending.status == OrderStatus.REFUNDED:
-        raise OrderNotPayable(f"order {order_id} is refunded already")
-    if pending.payment_ref is None or pending.paid_amount_minor is None:
-        raise OrderNotPayable(f"order {order_id} is {pending.status}, not paid")
-    return pending
-
-
-async def order_state(db: Database, order_id: int) -> Pending | None:
-    """An order as its provider's adapter sees it: status and payment handles."""
-    return await db.read(_pending_by_id, order_id)
-
-
-async def provider_report(
-    db: Database, gateways: Mapping[str, PaymentGateway], order_id: int | None
-) -> Payment | None:
-    """What the provider says about the order's own recorded checkout; None without one.
-
-    The evidence an UNVERIFIED refund or dispute is called again with: it comes from the
-    checkout this shop opened, never from anything the event itself claims.
-    """
-    pending = None if order_id is None else await db.read(_pending_by_id, order_id)
-    if pending is None or pending.checkout_ref is None:
-        return None
-    return await _gateway(gateways, pending).checkout_status(order_id, pending.checkout_ref)
-
-
-def _gateway(gateways: Mapping[str, PaymentGateway], pending: Pending) -> PaymentGateway:
-    gateway = gateways.get(pending.provider)
-    if gateway is None:
-        raise PaymentUnavailable(f"{pending.provider} payments are not set up")
-    return gateway
-
-
-async def due_for_check(
-    db: Database, *, now: datetime | None = None, limit: int = 100
-) -> list[Pending]:
-    """Open orders whose checkout should have closed by now, oldest first."""
-
-    async def work(session: AsyncSession) -> list[Pending]:
-        orders = await session.scalars(
-            select(Order)
-            .where(
-                Order.status == OrderStatus.PENDING, Order.check_after <= (now or datetime.now(UTC))
-            )
-            .order_by(Order.check_after)
-            .limit(limit)
-        )
-        return [_pending(o) for o in orders]
-
-    return await db.read(work)
-
-
-async def next_check(db: Database) -> datetime | None:
-    """When the earliest open order is due for a check (its reservation may end before the
-    provider's checkout does: reconciliation then closes it on time)."""
-
-    async def work(session: AsyncSession) -> datetime | None:
-        return await session.scalar(
-            select(func.min(Order.check_after)).where(Order.status == OrderStatus.PENDING)
-        )
-
-    return await db.read(work)
-
-
-async def postpone_check(db: Database, order_id: int, until: datetime) -> None:
-    async def work(session: AsyncSession) -> None:
-        order = await session.get(Order, order_id)
-        if order is not None and order.status == OrderStatus.PENDING:
-            order.check_after = until
-
-    await db.write(work)
-
-
-async def cancel_orphans(db: Database, *, now: datetime | None = None) -> list[int]:
-    """Cancel orders whose checkout was never recorded (the process died in between)."""
-
-    async def work(session: AsyncSession) -> list[int]:
-        moment = now or datetime.now(UTC)
-        orders = (
-            await session.scalars(
-                select(Order)
-                .where(
-                    Order.status == OrderStatus.PENDING,
-                    Order.provider_ref.is_(None),
-                    Order.created_at < moment - ORPHAN_GRACE,
-                )
-                .with_for_update(skip_locked=True)
-            )
-        ).all()
-        for order in orders:
-            await coupons.release(session, order)
-            await allocation.release(session, order.id)
-            order.status = OrderStatus.CANCELLED
-            order.closed_at = moment
-        return [o.id for o in orders]
-
-    return await db.write(work)
-
-
-# ---------------------------------------------------------------- the buyer's view
-
-
-async def buyer_orders(
-    db: Database, buyer_id: int, language: str, *, limit: int = 10
-) -> list[OrderView]:
-    """A buyer's latest orders, newest first."""
-
-    async def work(session: AsyncSession) -> list[OrderView]:
-        rows = await session.execute(
-            select(Order, Product)
-            .join(Product, Product.id == Order.product_id)
-            .where(Order.buyer_id == buyer_id)
-            .order_by(Order.id.desc())
-            .limit(limit)
-        )
-        return [_order_view(o, p, language) for o, p in rows]
-
-    return await db.read(work)
-
-
-async def buyer_order(db: Database, order_id: int, buyer_id: int, language: str) -> OrderView:
-    """One of the buyer's own orders; NotFound for anyone else's."""
-
-    async def work(session: AsyncSession) -> OrderView:
-        row = (
-            await session.execute(
-                select(Order, Product)
-                .join(Product, Product.id == Order.product_id)
-                .where(Order.id == order_id, Order.buyer_id == buyer_id)
-            )
-        ).first()
-        if row is None:
-            raise NotFound("no such order")
-        return _order_view(row[0], row[1], language)
-
-    return await db.read(work)
-
-
-async def show_keys_again(
-    db: Database,
-    order_id: int,
-    buyer_id: int,
-    *,
-    now: datetime | None = None,
-    admin_id: int | None = None,
-) -> int:
-    """Queue the order's keys to be shown to its buyer once more; return the delivery id.
-
-    A request while one is already queued returns that one instead of queueing another.
-    An admin's request (`admin_id`, resending from the order card) is audited.
-    """
-
-    async def work(session: AsyncSession) -> int:
-        order = await session.scalar(
-            select(Order).where(Order.id == order_id, Order.buyer_id == buyer_id)
-        )
-        if order is None:
-            raise NotFound("no such order")
-        # A disputed order's keys are not shown again: the buyer says they never had them.
-        if order.status != OrderStatus.FULFILLED:
-            raise OrderNotPayable(f"order {order_id} has no keys to show")
-        queued = await session.scalar(
-            select(Delivery.id).where(
-                Delivery.order_id == order.id,
-                Delivery.kind == DeliveryKind.RESHOW,
-                Delivery.status == DeliveryStatus.QUEUED,
-            )
-        )
-        if admin_id is not None:
-            session.add(audit(admin_id, "order.resend_keys", str(order_id)))
-        if queued is not None:
-            return queued
-        delivery = allocation.delivery(order, DeliveryKind.RESHOW, now or datetime.now(UTC))
-        session.add(delivery)
-        await session.flush()
-        return delivery.id
-
-    return await db.write(work)
-
-
-# ---------------------------------------------------------------- helpers
-
-
-async def _record_event(
-    session: AsyncSession, event: Event, order_id: int | None, now: datetime
-) -> bool:
-    """Add the event to the ledger; False if it was there already."""
-    insert = dialect_insert(session)
-    inserted = await session.scalar(
-        insert(PaymentEvent)
-        .values(
-            provider=event.provider,
-            event_id=event.id,
-            type=event.type,
-            order_id=order_id,
-            received_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=[PaymentEvent.provider, PaymentEvent.event_id])
-        .returning(PaymentEvent.id)
-    )
-    return inserted is not None
-
-
-def _own_checkout(order: Order, checkout_ref: str | None) -> bool:
-    """Whether a provider's report is about this order's own checkout (not another shop's)."""
-    return order.provider_ref is not None and order.provider_ref == checkout_ref
-
-
-async def _lock_order(session: AsyncSession, order_id: int | None) -> Order | None:
-    if order_id is None:
-        return None
-    return await session.scalar(
-        select(Order)
-        .where(Order.id == order_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-
-
-async def _pending_by_id(session: AsyncSession, order_id: int) -> Pending | None:
-    order = await session.get(Order, order_id)
-    return None if order is None else _pending(order)
-
-
-def _pending(order: Order) -> Pending:
-    return Pending(
-        order_id=order.id,
-        provider=order.provider,
-        checkout_ref=order.provider_ref,
-        status=OrderStatus(order.status),
-        payment_ref=order.payment_ref,
-        paid_amount_minor=order.paid_amount_minor,
-    )
-
-
-def _order_view(order: Order, product: Product, language: str) -> OrderView:
-    return OrderView(
-        id=order.id,
-        sku=product.sku,
-        product_name=product.name_in(language),
-        quantity=order.quantity,
-        amount_minor=order.amount_minor,
-        currency=order.currency,
-        status=OrderStatus(order.status),
-        created_at=order.created_at,
-        paid_at=order.paid_at,
-        checkout_url=order.checkout_url if order.status == OrderStatus.PENDING else None,
-        buyer_id=order.buyer_id,
-    )

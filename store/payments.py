@@ -50,6 +50,15 @@ class CheckoutState(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Event:
+    """A provider event, for the idempotency ledger."""
+
+    provider: str
+    id: str
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
 class Payment:
     """What a provider reports about an order's money: the input of `fulfil`."""
 

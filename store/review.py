@@ -25,12 +25,13 @@ from datetime import UTC, datetime
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from store.allocation import delivery, release
+from store.allocation import delivery, fill_order, release, stock_left
 from store.audit import audit
 from store.db import Database
 from store.errors import NotFound, OutOfStock, StoreError
 from store.models import DeliveryKind, Order, OrderStatus, Product
-from store.orders import Outcome, Result, _allocate, _lock_order, _stock_left
+from store.order_rows import lock_order
+from store.orders import Outcome, Result
 
 
 class AlreadyDecided(StoreError):
@@ -113,7 +114,7 @@ async def approve(
         moment = now or datetime.now(UTC)
         order = await _claim(session, order_id, OrderStatus.FULFILLED, moment)
         product = await session.get(Product, order.product_id)
-        if not await _allocate(session, order, product):
+        if not await fill_order(session, order, product):
             raise OutOfStock(0)  # the claim is rolled back with the transaction
         order.fulfilled_at = moment
         session.add(delivery(order, DeliveryKind.KEYS, moment))
@@ -123,7 +124,7 @@ async def approve(
             order.id,
             order.buyer_id,
             product.sku,
-            stock_left=await _stock_left(session, product),
+            stock_left=await stock_left(session, product),
             low_stock_threshold=product.low_stock_threshold,
             sold=order.quantity,
         )
@@ -160,7 +161,7 @@ async def _claim(
         .values(status=status, closed_at=now or datetime.now(UTC))
         .execution_options(synchronize_session=False)
     )
-    order = await _lock_order(session, order_id)
+    order = await lock_order(session, order_id)
     if moved.rowcount != 1:
         if order is None or order.client_id is not None:
             raise NotFound(f"no order {order_id}")

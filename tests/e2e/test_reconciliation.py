@@ -22,7 +22,8 @@ from bot import jobs
 from store import orders
 from store.db import Database
 from store.models import Key, KeyStatus, Order, OrderStatus
-from store.orders import ORPHAN_GRACE, Outcome
+from store.orders import Outcome
+from store.reconciliation import ORPHAN_GRACE
 from tests.e2e.conftest import ADMIN, Launch, Shop
 from tests.e2e.helpers import (
     Checkout,

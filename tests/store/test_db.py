@@ -10,11 +10,12 @@ import time
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from store import orders
+from store import buyer_views, orders
 from store.crypto import KeyVault
 from store.db import Database
 from store.models import Key, KeyStatus, OrderStatus
-from store.orders import Event, Outcome
+from store.orders import Outcome
+from store.payments import Event
 from tests.store.conftest import POLICY, REFUND, FakeGateway, stocked
 
 
@@ -79,7 +80,7 @@ async def test_payments_wait_out_another_writer_and_none_is_lost(
         assert await db.read(sold) == 5
         for buyer, sale in enumerate(sales, start=70):
             assert (
-                await orders.buyer_order(db, sale.order_id, buyer, "en")
+                await buyer_views.buyer_order(db, sale.order_id, buyer, "en")
             ).status == OrderStatus.FULFILLED
     finally:
         await db.dispose()

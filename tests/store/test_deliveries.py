@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-from store import deliveries, orders
+from store import buyer_views, deliveries, orders
 from store.check import check
 from store.crypto import KeyVault
 from store.db import Database
@@ -247,7 +247,7 @@ async def test_each_key_message_sent_is_a_reveal_with_its_removal_time(
     [first] = await claim(db, vault, "w", now)
     # A long key list went out as two messages: both are reveals, both must be removed.
     await deliveries.finish(db, "w", [sent(first, 11, 12)], key_message_ttl=TTL, now=now)
-    await orders.show_keys_again(db, order, buyer_id=1)
+    await buyer_views.show_keys_again(db, order, buyer_id=1)
     [reshow] = await claim(db, vault, "w", now + timedelta(minutes=1))
     assert (reshow.kind, reshow.keys) == (DeliveryKind.RESHOW, first.keys)
     await deliveries.finish(

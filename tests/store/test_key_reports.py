@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from sqlalchemy import func, select
 
-from store import catalogue, key_reports, orders
+from store import catalogue, key_reports, orders, reconciliation
 from store.catalogue import ProductChanges
 from store.crypto import KeyVault
 from store.db import Database
@@ -116,7 +116,7 @@ async def test_refund_makes_the_order_owed_its_money(
     filed = await key_reports.report(db, order_id, key_id, BUYER, "invalid")
 
     await key_reports.refund(db, filed.report_id, admin_id=42)
-    assert [o.order_id for o in await orders.refunds_due(db)] == [order_id]
+    assert [o.order_id for o in await reconciliation.refunds_due(db)] == [order_id]
     refunded = await orders.record_refund(db, order_id)
 
     assert refunded.outcome is Outcome.REFUNDED

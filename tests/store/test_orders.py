@@ -11,7 +11,8 @@ from store.crypto import KeyVault
 from store.db import Database
 from store.errors import OutOfStock
 from store.models import Delivery, Key, KeyStatus, Order, OrderStatus
-from store.orders import Event, Outcome
+from store.orders import Outcome
+from store.payments import Event
 from tests.store.conftest import POLICY, REFUND, FakeGateway, scalar, stocked
 
 

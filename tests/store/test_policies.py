@@ -19,7 +19,7 @@ from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.util import await_only
 
-from store import inventory, orders
+from store import buyer_views, inventory, orders, reconciliation
 from store.check import check
 from store.crypto import KeyVault
 from store.db import Database
@@ -32,8 +32,8 @@ from store.errors import (
     PaymentUnavailable,
 )
 from store.models import Buyer, Delivery, DeliveryKind, Key, KeyStatus, Order, OrderStatus
-from store.orders import Event, Outcome
-from store.payments import CheckoutState
+from store.orders import Outcome
+from store.payments import CheckoutState, Event
 from tests.store.conftest import (
     BACKORDER,
     REFUND,
@@ -196,7 +196,7 @@ async def test_refund_policy_owes_the_money_until_the_refund_is_recorded(
     for order in (bigger, smaller):
         assert await status_of(db, order) == OrderStatus.REFUND_PENDING
         assert await keys_of(db, order) == []
-    owed = await orders.refunds_due(db)
+    owed = await reconciliation.refunds_due(db)
     assert [(o.order_id, o.payment_ref, o.paid_amount_minor) for o in owed] == [
         (smaller, f"pay_{smaller}", 999),
         (bigger, f"pay_{bigger}", 1998),
@@ -207,7 +207,7 @@ async def test_refund_policy_owes_the_money_until_the_refund_is_recorded(
         await gateway.refund(pending.order_id, pending.payment_ref, pending.paid_amount_minor)
         assert (await orders.record_refund(db, pending.order_id)).outcome is Outcome.REFUNDED
         assert (await orders.record_refund(db, pending.order_id)).outcome is Outcome.UNCHANGED
-    assert await orders.refunds_due(db) == []
+    assert await reconciliation.refunds_due(db) == []
     for order in (bigger, smaller):
         assert await status_of(db, order) == OrderStatus.REFUNDED
         assert await deliveries_of(db, order) == [DeliveryKind.REFUNDED]
@@ -480,7 +480,7 @@ async def test_a_dispute_before_its_payment_gives_no_keys_and_hides_them_for_goo
     assert await keys_of(db, order) == []  # back on sale
     assert await deliveries_of(db, order) == []
     with pytest.raises(OrderNotPayable):
-        await orders.show_keys_again(db, order, 7)
+        await buyer_views.show_keys_again(db, order, 7)
     await invariants_hold(db)
 
 
@@ -490,12 +490,12 @@ async def test_a_disputed_sale_does_not_show_its_keys_again(
     product = await stocked(db, vault, keys=2)
     order = await open_order(db, gateway, product.id, 7)
     await orders.fulfil(db, gateway.payment(order), REFUND)
-    await orders.show_keys_again(db, order, 7)  # queued before the dispute
+    await buyer_views.show_keys_again(db, order, 7)  # queued before the dispute
 
     await orders.record_dispute(db, None, payment_ref=f"pay_{order}", blacklist=False)
 
     with pytest.raises(OrderNotPayable):
-        await orders.show_keys_again(db, order, 7)
+        await buyer_views.show_keys_again(db, order, 7)
     assert await deliveries_of(db, order) == [DeliveryKind.KEYS]  # the queued re-show is gone
     await invariants_hold(db)
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from store import catalogue, orders, review
+from store import catalogue, orders, reconciliation, review
 from store.catalogue import ProductChanges
 from store.crypto import KeyVault
 from store.db import Database
@@ -94,8 +94,8 @@ async def test_a_review_outlives_the_reservation_and_reconciliation(
 ) -> None:
     order_id = await _in_review(db, vault, gateway)
     later = datetime.now(UTC) + timedelta(days=2)
-    await orders.cancel_orphans(db, now=later)
-    assert await orders.due_for_check(db, now=later) == []
+    await reconciliation.cancel_orphans(db, now=later)
+    assert await reconciliation.due_for_check(db, now=later) == []
     closed = await orders.close_unpaid(db, order_id, orders.CheckoutState.EXPIRED, now=later)
     assert closed.outcome is Outcome.UNCHANGED
     assert await _status(db, order_id) == OrderStatus.REVIEW
@@ -132,7 +132,7 @@ async def test_reject_releases_the_keys_and_owes_the_refund(
     assert result.outcome is Outcome.REFUND_DUE
     assert await _status(db, order_id) == OrderStatus.REFUND_PENDING
     assert await scalar(db, select(func.count()).where(Key.order_id == order_id)) == 0
-    assert [o.order_id for o in await orders.refunds_due(db)] == [order_id]
+    assert [o.order_id for o in await reconciliation.refunds_due(db)] == [order_id]
     refunded = await orders.record_refund(db, order_id, admin_id=42)
     assert refunded.outcome is Outcome.REFUNDED
     assert await _deliveries(db, order_id, DeliveryKind.REFUNDED) == 1
