@@ -53,12 +53,12 @@ def test_the_demo_sells_delivers_and_checks_one_key(tmp_path: Path) -> None:
 
 
 def test_a_person_can_play_the_buyer_by_typing_and_pressing_numbers(tmp_path: Path) -> None:
-    # The catalogue's product is [1]; its card's "Pay by card" [5]; the checkout's link [9].
-    demo = run_demo(tmp_path, "--interactive", stdin="/start\n1\n5\n9\n/orders\n")
+    # The catalogue's product is [1]; its card's "Pay by card" [5]; the checkout's link [8].
+    demo = run_demo(tmp_path, "--interactive", stdin="/start\n1\n5\n8\n/orders\n")
 
     assert demo.returncode == 0, demo.stderr
     out = demo.stdout
-    assert "buyer > [9] 💳 Pay $9.99" in out
+    assert "buyer > [8] 💳 Pay $9.99" in out
     keys = delivered_keys(out)
     assert len(keys) == 1 and keys[0] in KEYS, keys
     assert "× 1 · delivered" in out.split("buyer > /orders")[1]
