@@ -56,6 +56,7 @@ from handlers import (
     admin,
     admin_buyers,
     admin_clients,
+    admin_coupons,
     admin_orders,
     admin_products,
     admin_reports,
@@ -71,6 +72,7 @@ from handlers.context import KeyvendContext, Shop
 from handlers.i18n import language_of, t
 from handlers.paylinks import PayLinks
 from store import buyers
+from store.coupons import CODE
 from store.crypto import KeyVault
 from store.db import Database
 from store.orders import CheckoutPolicy
@@ -164,6 +166,14 @@ def add_handlers(application: Application) -> None:
             fallbacks=[CommandHandler("cancel", admin_products.cancel)],
             conversation_timeout=600,
         )
+        enter_code = ConversationHandler(
+            entry_points=[
+                CallbackQueryHandler(buyer.ask_for_code, pattern=r"^cc:\d{1,9}:\d{1,3}$")
+            ],
+            states={buyer.AWAITING_CODE: [MessageHandler(typed, buyer.receive_code)]},
+            fallbacks=[CommandHandler("cancel", buyer.cancel_code)],
+            conversation_timeout=600,
+        )
     application.add_handlers(
         [
             CommandHandler("start", buyer.start),
@@ -185,6 +195,7 @@ def add_handlers(application: Application) -> None:
             CommandHandler("find", admin_orders.find),
             CommandHandler("clients", admin_clients.show_clients),
             CommandHandler("client", admin_clients.client),
+            CommandHandler("coupon", admin_coupons.coupon),
             CommandHandler("review", admin_review.show_queue),
             CommandHandler("language", language.language),
             CommandHandler("refund", admin.refund),
@@ -194,6 +205,7 @@ def add_handlers(application: Application) -> None:
             # After the catalogue button, which a button without data has always reached.
             edit_product,
             new_product,
+            enter_code,
             CallbackQueryHandler(language.choose, pattern=r"^lang:\w{1,8}$"),
             CallbackQueryHandler(admin_products.show_products, pattern=r"^apl$"),
             CallbackQueryHandler(admin_products.show_product, pattern=r"^ap:\d{1,9}$"),
@@ -210,8 +222,10 @@ def add_handlers(application: Application) -> None:
                 pattern=r"^kr:\d{1,9}:\d{1,12}:(used|invalid|region|other)$",
             ),
             CallbackQueryHandler(buyer.show_category, pattern=r"^cg:\d{1,3}:\d{1,4}$"),
-            CallbackQueryHandler(buyer.show_product, pattern=r"^p:\d{1,9}:\d{1,3}$"),
-            CallbackQueryHandler(buyer.pay, pattern=r"^pay:\d{1,9}:\d{1,3}(:[a-z]{1,16})?$"),
+            CallbackQueryHandler(buyer.show_product, pattern=rf"^p:\d{{1,9}}:\d{{1,3}}(:{CODE})?$"),
+            CallbackQueryHandler(
+                buyer.pay, pattern=rf"^pay:\d{{1,9}}:\d{{1,3}}(:[a-z]{{0,16}}(:{CODE})?)?$"
+            ),
             CallbackQueryHandler(buyer.notify_me, pattern=r"^w:\d{1,9}$"),
             CallbackQueryHandler(buyer.my_orders, pattern=r"^ords$"),
             CallbackQueryHandler(buyer.show_order, pattern=r"^o:\d{1,9}$"),

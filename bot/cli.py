@@ -24,7 +24,7 @@ from bot.settings import ConfigError, Settings, load_settings
 from handlers.i18n import LANGUAGES
 from handlers.stars_invoice import PROVIDER as STARS_PROVIDER
 from handlers.stars_invoice import stars_price
-from store import catalogue, client_orders, clients, inventory, reports
+from store import catalogue, client_orders, clients, coupons, inventory, reports
 from store.catalogue import ProductChanges
 from store.check import KEY_SAMPLE, check
 from store.crypto import KeyVault, KeyVaultError
@@ -401,6 +401,55 @@ async def cmd_client_review(settings: Settings, args: argparse.Namespace) -> int
     return await _with_db(settings, work)
 
 
+async def cmd_coupon_add(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
+        made = await coupons.add_coupon(
+            db,
+            args.code,
+            percent=args.percent,
+            off=args.off,
+            currency=args.currency,
+            sku=args.sku,
+            max_uses=args.uses,
+            until=args.until,
+        )
+        print(f"added code {_coupon(made)}")
+        return 0
+
+    return await _with_db(settings, work)
+
+
+async def cmd_coupon_list(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
+        found = await coupons.list_coupons(db)
+        if not found:
+            print("no codes yet: keyvend coupon add CODE --percent 10")
+        for c in found:
+            print(_coupon(c))
+        return 0
+
+    return await _with_db(settings, work)
+
+
+async def cmd_coupon_disable(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(db: Database, _: KeyVault) -> int:
+        c = await coupons.disable_coupon(db, args.code)
+        print(f"{c.code} is disabled: no new checkout can use it")
+        return 0
+
+    return await _with_db(settings, work)
+
+
+def _coupon(c: coupons.CouponView) -> str:
+    uses = f"{c.uses}/{c.max_uses}" if c.max_uses is not None else str(c.uses)
+    until = f"  until {c.valid_until:%Y-%m-%d %H:%M} UTC" if c.valid_until else ""
+    state = "" if c.active else "  (disabled)"
+    return (
+        f"{c.code:<24} -{c.off():<12} {c.sku or 'any product'}  used {uses}"
+        f"  held {c.held}{until}{state}"
+    )
+
+
 def _price(product: catalogue.ProductView) -> str:
     price = f"{to_major(product.price_minor, product.currency)} {product.currency.upper()}"
     stars = product.price_for(STARS_PROVIDER, STARS)
@@ -556,6 +605,26 @@ def _parser() -> argparse.ArgumentParser:
     decision.add_argument("--approve", action="store_true", help="fulfil it")
     decision.add_argument("--reject", action="store_true", help="refund it to the balance")
     review.set_defaults(command=cmd_client_review)
+
+    coupon = commands.add_parser("coupon", help="discount codes").add_subparsers(
+        title="coupon commands"
+    )
+    new = coupon.add_parser("add", help="add a discount code")
+    new.add_argument("code")
+    discount = new.add_mutually_exclusive_group(required=True)
+    discount.add_argument("--percent", help="whole percent off the order, 1-99")
+    discount.add_argument("--off", help="amount off the order, e.g. 2.00")
+    new.add_argument("--currency", help="of --off, for a code without --sku")
+    new.add_argument("--sku", help="only for this product")
+    new.add_argument("--uses", type=int, help="how many paid orders may use it")
+    new.add_argument("--until", help="last day it works (UTC), e.g. 2026-12-31")
+    new.set_defaults(command=cmd_coupon_add)
+    coupon.add_parser("list", help="list codes with their uses").set_defaults(
+        command=cmd_coupon_list
+    )
+    off = coupon.add_parser("disable", help="no new checkout may use the code")
+    off.add_argument("code")
+    off.set_defaults(command=cmd_coupon_disable)
     return parser
 
 

@@ -55,7 +55,7 @@ class StarsGateway:
         if request.currency != STARS or request.buyer_id is None:
             raise PaymentUnavailable("a Stars invoice needs a Stars price and a buyer's chat")
         payload = f"{request.order_id}:{secrets.token_urlsafe(12)}"
-        total = request.unit_amount_minor * request.quantity
+        total = request.amount_minor
         if request.every is not None:
             return await self._subscribe(request, payload, total)
         try:

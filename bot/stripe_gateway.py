@@ -26,6 +26,24 @@ log = logging.getLogger(__name__)
 _MIN_EXPIRY = 30 * 60 + 30  # seconds
 
 
+def _line_item(request: CheckoutRequest) -> dict[str, Any]:
+    """The order as one line: N at the unit price, or, with a coupon's discount on the
+    whole order (which need not divide by N), one line "N × product" at the total."""
+    if request.discount_minor:
+        quantity, unit = 1, request.amount_minor
+        name = f"{request.quantity} × {request.product_name}"
+    else:
+        quantity, unit, name = request.quantity, request.unit_amount_minor, request.product_name
+    return {
+        "quantity": quantity,
+        "price_data": {
+            "currency": request.currency,
+            "unit_amount": unit,
+            "product_data": {"name": name[:250]},
+        },
+    }
+
+
 class StripeGateway:
     name = "stripe"
     currency = None  # the product's own price
@@ -56,14 +74,10 @@ class StripeGateway:
 
     async def start_checkout(self, request: CheckoutRequest) -> CheckoutStarted:
         order = str(request.order_id)
-        price: dict[str, Any] = {
-            "currency": request.currency,
-            "unit_amount": request.unit_amount_minor,
-            "product_data": {"name": request.product_name[:250]},
-        }
+        line = _line_item(request)
         params: dict[str, Any] = {
             "mode": "payment",
-            "line_items": [{"quantity": request.quantity, "price_data": price}],
+            "line_items": [line],
             "client_reference_id": order,
             "metadata": {"order_id": order},
             "payment_intent_data": {"metadata": {"order_id": order}},
@@ -76,7 +90,7 @@ class StripeGateway:
         if request.every is not None:
             # Each invoice of the subscription names the order it began with, through the
             # subscription's metadata that Stripe copies onto every invoice.
-            price["recurring"] = {"interval": request.every}
+            line["price_data"]["recurring"] = {"interval": request.every}
             params["mode"] = "subscription"
             del params["payment_intent_data"]
             params["subscription_data"] = {"metadata": {"order_id": order}}

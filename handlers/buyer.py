@@ -14,12 +14,13 @@ from datetime import UTC, datetime
 from telegram import Update
 from telegram.constants import ParseMode
 from telegram.error import BadRequest
-from telegram.ext import ApplicationHandlerStop
+from telegram.ext import ApplicationHandlerStop, ConversationHandler
 
 from handlers import commands, render
 from handlers.context import KeyvendContext, Shop
 from handlers.i18n import t, user_language
 from store import buyer_views, buyers, catalogue, subscriptions, watchers
+from store.coupons import CouponRefused, CouponView, discount
 from store.errors import (
     NotFound,
     OrderNotPayable,
@@ -30,6 +31,8 @@ from store.models import OrderStatus
 from store.payments import SubscriptionGateway
 
 log = logging.getLogger(__name__)
+
+AWAITING_CODE = 0  # the buyer pressed "Enter a code": their next text is the code
 
 
 def _language(update: Update) -> str:
@@ -139,14 +142,24 @@ async def show_category(update: Update, context: KeyvendContext) -> None:
 
 
 async def buy(update: Update, context: KeyvendContext) -> None:
-    """Open a product by SKU: `/buy SKU [QTY]`."""
+    """Open a product by SKU: `/buy SKU [QTY] [CODE]`."""
     language = _language(update)
     args = context.args or []
-    quantity = _number(args[1]) if len(args) == 2 else 1
-    if not args or len(args) > 2 or quantity is None:
-        await _tell(update, t(language, "Usage: /buy SKU [quantity], for example /buy GAME-KEY 2"))
+    sku, rest = (args[0], args[1:]) if args else ("", [])
+    quantity: int | None = 1
+    if rest and rest[0].isdigit():  # any digits, "²" too: a quantity, checked by _number
+        quantity, rest = _number(rest[0]), rest[1:]
+    if not sku or len(rest) > 1 or quantity is None:
+        await _tell(
+            update,
+            t(
+                language,
+                "Usage: /buy SKU [quantity] [code], for example /buy GAME-KEY 2 or "
+                "/buy GAME-KEY 2 SAVE10",
+            ),
+        )
         return
-    await _open_product(update, context, sku=args[0], quantity=quantity)
+    await _open_product(update, context, sku=sku, quantity=quantity, code=rest[0] if rest else None)
 
 
 _MAX_NUMBER = 999_999_999  # the widest id or quantity the database columns hold (9 digits)
@@ -161,7 +174,7 @@ def _number(text: str) -> int | None:
 
 
 async def _open_product(
-    update: Update, context: KeyvendContext, *, sku: str, quantity: int
+    update: Update, context: KeyvendContext, *, sku: str, quantity: int, code: str | None = None
 ) -> None:
     language = _language(update)
     try:
@@ -179,16 +192,28 @@ async def _open_product(
     if not product.active:
         await _tell(update, t(language, "This product is no longer on sale."))
         return
+    coupon = None
+    if code is not None:
+        try:
+            coupon = await context.shop.coupon_for(code, product.id)
+        except CouponRefused as exc:
+            await _tell(update, render.coupon_refusal(exc, language))
+            return
     shop = context.shop
     await _show(
         update,
-        _card(shop, product, update.effective_user.id, quantity, language),
+        _card(shop, product, update.effective_user.id, quantity, language, coupon),
         broadcast=shop.paid_broadcast,
     )
 
 
 def _card(
-    shop: Shop, product: catalogue.ProductView, buyer_id: int, quantity: int, language: str
+    shop: Shop,
+    product: catalogue.ProductView,
+    buyer_id: int,
+    quantity: int,
+    language: str,
+    coupon: CouponView | None = None,
 ) -> render.Screen:
     """The product card: its card payment a pay link when the shop has a PUBLIC_URL, so
     the buyer goes from this one message to the payment page (handlers/paylinks.py)."""
@@ -196,8 +221,13 @@ def _card(
     link = None
     if shop.pay_links is not None and shop.card is not None:
         link = shop.pay_links.url(
-            buyer_id=buyer_id, product_id=product.id, quantity=quantity, language=language
+            buyer_id=buyer_id,
+            product_id=product.id,
+            quantity=quantity,
+            language=language,
+            coupon=coupon.code if coupon else None,
         )
+    card_total = product.price_minor * quantity
     offers = [
         render.Offer(
             name,
@@ -206,6 +236,7 @@ def _card(
             gateway is shop.card,
             product.every,
             link if gateway is shop.card else None,
+            discount(coupon, total=unit * quantity, card_total=card_total) if coupon else 0,
         )
         for name, gateway in shop.gateways.items()
         if (unit := product.price_for(name, gateway.currency)) is not None
@@ -214,14 +245,14 @@ def _card(
             or (isinstance(gateway, SubscriptionGateway) and product.every in gateway.periods)
         )
     ]
-    return render.product_card(product, quantity, language, offers=offers)
+    return render.product_card(product, quantity, language, offers=offers, coupon=coupon)
 
 
 async def show_product(update: Update, context: KeyvendContext) -> None:
     """Show a product card at the chosen quantity (`p:<product>:<qty>`)."""
     query = update.callback_query
     language = _language(update)
-    _, product_id, quantity = query.data.split(":")
+    _, product_id, quantity, *code = query.data.split(":")
     try:
         product = await catalogue.get_product(context.shop.db, product_id=int(product_id))
     except NotFound:
@@ -229,9 +260,50 @@ async def show_product(update: Update, context: KeyvendContext) -> None:
     if product is None or not product.active:
         await query.answer(t(language, "This product is no longer on sale."), show_alert=True)
         return
+    coupon = None
+    if code:
+        try:
+            coupon = await context.shop.coupon_for(code[0], product.id)
+        except CouponRefused as exc:
+            await query.answer(render.coupon_refusal(exc, language), show_alert=True)
+            return
     await query.answer()
-    card = _card(context.shop, product, update.effective_user.id, int(quantity), language)
+    card = _card(context.shop, product, update.effective_user.id, int(quantity), language, coupon)
     await _show(update, card, edit=True)
+
+
+async def ask_for_code(update: Update, context: KeyvendContext) -> int:
+    """Ask for a coupon code for the product card (`cc:<product>:<qty>`); the next text is it."""
+    query = update.callback_query
+    _, product_id, quantity = query.data.split(":")
+    context.user_data["coupon_for"] = (int(product_id), int(quantity))
+    await query.answer()
+    await update.effective_chat.send_message(
+        t(_language(update), "Send the code as your next message (or /cancel).")
+    )
+    return AWAITING_CODE
+
+
+async def receive_code(update: Update, context: KeyvendContext) -> int:
+    """Show the product card with the code typed, or the one-line reason it does not apply."""
+    product_id, quantity = context.user_data.pop("coupon_for", (0, 1))
+    try:
+        product = await catalogue.get_product(context.shop.db, product_id=product_id)
+    except NotFound:
+        await _tell(update, t(_language(update), "This product is no longer on sale."))
+        return ConversationHandler.END
+    code = update.message.text.strip()
+    await _open_product(update, context, sku=product.sku, quantity=quantity, code=code)
+    return ConversationHandler.END
+
+
+async def cancel_code(update: Update, context: KeyvendContext) -> int:
+    """Stop waiting for a code."""
+    context.user_data.pop("coupon_for", None)
+    await update.effective_chat.send_message(
+        t(_language(update), "Cancelled; nothing was changed.")
+    )
+    return ConversationHandler.END
 
 
 async def notify_me(update: Update, context: KeyvendContext) -> None:
@@ -257,8 +329,9 @@ async def pay(update: Update, context: KeyvendContext) -> None:
     shop = context.shop
     language = _language(update)
     user_id = update.effective_user.id
-    _, product_id, quantity, *provider = query.data.split(":")
-    gateway = shop.gateways.get(provider[0]) if provider else shop.card
+    _, product_id, quantity, *rest = query.data.split(":")
+    provider, code = (rest + ["", ""])[:2]
+    gateway = shop.gateways.get(provider) if provider else shop.card
     if gateway is None:
         await _tell(update, t(language, "Payments are not set up yet in this shop."))
         return
@@ -274,6 +347,7 @@ async def pay(update: Update, context: KeyvendContext) -> None:
             language=language,
             product_id=int(product_id),
             quantity=int(quantity),
+            coupon=code or None,
         )
     except StoreError as exc:
         await update.effective_chat.send_message(render.checkout_refusal(exc, language))

@@ -28,7 +28,7 @@ class Command:
 
 BUYER_COMMANDS = (
     Command("start", "", lambda lang: t(lang, "the catalogue")),
-    Command("buy", "SKU [quantity]", lambda lang: t(lang, "buy a product directly")),
+    Command("buy", "SKU [quantity] [code]", lambda lang: t(lang, "buy a product directly")),
     Command(
         "orders",
         "",
@@ -67,6 +67,11 @@ ADMIN_COMMANDS = (
         "client",
         "add|topup|token|disable NAME ...",
         lambda lang: t(lang, "manage a business client (/client alone explains)"),
+    ),
+    Command(
+        "coupon",
+        "add|list|off ...",
+        lambda lang: t(lang, "discount codes (/coupon alone explains)"),
     ),
 )
 

@@ -24,7 +24,17 @@ from telegram.ext import Application, CallbackContext, ExtBot
 from handlers import render
 from handlers.alerts import AlertButtons, AlertKind, AlertText
 from handlers.i18n import t
-from store import catalogue, inventory, key_reports, orders, reconciliation, review, subscriptions
+from store import (
+    catalogue,
+    coupons,
+    inventory,
+    key_reports,
+    orders,
+    reconciliation,
+    review,
+    subscriptions,
+)
+from store.coupons import CouponView
 from store.crypto import KeyVault
 from store.db import Database
 from store.errors import (
@@ -106,8 +116,10 @@ class Shop:
         language: str,
         product_id: int,
         quantity: int,
+        coupon: str | None = None,
     ) -> orders.CheckoutResult:
-        """Reserve the keys and open the provider's checkout; StoreError says why not."""
+        """Reserve the keys (and a use of the `coupon` code, charging the discounted price)
+        and open the provider's checkout; StoreError (CouponRefused for the code) says why not."""
         try:
             sale = await orders.checkout(
                 self.db,
@@ -117,12 +129,32 @@ class Shop:
                 product_id=product_id,
                 quantity=quantity,
                 policy=self.checkout_policy,
+                coupon=coupon,
             )
         except StoreError as exc:
             self.counters.count("keyvend_checkouts_total", outcome=type(exc).__name__)
             raise
         self.counters.count("keyvend_checkouts_total", outcome="started")
         return sale
+
+    async def coupon_for(self, code: str, product_id: int) -> CouponView:
+        """The coupon a buyer's code names, if it applies to the product now (CouponRefused
+        says why not); nothing is held until the checkout."""
+        return await coupons.find_for(self.db, code, product_id)
+
+    async def add_coupon(
+        self, code: str, *, admin_id: int | None, **terms: str | int
+    ) -> CouponView:
+        """A new discount code (terms as `coupons.add_coupon` takes them), audited."""
+        return await coupons.add_coupon(self.db, code, admin_id=admin_id, **terms)
+
+    async def coupons(self) -> list[CouponView]:
+        """Every discount code with its uses."""
+        return await coupons.list_coupons(self.db)
+
+    async def disable_coupon(self, code: str, *, admin_id: int | None) -> CouponView:
+        """Stop new checkouts taking a code (open ones keep their price), audited."""
+        return await coupons.disable_coupon(self.db, code, admin_id=admin_id)
 
     async def fulfil(self, payment: Payment, event: Event | None = None) -> Result:
         """A provider says an order was paid (CheckoutNotRecorded: too early to tell)."""

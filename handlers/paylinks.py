@@ -189,6 +189,7 @@ async def open_pay_link(request: web.Request) -> web.StreamResponse:
             product_id=link.product_id,
             quantity=link.quantity,
             provider=gateway.name,
+            coupon=link.coupon,
         )
         if url is None:
             retry_at = await shop.limiter.hit("checkouts", link.buyer_id)
@@ -201,6 +202,7 @@ async def open_pay_link(request: web.Request) -> web.StreamResponse:
                     language=language,
                     product_id=link.product_id,
                     quantity=link.quantity,
+                    coupon=link.coupon,
                 )
             except StoreError as exc:
                 return _page(_status(exc), language, render.checkout_refusal(exc, language))

@@ -19,6 +19,7 @@ from handlers.i18n import t, tn
 from store.broadcasts import BroadcastUsage
 from store.buyer_views import OrderView
 from store.catalogue import STOCK_DISPLAY_CAP, TEMPLATE_FIELDS, ProductView
+from store.coupons import CouponRefused, CouponView, Refusal
 from store.deliveries import Job
 from store.errors import (
     Blacklisted,
@@ -56,17 +57,28 @@ def category_data(group: int, page: int = 0) -> str:
     return f"cg:{group}:{page}"
 
 
-def product_data(product_id: int, quantity: int = 1) -> str:
-    return f"p:{product_id}:{quantity}"
+def product_data(product_id: int, quantity: int = 1, code: str | None = None) -> str:
+    """A product card at a quantity, with the buyer's coupon code if they entered one (the
+    buyer knows the code, so it may ride in the button; a coupon's id could be guessed)."""
+    return f"p:{product_id}:{quantity}" + (f":{code}" if code else "")
+
+
+def enter_code_data(product_id: int, quantity: int) -> str:
+    return f"cc:{product_id}:{quantity}"
 
 
 def watch_data(product_id: int) -> str:
     return f"w:{product_id}"
 
 
-def pay_data(product_id: int, quantity: int, provider: str | None = None) -> str:
-    """Pay through a provider; without one, the shop's card provider."""
-    return f"pay:{product_id}:{quantity}" + (f":{provider}" if provider else "")
+def pay_data(
+    product_id: int, quantity: int, provider: str | None = None, code: str | None = None
+) -> str:
+    """Pay through a provider (without one, the shop's card provider), with a coupon code."""
+    data = f"pay:{product_id}:{quantity}"
+    if provider or code:
+        data += f":{provider or ''}"
+    return data + (f":{code}" if code else "")
 
 
 def order_data(order_id: int) -> str:
@@ -231,9 +243,17 @@ class Offer:
     default: bool = False  # the card provider, whose button data names no provider
     every: str | None = None  # a subscription's period
     url: str | None = None  # a pay link that opens the checkout itself (no button press)
+    discount_minor: int = 0  # a coupon's discount on the order, in this offer's currency
 
 
-def product_card(p: ProductView, quantity: int, language: str, *, offers: list[Offer]) -> Screen:
+def product_card(
+    p: ProductView,
+    quantity: int,
+    language: str,
+    *,
+    offers: list[Offer],
+    coupon: CouponView | None = None,
+) -> Screen:
     lines = [f"<b>{_e(p.name_in(language))}</b>"]
     description = p.description_in(language)
     if description:
@@ -253,16 +273,36 @@ def product_card(p: ProductView, quantity: int, language: str, *, offers: list[O
     lines.append(
         t(language, "Quantity: {quantity} — total {total}", quantity=quantity, total=total)
     )
+    code = coupon.code if coupon else None
+    card = next((o for o in offers if o.currency == p.currency), None)
+    if coupon is not None and card is not None:
+        lines.append(
+            t(
+                language,
+                "🏷 Code {code}: {total} after the discount",
+                code=_e(coupon.code),
+                total=money(card.unit_minor * quantity - card.discount_minor, p.currency, language),
+            )
+        )
     top = p.max_quantity()
     stepper = [
-        InlineKeyboardButton("−", callback_data=product_data(p.id, max(1, quantity - 1))),
-        InlineKeyboardButton(str(quantity), callback_data=product_data(p.id, quantity)),
-        InlineKeyboardButton("+", callback_data=product_data(p.id, min(top, quantity + 1))),
+        InlineKeyboardButton("−", callback_data=product_data(p.id, max(1, quantity - 1), code)),
+        InlineKeyboardButton(str(quantity), callback_data=product_data(p.id, quantity, code)),
+        InlineKeyboardButton("+", callback_data=product_data(p.id, min(top, quantity + 1), code)),
     ]
     rows = [stepper]
-    buttons = [_pay_button(p.id, quantity, offer, language) for offer in offers]
+    buttons = [_pay_button(p.id, quantity, offer, language, code) for offer in offers]
     if buttons:
         rows.append(buttons)
+        if p.every is None:
+            rows.append(
+                [
+                    InlineKeyboardButton(
+                        t(language, "🏷 Enter a code"),
+                        callback_data=enter_code_data(p.id, quantity),
+                    )
+                ]
+            )
     else:
         lines.append("")
         lines.append(t(language, "Payments are not set up yet in this shop."))
@@ -271,9 +311,9 @@ def product_card(p: ProductView, quantity: int, language: str, *, offers: list[O
 
 
 def _pay_button(
-    product_id: int, quantity: int, offer: Offer, language: str
+    product_id: int, quantity: int, offer: Offer, language: str, code: str | None = None
 ) -> InlineKeyboardButton:
-    total = offer.unit_minor * quantity
+    total = offer.unit_minor * quantity - offer.discount_minor
     if offer.every is not None:
         label = t(
             language,
@@ -288,7 +328,7 @@ def _pay_button(
     if offer.url is not None:
         return InlineKeyboardButton(label, url=offer.url)
     provider = None if offer.default else offer.provider
-    return InlineKeyboardButton(label, callback_data=pay_data(product_id, quantity, provider))
+    return InlineKeyboardButton(label, callback_data=pay_data(product_id, quantity, provider, code))
 
 
 def _back_to_catalogue(language: str) -> InlineKeyboardButton:
@@ -323,9 +363,27 @@ def try_again(retry_at: datetime, language: str) -> str:
     return t(language, "Too many requests — please try again in {seconds} s.", seconds=seconds)
 
 
+def coupon_refusal(exc: CouponRefused, language: str) -> str:
+    """The one-line reason a code cannot be used (nothing changes)."""
+    match exc.reason:
+        case Refusal.DISABLED:
+            return t(language, "That code is no longer valid.")
+        case Refusal.EXPIRED:
+            return t(language, "That code has expired.")
+        case Refusal.USED_UP:
+            return t(language, "That code has been used up.")
+        case Refusal.WRONG_PRODUCT:
+            return t(language, "That code is not valid for this product.")
+        case Refusal.SUBSCRIPTION:
+            return t(language, "Codes cannot be used for subscriptions.")
+    return t(language, "There is no such code. Check it and try again.")
+
+
 def checkout_refusal(exc: StoreError, language: str) -> str:
     """The one-line reason a checkout could not start (nothing was reserved or charged)."""
     match exc:
+        case CouponRefused():
+            return coupon_refusal(exc, language)
         case OutOfStock(available=0):
             return t(language, "Sorry, this product just sold out.")
         case OutOfStock(available=n):

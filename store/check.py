@@ -19,6 +19,7 @@ from store.db import Database
 from store.models import (
     Client,
     ClientEvent,
+    Coupon,
     Delivery,
     DeliveryKind,
     DeliveryStatus,
@@ -83,6 +84,7 @@ async def check(
             await _paid_orders_are_settled(session, now),
             await _deliveries_within_budget(session, max_attempts),
             await _balances_match_ledgers(session),
+            await _coupon_uses_match_orders(session),
         ]
         if vault is not None:
             findings.append(await _keys_decrypt(session, vault, sample))
@@ -93,6 +95,38 @@ async def check(
 
 async def _ids(session: AsyncSession, query) -> tuple[str, ...]:
     return tuple(str(row) for row in (await session.scalars(query.limit(20))).all())
+
+
+async def _coupon_uses_match_orders(session: AsyncSession) -> Finding:
+    """A coupon's uses are its paid orders, and its held uses its open checkouts."""
+    counted = (
+        select(
+            Order.coupon_id,
+            func.count(Order.paid_at).label("paid"),
+            func.count(
+                case((and_(Order.paid_at.is_(None), Order.status == OrderStatus.PENDING), 1))
+            ).label("open"),
+        )
+        .where(Order.coupon_id.is_not(None))
+        .group_by(Order.coupon_id)
+        .subquery()
+    )
+    paid, unpaid = func.coalesce(counted.c.paid, 0), func.coalesce(counted.c.open, 0)
+    rows = await session.execute(
+        select(Coupon.code, Coupon.uses, paid, Coupon.held, unpaid)
+        .outerjoin(counted, counted.c.coupon_id == Coupon.id)
+        .where(or_(Coupon.uses != paid, Coupon.held != unpaid))
+        .order_by(Coupon.id)
+        .limit(20)
+    )
+    return Finding(
+        "coupons",
+        "each code's uses are its paid orders, and its held uses its open checkouts",
+        tuple(
+            f"{code}: uses {u} for {p} paid orders, held {h} for {o} open checkouts"
+            for code, u, p, h, o in rows
+        ),
+    )
 
 
 async def _keys_match_orders(session: AsyncSession) -> Finding:

@@ -261,6 +261,34 @@ class Order(Base):
     # The subscription a renewal's order belongs to (the first period's order is the one the
     # subscription points at). Not a foreign key, for the same reason as shared_key_id.
     subscription_id: Mapped[int | None] = mapped_column(Integer, default=None, index=True)
+    # The coupon the buyer's code named, and what it took off: `amount_minor` is what is
+    # charged, after the discount (store/coupons.py).
+    coupon_id: Mapped[int | None] = mapped_column(ForeignKey("coupons.id"), default=None)
+    discount_minor: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Coupon(Base):
+    """A code a buyer enters for a discount: a percentage, or a fixed amount in `currency`.
+
+    `held` counts the unpaid checkouts that took the code (each holds one use until it is
+    paid, expires or is cancelled) and `uses` the paid orders that carry it; a checkout may
+    take the code only while `uses + held < max_uses` (store/coupons.py says why).
+    """
+
+    __tablename__ = "coupons"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(24), unique=True)  # upper case: codes ignore case
+    percent: Mapped[int | None] = mapped_column(Integer, default=None)
+    off_minor: Mapped[int | None] = mapped_column(Integer, default=None)
+    currency: Mapped[str | None] = mapped_column(String(3), default=None)  # of off_minor
+    product_id: Mapped[int | None] = mapped_column(ForeignKey("products.id"), default=None)
+    max_uses: Mapped[int | None] = mapped_column(Integer, default=None)
+    valid_until: Mapped[datetime | None] = mapped_column(default=None)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    uses: Mapped[int] = mapped_column(Integer, default=0)
+    held: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
 
 
 class PaymentEvent(Base):

@@ -34,7 +34,7 @@ from enum import StrEnum
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from store import allocation
+from store import allocation, coupons
 from store.audit import audit
 from store.buyers import dialect_insert, touch
 from store.catalogue import unit_price
@@ -122,9 +122,10 @@ class CheckoutResult:
     url: str | None  # None: the provider put its pay button in the buyer's chat itself
     product_name: str
     quantity: int
-    amount_minor: int
+    amount_minor: int  # what the buyer is charged, after any coupon
     currency: str
     expires_at: datetime
+    discount_minor: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,12 +181,15 @@ async def checkout(
     product_id: int,
     quantity: int,
     policy: CheckoutPolicy,
+    coupon: str | None = None,
     now: datetime | None = None,
 ) -> CheckoutResult:
     """Create an order with its keys reserved, then open the provider's checkout for it.
 
-    Raises OutOfStock, OverLimit, TooManyUnpaid, Blacklisted, ProductInactive, NotFound or
-    PaymentUnavailable; in every case nothing stays reserved.
+    With a `coupon` code, the order holds one use of it and is charged the discounted price
+    (store/coupons.py). Raises OutOfStock, OverLimit, TooManyUnpaid, Blacklisted,
+    ProductInactive, NotFound, CouponRefused or PaymentUnavailable; in every case nothing
+    stays reserved or held.
     """
     now = now or datetime.now(UTC)
     expires_at = now + policy.ttl
@@ -199,6 +203,7 @@ async def checkout(
         policy,
         now,
         expires_at,
+        coupon,
     )
     request = CheckoutRequest(
         order_id=opened.order_id,
@@ -210,6 +215,7 @@ async def checkout(
         buyer_id=buyer_id,
         language=language,
         every=opened.every,
+        discount_minor=opened.discount_minor,
     )
     try:
         started = await gateway.start_checkout(request)
@@ -226,9 +232,10 @@ async def checkout(
         url=started.url,
         product_name=opened.product_name,
         quantity=quantity,
-        amount_minor=opened.unit_amount_minor * quantity,
+        amount_minor=request.amount_minor,
         currency=opened.currency,
         expires_at=expires_at,
+        discount_minor=opened.discount_minor,
     )
 
 
@@ -239,6 +246,7 @@ class _Opened:
     unit_amount_minor: int
     currency: str
     every: str | None = None
+    discount_minor: int = 0
 
 
 async def _open_order(
@@ -251,6 +259,7 @@ async def _open_order(
     policy: CheckoutPolicy,
     now: datetime,
     expires_at: datetime,
+    code: str | None = None,
 ) -> _Opened:
     provider, provider_currency = pricing
     if await touch(session, buyer_id, language, now):
@@ -287,11 +296,19 @@ async def _open_order(
     if unit is None:
         raise PaymentUnavailable(f"{product.sku} is not sold through {provider}")
     currency = provider_currency or product.currency
+    coupon, discount = None, 0
+    if code is not None:
+        coupon = await coupons.hold(session, code, product, now)
+        discount = coupons.discount(
+            coupon, total=unit * quantity, card_total=product.price_minor * quantity
+        )
     order = Order(
         buyer_id=buyer_id,
         product_id=product.id,
         quantity=quantity,
-        amount_minor=unit * quantity,
+        amount_minor=unit * quantity - discount,
+        coupon_id=coupon.id if coupon else None,
+        discount_minor=discount,
         currency=currency,
         provider=provider,
         status=OrderStatus.PENDING,
@@ -310,7 +327,7 @@ async def _open_order(
         )
         if got < quantity:
             raise OutOfStock(got)
-    return _Opened(order.id, product.name_in(language), unit, currency, product.every)
+    return _Opened(order.id, product.name_in(language), unit, currency, product.every, discount)
 
 
 async def _check_hold(
@@ -483,6 +500,7 @@ async def _apply_payment(
     base = {"order_id": order.id, "buyer_id": order.buyer_id, "sku": product.sku}
     if order.paid_at is not None:
         return Result(Outcome.UNCHANGED, **base)
+    coupon_within_limit = await coupons.count_use(session, order)
     order.paid_at = now
     order.paid_amount_minor = payment.amount_minor
     order.paid_currency = payment.currency
@@ -492,6 +510,7 @@ async def _apply_payment(
         payment.amount_minor != order.amount_minor
         or (payment.currency or "").lower() != order.currency
         or over_review_threshold(order, product)
+        or not coupon_within_limit
     ):
         # Keys stay reserved for the admin's decision (store/review.py): nothing but that
         # decision moves an order out of review, so the reservation cannot lapse meanwhile.
@@ -779,6 +798,7 @@ async def _close_unpaid(
     # A late "expired" after the payment must not undo the sale.
     if order.status != OrderStatus.PENDING or order.paid_at is not None:
         return Result(Outcome.UNCHANGED, order.id, order.buyer_id)
+    await coupons.release(session, order)
     await allocation.release(session, order.id)
     order.status = status
     order.closed_at = now
@@ -826,6 +846,7 @@ async def record_refund(
             # Refunded before its payment was applied (events come in any order), as the
             # provider confirmed: record the payment as settled, so the late payment event
             # finds nothing left to fulfil.
+            await coupons.count_use(session, order)
             _record_paid(order, paid, moment)
         await allocation.revoke(session, order.id)
         await allocation.release(session, order.id)  # an order in review still holds a reservation
@@ -880,6 +901,7 @@ async def record_dispute(
         if order.paid_at is None:
             # Disputed before its payment was applied: the money is contested, so the keys
             # are never given (the reservation goes back on sale); the admins decide.
+            await coupons.count_use(session, order)
             _record_paid(order, paid, moment)
             await allocation.release(session, order.id)
             order.status = OrderStatus.DISPUTED

@@ -24,6 +24,12 @@ class CheckoutRequest:
     buyer_id: int | None = None  # whose chat an in-chat invoice goes to
     language: str = "en"  # the buyer's, for what the provider shows them
     every: str | None = None  # a subscription's period (store.models.Period); None: one-off
+    discount_minor: int = 0  # a coupon's discount on the whole order
+
+    @property
+    def amount_minor(self) -> int:
+        """What the buyer is charged for the whole order."""
+        return self.unit_amount_minor * self.quantity - self.discount_minor
 
 
 @dataclass(frozen=True, slots=True)

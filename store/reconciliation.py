@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from store import allocation
+from store import allocation, coupons
 from store.db import Database
 from store.errors import NotFound, OrderNotPayable
 from store.models import Order, OrderStatus, PaymentEvent
@@ -146,6 +146,7 @@ async def cancel_orphans(db: Database, *, now: datetime | None = None) -> list[i
             )
         ).all()
         for order in orders:
+            await coupons.release(session, order)
             await allocation.release(session, order.id)
             order.status = OrderStatus.CANCELLED
             order.closed_at = moment

@@ -332,6 +332,10 @@ GARBAGE = {
     "k:": EXPIRED,
     "p:1": EXPIRED,
     "p:1:1:1": EXPIRED,
+    "p:1:1:lower": EXPIRED,  # codes in buttons are upper case
+    "pay:1:1::x": EXPIRED,
+    "cc:1": EXPIRED,
+    "p:1:1:NOPE": "There is no such code. Check it and try again.",
     "cat:1": EXPIRED,
     "ords:2": EXPIRED,
     "p:999999999:1": "This product is no longer on sale.",

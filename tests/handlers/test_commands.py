@@ -58,7 +58,7 @@ async def test_a_buyer_is_shown_buyer_commands_only(shop: Shop) -> None:
     help_text = text(await reply(shop.telegram, BUYER, "/help"))
 
     assert help_text.splitlines()[0] == "/start — the catalogue"
-    assert "/buy SKU [quantity] — buy a product directly" in help_text
+    assert "/buy SKU [quantity] [code] — buy a product directly" in help_text
     assert "/language — choose your language" in help_text
     assert [line.split()[0] for line in help_text.splitlines()] == [
         f"/{c.name}" for c in BUYER_COMMANDS

@@ -53,7 +53,7 @@ class FakeGateway:
             state=CheckoutState.PAID,
             checkout_ref=f"fake_{order_id}",
             payment_ref=f"pay_{order_id}",
-            amount_minor=request.unit_amount_minor * request.quantity if amount is None else amount,
+            amount_minor=request.amount_minor if amount is None else amount,
             currency=currency or request.currency,
         )
 
