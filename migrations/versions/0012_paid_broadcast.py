@@ -1,7 +1,7 @@
 """Paid broadcast: messages sent with Telegram's allow_paid_broadcast, per day
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 Create Date: 2026-11-30 22:20:00
 """
 
