@@ -19,9 +19,9 @@ from store.models import AuditEntry, Coupon, Order, OrderStatus
 from tests.e2e.conftest import ADMIN, Afterwards, Shop
 from tests.e2e.helpers import (
     UNKNOWN_COMMAND,
-    checkout_session,
     key_message,
     open_card,
+    open_pay_link,
     order_count,
     paid,
     post_ok,
@@ -165,17 +165,13 @@ async def test_a_discounted_card_sale_is_charged_the_discount_and_counted_once(
 
     card = await reply(tg, BUYER, "/buy GAME 2 two", contains="Price:")
     assert "🏷 Code TWO: $17.98 after the discount" in text(card)
-    since = time.monotonic()
-    tg.press(BUYER, card, card.button("by card")["callback_data"])
-    started = await tg.wait_for(
-        lambda m: sent_since(tg, BUYER, since)(m) and checkout_session(m) is not None
-    )
-    session_id = checkout_session(started)
+    answer = await open_pay_link(shop.http, card)
+    assert answer.session_id is not None, f"{answer.status}: {answer.reason}"
+    session_id = answer.session_id
     session = shop.stripe.sessions[session_id]
     order_id = int(session["client_reference_id"])
 
     assert card.button("by card")["text"] == "💳 Pay $17.98 by card"
-    assert "$17.98" in text(started)
     assert session["amount_total"] == 1798
     assert await _coupons(shop) == [("TWO", True, 0, 1)]  # held by the open checkout
     event = paid(shop.stripe, session_id)
@@ -205,10 +201,13 @@ async def test_the_enter_a_code_button_takes_the_next_message_as_the_code(shop: 
     with_code = await reply(tg, BUYER, "save10", contains="Price:")
 
     assert "🏷 Code SAVE10: $17.99 after the discount" in text(with_code)
-    assert with_code.button("by card")["callback_data"] == f"pay:{product.id}:2::SAVE10"
     plus = next(b for b in with_code.buttons() if b["text"] == "+")
     assert plus["callback_data"] == f"p:{product.id}:3:SAVE10"
-    assert await order_count(shop) == 0
+    assert await order_count(shop) == 0  # nothing held until the pay link is opened
+    # The card's pay link carries the code into the checkout it opens.
+    answer = await open_pay_link(shop.http, with_code)
+    assert shop.stripe.sessions[answer.session_id]["amount_total"] == 1799
+    assert await scalar(shop, select(Coupon.held).where(Coupon.code == "SAVE10")) == 1
 
 
 async def test_a_code_that_does_not_apply_gets_one_line_and_nothing_changes(
@@ -222,7 +221,7 @@ async def test_a_code_that_does_not_apply_gets_one_line_and_nothing_changes(
     await _admin(shop, "/coupon add ONCE --percent 10 --uses 1")
     await reply(shop.telegram, STRANGER, "/buy GAME 1 ONCE", contains="Price:")
     other = await reply(shop.telegram, STRANGER, "/buy GAME 1 ONCE", contains="Price:")
-    await press(shop.telegram, STRANGER, other, other.button("by card")["callback_data"])
+    assert (await open_pay_link(shop.http, other)).session_id is not None
     await wait_until(
         lambda: scalar(shop, select(Coupon.held).where(Coupon.code == "ONCE")),
         what="the stranger's checkout to hold the code",
