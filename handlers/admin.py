@@ -30,7 +30,7 @@ from handlers.buyer import stale_button, unknown
 from handlers.context import KeyvendContext
 from handlers.i18n import language_of, t
 from store import catalogue, inventory
-from store.errors import NotFound, OrderNotPayable, PaymentUnavailable
+from store.errors import InvalidInput, NotFound, OrderNotPayable, PaymentUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,31 @@ def _admins_only(refuse: Handler, tried: str) -> Callable[[Handler], Handler]:
 # Commands answer a non-admin as if they did not exist; buttons, as if they had expired.
 admin_only = _admins_only(unknown, "tried")
 admin_button = _admins_only(stale_button, "pressed")
+
+
+def flag_options(
+    words: list[str], flags: dict[str, str], language: str, *, whole: tuple[str, ...] = ()
+) -> dict[str, str | int]:
+    """`--flag value` or `--flag=value` pairs, as the command line takes them: each known flag
+    becomes its option name; the options in `whole` must be whole numbers."""
+    options: dict[str, str | int] = {}
+    pending = list(words)
+    while pending:
+        flag, _, value = pending.pop(0).partition("=")
+        if flag not in flags:
+            raise InvalidInput(t(language, "unknown option {option}", option=flag))
+        if not value:
+            if not pending:
+                raise InvalidInput(t(language, "{option} needs a value", option=flag))
+            value = pending.pop(0)
+        options[flags[flag]] = value
+    for flag, name in flags.items():
+        if name in whole and name in options:
+            raw = str(options[name])
+            if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
+                raise InvalidInput(t(language, "{option} must be a whole number", option=flag))
+            options[name] = int(raw)
+    return options
 
 
 def _language(update: Update) -> str:

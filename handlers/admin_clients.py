@@ -21,7 +21,7 @@ from telegram.error import TelegramError
 from telegram.ext import ContextTypes
 
 from handlers import render
-from handlers.admin import admin_only
+from handlers.admin import admin_only, flag_options
 from handlers.context import KeyvendContext
 from handlers.i18n import t, user_language
 from store import clients
@@ -93,7 +93,7 @@ async def client(update: Update, context: KeyvendContext) -> None:
     db = context.shop.db
     try:
         if action == "add" and rest:
-            options = _add_options(rest[1:], language)
+            options = flag_options(rest[1:], _ADD_OPTIONS, language, whole=("review_over",))
             new = await clients.add_client(db, rest[0], admin_id=admin, **options)
             c = new.client
             await _reply(
@@ -143,27 +143,6 @@ async def client(update: Update, context: KeyvendContext) -> None:
             await _reply(update, _usage(language))
     except (InvalidInput, NotFound) as exc:
         await _reply(update, _e(str(exc)))
-
-
-def _add_options(words: list[str], language: str) -> dict[str, str | int]:
-    """`--flag value` or `--flag=value` pairs, as `keyvend client add` takes them."""
-    options: dict[str, str | int] = {}
-    pending = list(words)
-    while pending:
-        flag, _, value = pending.pop(0).partition("=")
-        if flag not in _ADD_OPTIONS:
-            raise InvalidInput(t(language, "unknown option {option}", option=flag))
-        if not value:
-            if not pending:
-                raise InvalidInput(t(language, "{option} needs a value", option=flag))
-            value = pending.pop(0)
-        options[_ADD_OPTIONS[flag]] = value
-    if "review_over" in options:
-        raw = str(options["review_over"])
-        if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
-            raise InvalidInput(t(language, "--review-over must be a whole number"))
-        options["review_over"] = int(raw)
-    return options
 
 
 async def _send_secret(

@@ -11,7 +11,7 @@ from telegram import Update
 from telegram.constants import ParseMode
 
 from handlers import render
-from handlers.admin import admin_only
+from handlers.admin import admin_only, flag_options
 from handlers.context import KeyvendContext
 from handlers.i18n import t, user_language
 from store.coupons import CouponView
@@ -56,7 +56,9 @@ async def coupon(update: Update, context: KeyvendContext) -> None:
     try:
         if action == "add" and rest:
             made = await shop.add_coupon(
-                rest[0], admin_id=admin, **_add_options(rest[1:], language)
+                rest[0],
+                admin_id=admin,
+                **flag_options(rest[1:], _ADD_OPTIONS, language, whole=("max_uses",)),
             )
             await _reply(update, t(language, "Code added: {line}", line=_line(made, language)))
         elif action == "list" and not rest:
@@ -80,27 +82,6 @@ async def coupon(update: Update, context: KeyvendContext) -> None:
             await _reply(update, _usage(language))
     except (InvalidInput, NotFound) as exc:
         await _reply(update, _e(str(exc)))
-
-
-def _add_options(words: list[str], language: str) -> dict[str, str | int]:
-    """`--flag value` or `--flag=value` pairs."""
-    options: dict[str, str | int] = {}
-    pending = list(words)
-    while pending:
-        flag, _, value = pending.pop(0).partition("=")
-        if flag not in _ADD_OPTIONS:
-            raise InvalidInput(t(language, "unknown option {option}", option=flag))
-        if not value:
-            if not pending:
-                raise InvalidInput(t(language, "{option} needs a value", option=flag))
-            value = pending.pop(0)
-        options[_ADD_OPTIONS[flag]] = value
-    if "max_uses" in options:
-        raw = str(options["max_uses"])
-        if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
-            raise InvalidInput(t(language, "--uses must be a whole number"))
-        options["max_uses"] = int(raw)
-    return options
 
 
 def _line(c: CouponView, language: str) -> str:
