@@ -4,7 +4,7 @@ A card's pay button is a URL to this server (`GET /pay/<token>`), not a button t
 to answer with a second message: during a flash sale every message shares Telegram's
 bot-wide rate, so one message per buyer before payment is twice the buyers served. The
 token is signed, so only the bot can make one, and names who buys what: buyer, product,
-quantity, the language of the card, when it stops working, and room for a coupon code.
+quantity, the language of the card, when it stops working, and the coupon code if one was entered.
 
 Nothing is held while the card sits in the chat. Opening the link runs the same checkout as
 every other path (`Shop.checkout`: the hoarding caps, the per-buyer limits, the checkout rate
