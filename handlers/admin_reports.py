@@ -11,11 +11,8 @@ from __future__ import annotations
 import asyncio
 import io
 from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from openpyxl import Workbook
-from openpyxl.cell import WriteOnlyCell
 from telegram import InputFile, Update
 from telegram.constants import ParseMode
 
@@ -28,6 +25,9 @@ from store.broadcasts import BroadcastUsage
 from store.errors import NotFound
 from store.inventory import StockLevels
 from store.money import to_major
+
+if TYPE_CHECKING:
+    from openpyxl.cell import WriteOnlyCell
 
 DAYS = 30
 _EXPORT_HEADER = (
@@ -51,6 +51,11 @@ def _language(update: Update) -> str:
 
 def chart(days: list[reports.Day], levels: list[StockLevels], today: date) -> bytes:
     """Revenue and orders per day for DAYS days (a line per currency), and stock per product."""
+    # matplotlib (with numpy and Pillow) is ~45 MB resident: loaded by the first chart drawn,
+    # in its worker thread, rather than by every shop at start-up.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     axis = [today - timedelta(days=DAYS - 1 - i) for i in range(DAYS)]
     figure = Figure(figsize=(9, 8), dpi=100)
     FigureCanvasAgg(figure)
@@ -93,6 +98,9 @@ def chart(days: list[reports.Day], levels: list[StockLevels], today: date) -> by
 
 def workbook(rows: list[reports.OrderRow]) -> bytes:
     """The orders as an Excel workbook, one row per order under a header row."""
+    from openpyxl import Workbook  # with numpy and Pillow: loaded when first used (see chart)
+    from openpyxl.cell import WriteOnlyCell
+
     book = Workbook(write_only=True)
     sheet = book.create_sheet("orders")
     sheet.append(list(_EXPORT_HEADER))

@@ -9,9 +9,6 @@ from __future__ import annotations
 import csv
 import io
 
-from openpyxl import Workbook
-from openpyxl.cell import WriteOnlyCell
-
 from store.client_downloads import Sheet
 
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -21,6 +18,10 @@ _HEADER = ("order", "sku", "key")
 
 def xlsx(sheet: Sheet) -> bytes:
     """The keys as an Excel workbook, one row per key (CPU-bound: run it off the loop)."""
+    # openpyxl brings numpy and Pillow (~25 MB resident): loaded by the first workbook made.
+    from openpyxl import Workbook
+    from openpyxl.cell import WriteOnlyCell
+
     book = Workbook(write_only=True)
     rows = book.create_sheet(f"order {sheet.order_id}")
     rows.append(list(_HEADER))
